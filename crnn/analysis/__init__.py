@@ -1,0 +1,1 @@
+"""Analysis tools beyond accuracy: effective receptive fields (:mod:`crnn.analysis.receptive_field`)."""

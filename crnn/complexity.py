@@ -1,0 +1,314 @@
+"""Complexity accounting for crnn models: the one place where parameters and MACs are counted.
+
+Convention (MACs)
+-----------------
+A MAC is one multiply-accumulate **with a weight-like operand of a matrix product or a
+convolution**: one per weight use per output position. Concretely, for each op in the traced graph
+
+* convolution: ``B * prod(weight.shape) * prod(out_spatial)`` (groups and transposed convs included);
+* ``linear`` / ``mm`` / ``matmul`` / ``bmm`` / ``addmm`` / ``mv`` / ``dot`` ...: output elements times
+  the contracted length;
+* fused RNNs (``aten::rnn_tanh``, ``aten::rnn_relu``, ``aten::gru``, ``aten::lstm``, also their
+  ``*_cell`` forms): for every token, every weight matrix of every layer and direction is used
+  once: ``tokens * sum(numel of the 2-D weights)``, i.e. ``L*N*D*g*H*(I + H)`` for one layer
+  (``g`` = 1, 3, 4 gates); the recurrent product at the first step counts like any other;
+* ``aten::addcmul`` (``out = a + b * c``): one MAC per output element. Layers use it precisely
+  where an elementwise product is a product with a *weight* (the per-channel recurrence of
+  DS-RNN): addcmul is a multiply-add with a weight: counted; plain gate products are not.
+
+Not counted: bias additions, activations, elementwise products (``mul``: gates), norms, pooling,
+upsampling, reductions, softmax, data movement. fvcore's own handles for norms, pooling and
+upsampling are turned off for that reason.
+
+No silent undercount: after tracing, any op that has no handle here and is not in the explicit
+allow-list of MAC-free ops (:data:`MAC_FREE_OPS`) makes :func:`count_macs` raise
+:class:`UnsupportedOpError` naming it. To support a new op, add a handle to :data:`MAC_HANDLES`
+(if it multiplies by weights) or its name to :data:`MAC_FREE_OPS` (if it does not).
+
+Counting runs in eval mode (restored afterwards) without autograd, on the inputs given: MACs
+scale with the batch size of those inputs.
+
+Layout of this module: shared helpers (:func:`counting_mode`), parameters, MACs (handles, op
+lists, :func:`mac_analysis`, :func:`count_macs`). Further profilers (memory, latency) belong here
+too and should reuse :func:`counting_mode`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+with warnings.catch_warnings():  # fvcore's import touches deprecated torch.jit APIs
+    warnings.simplefilter("ignore")
+    from fvcore.nn import FlopCountAnalysis
+    from fvcore.nn.jit_handles import einsum_flop_jit, get_shape
+
+__all__ = [
+    "MAC_FREE_OPS",
+    "MAC_HANDLES",
+    "UnsupportedOpError",
+    "count_macs",
+    "count_params",
+    "counting_mode",
+    "mac_analysis",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# shared helpers
+# ----------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def counting_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and no autograd for the duration; every submodule's mode is restored after."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+# ----------------------------------------------------------------------------------------------
+# parameters
+# ----------------------------------------------------------------------------------------------
+
+
+def count_params(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (shared parameters once)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+# ----------------------------------------------------------------------------------------------
+# MACs
+# ----------------------------------------------------------------------------------------------
+
+
+class UnsupportedOpError(ValueError):
+    """The traced model ran an op whose MACs are unknown (no handle, not known to be MAC-free)."""
+
+
+Handle = Callable[[list[Any], list[Any]], int]
+
+
+def _shape(value: Any) -> list[int]:
+    shape = get_shape(value)
+    if shape is None:
+        raise UnsupportedOpError(f"cannot count MACs: a tensor of unknown shape ({value.debugName()})")
+    return list(shape)
+
+
+def _contraction_macs(a_index: int) -> Handle:
+    """Output elements x contracted length (last dim of operand ``a_index``): mm, matmul, addmm, ..."""
+
+    def handle(inputs: list[Any], outputs: list[Any]) -> int:
+        return math.prod(_shape(outputs[0])) * _shape(inputs[a_index])[-1]
+
+    return handle
+
+
+def _linear_macs(inputs: list[Any], outputs: list[Any]) -> int:
+    # aten::linear(input, weight (out, in), bias)
+    return math.prod(_shape(outputs[0])) * _shape(inputs[1])[-1]
+
+
+def _conv_macs(transposed_index: int | None, transposed: bool = False) -> Handle:
+    """``B * prod(weight) * prod(spatial)``; spatial of the output (of the input if transposed)."""
+
+    def handle(inputs: list[Any], outputs: list[Any]) -> int:
+        x, w, y = _shape(inputs[0]), _shape(inputs[1]), _shape(outputs[0])
+        is_t = inputs[transposed_index].toIValue() if transposed_index is not None else transposed
+        spatial = (x if is_t else y)[2:]
+        return x[0] * math.prod(w) * math.prod(spatial)
+
+    return handle
+
+
+def _einsum_macs(inputs: list[Any], outputs: list[Any]) -> int:
+    # aten::einsum(equation, Tensor[] operands, path): for two operands every combination of
+    # indices is one MAC; more operands: fvcore's estimate from numpy's contraction path
+    equation = inputs[0].toIValue().replace(" ", "")
+    operands = list(inputs[1].node().inputs())
+    lhs = equation.split("->")[0].split(",")
+    if len(operands) == 2 and "." not in equation:
+        sizes: dict[str, int] = {}
+        for letters, op in zip(lhs, operands, strict=True):
+            sizes.update(zip(letters, _shape(op), strict=True))
+        return math.prod(sizes.values())
+    return int(einsum_flop_jit(inputs, outputs))
+
+
+def _fused_rnn_macs(inputs: list[Any], outputs: list[Any]) -> int:
+    """aten::{rnn_tanh,rnn_relu,gru,lstm}: tokens x (sum of numel of every 2-D weight).
+
+    ``.input`` overload: ``(input, hx, params, has_biases, ...)``, tokens = prod(input.shape[:-1]);
+    ``.data`` overload (PackedSequence): ``(data, batch_sizes, hx, params, ...)``, tokens = data.shape[0].
+    """
+    packed = str(inputs[3].type()) == "List[Tensor]"
+    params = inputs[3 if packed else 2]
+    if params.node().kind() != "prim::ListConstruct":
+        raise UnsupportedOpError(f"cannot read the RNN weights of {params.node().kind()}")
+    x = _shape(inputs[0])
+    tokens = x[0] if packed else math.prod(x[:-1])
+    weights = [_shape(p) for p in params.node().inputs()]
+    return tokens * sum(math.prod(s) for s in weights if len(s) == 2)  # biases are 1-D
+
+
+def _rnn_cell_macs(inputs: list[Any], outputs: list[Any]) -> int:
+    # aten::{rnn_tanh,rnn_relu,gru,lstm}_cell(input, hx, w_ih, w_hh, b_ih, b_hh)
+    tokens = math.prod(_shape(inputs[0])[:-1])
+    return tokens * (math.prod(_shape(inputs[2])) + math.prod(_shape(inputs[3])))
+
+
+def _elementwise_macs(inputs: list[Any], outputs: list[Any]) -> int:
+    return math.prod(_shape(outputs[0]))
+
+
+MAC_HANDLES: dict[str, Handle] = {
+    "aten::_convolution": _conv_macs(6),
+    "aten::convolution": _conv_macs(6),
+    "aten::conv1d": _conv_macs(None),
+    "aten::conv2d": _conv_macs(None),
+    "aten::conv3d": _conv_macs(None),
+    "aten::conv_transpose1d": _conv_macs(None, transposed=True),
+    "aten::conv_transpose2d": _conv_macs(None, transposed=True),
+    "aten::conv_transpose3d": _conv_macs(None, transposed=True),
+    "aten::linear": _linear_macs,
+    "aten::mm": _contraction_macs(0),
+    "aten::matmul": _contraction_macs(0),
+    "aten::bmm": _contraction_macs(0),
+    "aten::mv": _contraction_macs(0),
+    "aten::dot": _contraction_macs(0),
+    "aten::addmm": _contraction_macs(1),
+    "aten::addmv": _contraction_macs(1),
+    "aten::einsum": _einsum_macs,
+    "aten::rnn_tanh": _fused_rnn_macs,
+    "aten::rnn_relu": _fused_rnn_macs,
+    "aten::gru": _fused_rnn_macs,
+    "aten::lstm": _fused_rnn_macs,
+    "aten::rnn_tanh_cell": _rnn_cell_macs,
+    "aten::rnn_relu_cell": _rnn_cell_macs,
+    "aten::gru_cell": _rnn_cell_macs,
+    "aten::lstm_cell": _rnn_cell_macs,
+    "aten::addcmul": _elementwise_macs,
+    "aten::addcmul_": _elementwise_macs,
+}
+"""Ops that multiply by weights, and how many MACs each costs (see the module docstring)."""
+
+
+def _with_inplace(names: set[str]) -> frozenset[str]:
+    return frozenset(names | {n + "_" for n in names})
+
+
+MAC_FREE_OPS: frozenset[str] = _with_inplace(
+    {
+        # norms, pooling, resampling (not counted by convention)
+        *(f"aten::{n}" for n in ("batch_norm", "group_norm", "layer_norm", "instance_norm", "rms_norm")),
+        *(f"aten::{p}_pool{d}d" for p in ("max", "avg", "adaptive_avg", "adaptive_max") for d in (1, 2, 3)),
+        "aten::max_pool2d_with_indices",
+        *(f"aten::upsample_{m}" for m in ("nearest1d", "nearest2d", "nearest3d", "linear1d", "bilinear2d")),
+        "aten::upsample_bicubic2d",
+        "aten::upsample_trilinear3d",
+        "aten::grid_sampler",
+        "aten::affine_grid_generator",
+        "aten::pixel_shuffle",
+        "aten::pixel_unshuffle",
+        # activations
+        *(
+            f"aten::{n}"
+            for n in (
+                "tanh", "sigmoid", "relu6", "hardtanh", "leaky_relu", "elu", "selu", "celu", "gelu", "silu",
+                "mish", "hardswish", "hardsigmoid", "softplus", "softsign", "prelu", "glu", "softmax",
+                "log_softmax", "logsigmoid", "threshold",
+            )
+        ),  # fmt: skip
+        # elementwise arithmetic (bias adds, gate products, residuals) and reductions
+        *(
+            f"aten::{n}"
+            for n in (
+                "add", "sub", "rsub", "mul", "div", "neg", "abs", "exp", "log", "log1p", "sqrt", "rsqrt",
+                "pow", "square", "reciprocal", "sign", "clamp_min", "clamp_max", "maximum", "minimum",
+                "where", "lt", "le", "ne", "logical_and", "logical_or", "logical_not", "isnan", "isfinite",
+                "sum", "mean", "prod", "amax", "amin", "argmax", "argmin", "min", "std", "var", "norm",
+                "linalg_vector_norm", "cumsum", "round", "trunc", "ceil", "frac", "fmod", "lerp",
+                "sin", "cos", "erf", "all", "any", "nan_to_num",
+            )
+        ),  # fmt: skip
+        # data movement, shapes, creation, indexing, sampling
+        *(
+            f"aten::{n}"
+            for n in (
+                "flip", "cat", "concat", "stack", "index_select", "index_add", "index_fill", "scatter",
+                "scatter_add", "masked_select", "masked_scatter", "take", "take_along_dim", "repeat",
+                "repeat_interleave", "tile", "expand_as", "view_as", "reshape_as", "clone", "unfold",
+                "movedim", "swapaxes", "flatten", "unflatten", "chunk", "tensor_split", "pad",
+                "reflection_pad1d", "reflection_pad2d", "replication_pad1d", "replication_pad2d",
+                "circular_pad2d", "fill", "zero", "ones_like", "empty_like", "rand", "randn",
+                "rand_like", "randn_like", "randint", "randperm", "bernoulli", "linspace",
+                "meshgrid", "tril", "triu", "sort", "argsort", "topk", "embedding", "one_hot",
+                "feature_dropout", "alpha_dropout", "feature_alpha_dropout", "lift_fresh", "alias",
+                "numel", "dim", "item", "tensor", "as_tensor", "scalar_tensor", "full", "copy",
+                "diagonal", "diag_embed", "index_put", "bucketize", "searchsorted", "unsafe_chunk",
+                "unsafe_split", "_pack_padded_sequence", "_pad_packed_sequence",
+            )
+        ),  # fmt: skip
+        # torchvision detection ops (no weights)
+        "torchvision::nms",
+        "torchvision::roi_align",
+        "torchvision::roi_pool",
+        "torchvision::ps_roi_align",
+        "torchvision::ps_roi_pool",
+    }
+)
+"""Ops known to do no weight multiply-adds; every other op without a handle raises."""
+
+
+def mac_analysis(model: nn.Module, *inputs: torch.Tensor) -> FlopCountAnalysis:
+    """Trace ``model(*inputs)`` (eval mode, no grad) and return the analysed fvcore object.
+
+    Use it for breakdowns (``.by_module()``, ``.by_operator()``); raises
+    :class:`UnsupportedOpError` like :func:`count_macs`.
+    """
+    with counting_mode(model), warnings.catch_warnings(), _quiet_fvcore():
+        warnings.simplefilter("ignore")
+        analysis = FlopCountAnalysis(model, inputs)
+        analysis.clear_op_handles()  # drops fvcore's norm / pooling / upsample counters too
+        analysis.set_op_handle(**MAC_HANDLES)
+        analysis.set_op_handle(**dict.fromkeys(MAC_FREE_OPS))  # None: explicitly MAC-free
+        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+        analysis.total()  # runs the trace now, in eval mode
+    unsupported: Counter[str] = analysis.unsupported_ops()
+    if unsupported:
+        ops = ", ".join(f"{op} (x{n})" for op, n in sorted(unsupported.items()))
+        raise UnsupportedOpError(
+            f"count_macs: no MAC handle for {ops} in {type(model).__name__}; add a handle to "
+            "crnn.complexity.MAC_HANDLES if it multiplies by weights, or its name to MAC_FREE_OPS if not"
+        )
+    return analysis
+
+
+def count_macs(model: nn.Module, *inputs: torch.Tensor) -> int:
+    """Multiply-accumulates of ``model(*inputs)`` under the module's convention (whole batch)."""
+    return int(mac_analysis(model, *inputs).total())
+
+
+@contextlib.contextmanager
+def _quiet_fvcore() -> Iterator[None]:
+    logger = logging.getLogger("fvcore")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

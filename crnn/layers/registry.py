@@ -1,0 +1,86 @@
+"""Layer registry: pick a 2-D layer by name (configs map ``rnn.<kwarg>`` to its keyword arguments)."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+from torch import nn
+
+__all__ = ["LAYERS", "Layer2d", "build_layer", "layer_kwargs", "register_layer"]
+
+
+class Layer2d(nn.Module):
+    """Base of every registered layer: ``(B, C_in, H, W) -> (B, C_out, H, W)``.
+
+    Subclasses take ``(in_channels, out_channels, **kwargs)`` and expose their closed-form sizes
+    (checked against ``crnn.complexity`` in the tests):
+
+    * ``closed_form_params()``: number of parameters;
+    * ``closed_form_macs(height, width)``: multiply-accumulates for one sample of size
+      ``height x width`` (a batch of B costs B times that), under the convention of
+      :mod:`crnn.complexity` (matrix products and convolutions only).
+    """
+
+    in_channels: int
+    out_channels: int
+
+    def closed_form_params(self) -> int:
+        raise NotImplementedError
+
+    def closed_form_macs(self, height: int, width: int) -> int:
+        raise NotImplementedError
+
+
+LAYERS: dict[str, type[Layer2d]] = {}
+
+
+def register_layer(name: str) -> Callable[[type[Layer2d]], type[Layer2d]]:
+    """Class decorator: make a layer buildable as ``build_layer(name, ...)``."""
+
+    def deco(cls: type[Layer2d]) -> type[Layer2d]:
+        if name in LAYERS:
+            raise ValueError(f"layer {name!r} is already registered ({LAYERS[name].__name__})")
+        LAYERS[name] = cls
+        cls.layer_name = name
+        return cls
+
+    return deco
+
+
+def layer_kwargs(name: str) -> tuple[str, ...]:
+    """The keyword arguments layer ``name`` accepts besides ``in_channels``/``out_channels``."""
+    cls = _lookup(name)
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]  # drop self
+    return tuple(p.name for p in params if p.name not in ("in_channels", "out_channels"))
+
+
+def _lookup(name: str) -> type[Layer2d]:
+    if name not in LAYERS:
+        raise ValueError(f"unknown layer {name!r}: valid layers are {', '.join(sorted(LAYERS))}")
+    return LAYERS[name]
+
+
+def build_layer(name: str, in_channels: int, out_channels: int, **kwargs) -> Layer2d:
+    """Build the registered layer ``name`` mapping ``(B, in_channels, H, W) -> (B, out_channels, H, W)``.
+
+    Raises ``ValueError`` for an unknown name (listing the valid ones) and for a keyword argument
+    the layer does not take (naming it and the ones it does take). ``hidden_channels=None`` means
+    the layer's default width.
+    """
+    cls = _lookup(name)
+    accepted = layer_kwargs(name)
+    unknown = [k for k in kwargs if k not in accepted]
+    if unknown:
+        raise ValueError(
+            f"layer {name!r} does not take {', '.join(map(repr, unknown))}; "
+            f"it accepts: {', '.join(accepted) if accepted else '(no keyword arguments)'}"
+        )
+    return cls(in_channels, out_channels, **kwargs)
+
+
+def check_positive(**sizes: int) -> None:
+    """``ValueError`` naming the first size that is not a positive int."""
+    for key, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{key} must be a positive int, got {value!r}")

@@ -1,0 +1,268 @@
+"""Separable 2-D RNNs: a 1-D RNN along every row, then another along every column of the result.
+
+Layout. ``torch.nn`` RNNs are sequence-first natively (``(L, N, C)``), so the passes work on
+``(L, *batch, C)`` tensors: the row pass sees ``x.permute(3, 0, 2, 1) = (W, B, H, C)`` (rows folded
+into the batch, sequences of length W) and the column pass sees its output permuted to
+``(H, B, W, hidden)`` (columns folded into the batch, sequences of length H). Each permute is a free
+view; the single copy per pass happens where the pass must make its input contiguous anyway
+(``reshape`` before the RNN, or the ``cat`` that stacks a sequence with its reverse), plus one final
+copy back to ``(B, C_out, H, W)``.
+
+Notation for the closed forms: ``C = C_in``, ``O = C_out``, ``h = hidden_channels`` (default
+``C_out``), ``g`` the gate multiplier of the cell (1 rnn_tanh/rnn_relu, 3 gru, 4 lstm),
+``P(I, H) = g*H*(I + H) + 2*g*H`` the parameters of one direction of a fused RNN and
+``M(I, H) = g*H*(I + H)`` its MACs per token. MACs below are per sample of size ``H x W``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .cells import get_cell, rnn_macs_per_token, rnn_params
+from .registry import Layer2d, check_positive, register_layer
+
+__all__ = ["SRNN", "SWSBiRNN", "SBiRNNCat", "SBiRNNSum", "WSBiRNN"]
+
+
+class _AxisPass(nn.Module):
+    """A 1-D recurrence along dim 0 of ``(L, *batch, C_in) -> (L, *batch, out_size)``."""
+
+    out_size: int
+
+    def forward_seq_first(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def closed_form_params(self) -> int:
+        raise NotImplementedError
+
+    def macs_per_token(self) -> int:
+        raise NotImplementedError
+
+
+class RNNPass(_AxisPass):
+    """Unidirectional fused RNN. params ``P(I, H)``, MACs/token ``M(I, H)``."""
+
+    def __init__(self, input_size: int, hidden_size: int, cell: str = "rnn_tanh"):
+        super().__init__()
+        self.cell = get_cell(cell)
+        self.input_size, self.hidden_size, self.out_size = input_size, hidden_size, hidden_size
+        self.rnn = self.cell.make(input_size, hidden_size)
+
+    def forward_seq_first(self, x: Tensor) -> Tensor:
+        L, batch = x.shape[0], x.shape[1:-1]
+        y, _ = self.rnn(x.reshape(L, -1, x.shape[-1]))
+        return y.view(L, *batch, self.out_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_seq_first(x)
+
+    def closed_form_params(self) -> int:
+        return rnn_params(self.cell, self.input_size, self.hidden_size)
+
+    def macs_per_token(self) -> int:
+        return rnn_macs_per_token(self.cell, self.input_size, self.hidden_size)
+
+
+class WSBiRNN(_AxisPass):
+    """Weight-shared bidirectional RNN: ``(N, L, C) -> (N, L, hidden)``.
+
+    One RNN module (one set of weights) reads the sequence forwards and backwards; the backward
+    output is flipped back into place and the two are summed::
+
+        y = rnn(x) + flip(rnn(flip(x)))
+
+    Half the weights and half the output width of a standard BiRNN. Both directions run in ONE
+    fused call: ``x`` and ``flip(x)`` are stacked along the batch. ``y`` is flip-equivariant:
+    ``f(flip(x)) == flip(f(x))``.
+
+    ``forward`` is batch-first (the public 1-D API); ``forward_seq_first`` takes
+    ``(L, *batch, C)`` and is what the 2-D layers use.
+
+    * params: ``g*H*(I + H) + 2*g*H``
+    * MACs per sequence of length L: ``2 * L * g*H*(I + H)``
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, cell: str = "rnn_tanh"):
+        super().__init__()
+        check_positive(input_size=input_size, hidden_size=hidden_size)
+        self.cell = get_cell(cell)
+        self.input_size, self.hidden_size, self.out_size = input_size, hidden_size, hidden_size
+        self.rnn = self.cell.make(input_size, hidden_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(N, L, C) -> (N, L, hidden)`` (a transposed view of a sequence-first result)."""
+        return self.forward_seq_first(x.transpose(0, 1)).transpose(0, 1)
+
+    def forward_seq_first(self, x: Tensor) -> Tensor:
+        """``(L, *batch, C) -> (L, *batch, hidden)``, any strides."""
+        L, batch, n = x.shape[0], x.shape[1:-1], x.shape[1:-1].numel()
+        # the cat is the one copy that makes the (possibly permuted) input contiguous
+        xx = torch.cat([x, x.flip(0)], dim=1)  # (L, 2 * batch[0], *batch[1:], C)
+        y, _ = self.rnn(xx.view(L, 2 * n, x.shape[-1]))
+        # unbind, not y[:, 0] / y[:, 1]: its backward is one stack, a select's is a zero-filled copy each
+        forward, backward = y.view(L, 2, n, self.hidden_size).unbind(1)
+        return (forward + backward.flip(0)).view(L, *batch, self.hidden_size)
+
+    def closed_form_params(self) -> int:
+        return rnn_params(self.cell, self.input_size, self.hidden_size)
+
+    def macs_per_token(self) -> int:
+        return 2 * rnn_macs_per_token(self.cell, self.input_size, self.hidden_size)
+
+    def closed_form_macs(self, length: int) -> int:
+        """MACs for one sequence of ``length`` tokens."""
+        return length * self.macs_per_token()
+
+
+class BiRNNPass(_AxisPass):
+    """Standard bidirectional fused RNN (separate forward/backward weights).
+
+    ``merge="sum"``: the two directions' outputs are summed (width H);
+    ``merge="cat"``: concatenated (width 2H). params ``2 P(I, H)``, MACs/token ``2 M(I, H)``.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, cell: str = "rnn_tanh", merge: str = "sum"):
+        super().__init__()
+        if merge not in ("sum", "cat"):
+            raise ValueError(f"merge must be 'sum' or 'cat', got {merge!r}")
+        self.cell = get_cell(cell)
+        self.merge = merge
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.out_size = hidden_size if merge == "sum" else 2 * hidden_size
+        self.rnn = self.cell.make(input_size, hidden_size, bidirectional=True)
+
+    def forward_seq_first(self, x: Tensor) -> Tensor:
+        L, batch = x.shape[0], x.shape[1:-1]
+        y, _ = self.rnn(x.reshape(L, -1, x.shape[-1]))  # (L, N, 2H): [forward | backward]
+        if self.merge == "sum":
+            forward, backward = y.view(L, -1, 2, self.hidden_size).unbind(2)
+            y = forward + backward
+        return y.view(L, *batch, self.out_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_seq_first(x)
+
+    def closed_form_params(self) -> int:
+        return rnn_params(self.cell, self.input_size, self.hidden_size, directions=2)
+
+    def macs_per_token(self) -> int:
+        return rnn_macs_per_token(self.cell, self.input_size, self.hidden_size, directions=2)
+
+
+class _SeparableRNN2d(Layer2d):
+    """Row pass then column pass: ``(B, C, H, W) -> (B, O, H, W)``; subclasses pick the passes."""
+
+    row: _AxisPass
+    col: _AxisPass
+
+    def __init__(self, in_channels: int, out_channels: int, hidden_channels: int | None, cell: str):
+        super().__init__()
+        hidden_channels = out_channels if hidden_channels is None else hidden_channels
+        check_positive(in_channels=in_channels, out_channels=out_channels, hidden_channels=hidden_channels)
+        get_cell(cell)  # a clear error before any module is built
+        self.in_channels, self.out_channels, self.hidden_channels = in_channels, out_channels, hidden_channels
+        self.cell_name = cell
+
+    def forward(self, x: Tensor) -> Tensor:
+        # rows: sequences along W, every image row a batch element -> (W, B, H, C), a view
+        r = self.row.forward_seq_first(x.permute(3, 0, 2, 1))  # (W, B, H, hidden)
+        # columns: sequences along H -> (H, B, W, hidden), a view
+        c = self.col.forward_seq_first(r.permute(2, 1, 0, 3))  # (H, B, W, O)
+        return c.permute(1, 3, 0, 2).contiguous()  # (B, O, H, W)
+
+    def closed_form_params(self) -> int:
+        return self.row.closed_form_params() + self.col.closed_form_params()
+
+    def closed_form_macs(self, height: int, width: int) -> int:
+        # every pixel is one token of each pass
+        return height * width * (self.row.macs_per_token() + self.col.macs_per_token())
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, hidden_channels={self.hidden_channels}, "
+            f"cell={self.cell_name!r}"
+        )
+
+
+@register_layer("srnn")
+class SRNN(_SeparableRNN2d):
+    """Separable RNN: a unidirectional RNN along every row, then one along every column.
+
+    ``r[i, :] = RNN_row(x[i, :])`` (C -> h, left to right),
+    ``y[:, j] = RNN_col(r[:, j])`` (h -> O, top to bottom); output ``y``, the column pass's hidden
+    states (no residual, norm or extra activation). Output (i, j) sees inputs (<= i, <= j).
+
+    * params: ``P(C, h) + P(h, O)``
+    * MACs:   ``H*W * (M(C, h) + M(h, O))``
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, hidden_channels: int | None = None, cell: str = "rnn_tanh"
+    ):
+        super().__init__(in_channels, out_channels, hidden_channels, cell)
+        self.row = RNNPass(in_channels, self.hidden_channels, cell)
+        self.col = RNNPass(self.hidden_channels, out_channels, cell)
+
+
+@register_layer("sws_birnn")
+class SWSBiRNN(_SeparableRNN2d):
+    """Separable weight-shared BiRNN (the paper's layer): SRNN whose passes are :class:`WSBiRNN`.
+
+    ``r[i, :] = WSBiRNN_row(x[i, :])`` (C -> h), ``y[:, j] = WSBiRNN_col(r[:, j])`` (h -> O).
+    Every output sees the whole image; the layer is flip-equivariant along H and W.
+
+    * params: ``P(C, h) + P(h, O)``
+    * MACs:   ``2 * H*W * (M(C, h) + M(h, O))``
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, hidden_channels: int | None = None, cell: str = "rnn_tanh"
+    ):
+        super().__init__(in_channels, out_channels, hidden_channels, cell)
+        self.row = WSBiRNN(in_channels, self.hidden_channels, cell)
+        self.col = WSBiRNN(self.hidden_channels, out_channels, cell)
+
+
+@register_layer("sbirnn_sum")
+class SBiRNNSum(_SeparableRNN2d):
+    """Separable BiRNN with separate forward/backward weights, directions **summed** (ablation).
+
+    Row pass: bidirectional C -> h per direction, summed to h; column pass: bidirectional
+    h -> O per direction, summed to O.
+
+    * params: ``2 P(C, h) + 2 P(h, O)``
+    * MACs:   ``2 * H*W * (M(C, h) + M(h, O))``
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, hidden_channels: int | None = None, cell: str = "rnn_tanh"
+    ):
+        super().__init__(in_channels, out_channels, hidden_channels, cell)
+        self.row = BiRNNPass(in_channels, self.hidden_channels, cell, merge="sum")
+        self.col = BiRNNPass(self.hidden_channels, out_channels, cell, merge="sum")
+
+
+@register_layer("sbirnn_cat")
+class SBiRNNCat(_SeparableRNN2d):
+    """Separable BiRNN with separate forward/backward weights, directions **concatenated** (ablation).
+
+    Widths: the row pass has ``h`` units per direction, so its output is ``2h`` wide (concat
+    doubles the width of the pass); the column pass reads ``2h`` and has ``O // 2`` units per
+    direction so that the layer outputs ``O`` channels (``O`` must be even).
+
+    * params: ``2 P(C, h) + 2 P(2h, O/2)``
+    * MACs:   ``2 * H*W * (M(C, h) + M(2h, O/2))``
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, hidden_channels: int | None = None, cell: str = "rnn_tanh"
+    ):
+        super().__init__(in_channels, out_channels, hidden_channels, cell)
+        if out_channels % 2:
+            raise ValueError(
+                f"sbirnn_cat needs an even out_channels (the column pass concatenates two directions of "
+                f"out_channels // 2), got out_channels={out_channels}"
+            )
+        self.row = BiRNNPass(in_channels, self.hidden_channels, cell, merge="cat")
+        self.col = BiRNNPass(2 * self.hidden_channels, out_channels // 2, cell, merge="cat")

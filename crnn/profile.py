@@ -1,0 +1,358 @@
+"""``crnn-profile``: complexity of the composed model without data or training (Hydra app).
+
+    crnn-profile backbone=resnet20 rnn=sws_birnn
+    crnn-profile -m rnn=none,srnn,sws_birnn
+    crnn-profile -m experiment=cifar100_last_block seed=0
+
+Same config groups as ``crnn-train`` (``conf/profile.yaml`` = ``train`` + profile settings). The
+model is built exactly as training builds it (``instantiate(cfg.data)``, whose constructor touches
+no files, then :func:`crnn.train.build_task`, then ``task.complexity_inputs()``) and measured:
+
+* ``params`` and ``macs``: :func:`crnn.complexity.count_params` and
+  :func:`crnn.complexity.mac_analysis` (the analysis behind ``count_macs``, same number);
+* ``activation_memory``: peak bytes of activations alive at once in one forward pass at
+  ``profile.batch_size`` (the embedded tensor arena: input included, parameters excluded; see
+  :func:`crnn.profiling.activation_memory` for exactly how);
+* ``latency``: median CPU wall time of one forward pass on ``profile.latency.threads`` thread(s);
+* ``modules``: per-module params, MACs (fvcore ``by_module``) and output shape.
+
+Each job prints one summary row (plus the module table in a single run) and writes
+``profile.json`` in its run folder; after a multirun :class:`SweepTable` prints the table of all
+jobs and writes ``profile_table.md`` / ``profile_table.csv`` in the sweep folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import platform
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.experimental.callback import Callback
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from crnn import complexity
+from crnn.profiling import activation_memory, cpu_latency, module_table
+from crnn.runtime import choices, git_commit, print_config, write_json_atomic
+from crnn.train import USER_ERRORS, build_task
+
+log = logging.getLogger("crnn.profile")
+
+GROUPS = ("data", "task", "backbone", "rnn", "head", "experiment", "seed")
+
+
+# ----------------------------------------------------------------------------------------------
+# building and measuring
+# ----------------------------------------------------------------------------------------------
+
+
+def compose_config(overrides: list[str] | tuple[str, ...] = (), config_name: str = "train") -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` with ``overrides`` outside a Hydra app (scripts,
+    notebooks), with ``hydra:`` resolvers working; run folder: a ``tmp`` placeholder that nothing
+    here writes to."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from crnn.runtime import project_root
+
+    os.environ.setdefault("PROJECT_ROOT", str(project_root()))
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(project_root() / "conf"), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(Path(cfg.paths.log_dir) / "tmp")
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def build_model(cfg: DictConfig):
+    """``(task, module, inputs)`` exactly as ``crnn-train`` builds them, without loading data."""
+    if cfg.get("seed") is not None:
+        torch.manual_seed(int(cfg.seed))
+    datamodule = instantiate(cfg.data)  # constructors check settings only: no disk access
+    task = build_task(cfg, datamodule)
+    module, inputs = task.complexity_inputs()
+    return task, module, inputs
+
+
+def _batched(inputs: tuple[torch.Tensor, ...], batch_size: int) -> tuple[torch.Tensor, ...]:
+    if batch_size == 1:
+        return inputs
+    return tuple(x.expand(batch_size, *x.shape[1:]).contiguous() if x.shape[0] == 1 else x for x in inputs)
+
+
+def profile_model(
+    module: torch.nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    batch_size: int = 1,
+    memory: bool = True,
+    latency: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Params, MACs, per-module table, peak activation memory and CPU latency of ``module(*inputs)``.
+
+    ``inputs`` are the batch-1 complexity inputs (params and MACs are per image); memory and
+    latency use a batch of ``batch_size`` copies. ``latency``: ``cpu_latency`` keyword arguments
+    (``repeats``, ``warmup``, ``threads``), ``None`` to skip it.
+    """
+    analysis = complexity.mac_analysis(module, *inputs)
+    result: dict[str, Any] = {
+        "params": complexity.count_params(module),
+        "macs": int(analysis.total()),
+        "input_shape": list(inputs[0].shape[1:]),
+        "batch_size": batch_size,
+    }
+    result["modules"] = module_table(module, *inputs, analysis=analysis)
+    batch = _batched(inputs, batch_size)
+    if memory:
+        mem = activation_memory(module, *batch)
+        result["activation_memory"] = mem
+        result["peak_activation_bytes"] = mem["peak_bytes"]
+    if latency is not None:
+        lat = cpu_latency(module, *batch, **latency)
+        result["latency"] = lat
+        result["latency_ms"] = lat["median_ms"]
+    return result
+
+
+def _task_overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    return list(HydraConfig.get().overrides.task)
+
+
+def _is_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def profile(cfg: DictConfig) -> dict[str, Any]:
+    """Profile the model of ``cfg`` (one job); writes and returns ``profile.json``'s content.
+
+    Raises what building the model raises (:data:`crnn.train.USER_ERRORS` for bad configs) after
+    writing ``profile.json`` with ``status: failed`` and the error.
+    """
+    output_dir = Path(cfg.paths.output_dir)
+    if cfg.get("print_config"):
+        print_config(cfg, output_dir / "config.yaml")
+    node = cfg.get("profile")
+    settings = OmegaConf.to_container(node, resolve=True) if node is not None else {}
+    picked = choices(cfg)
+    name = "-".join(str(picked.get(g)) for g in ("backbone", "rnn", "head"))
+    record: dict[str, Any] = {
+        "status": "running",
+        "name": name,
+        **picked,
+        "seed": cfg.get("seed"),
+        "overrides": _task_overrides(),
+        "model": {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("backbone", "rnn", "head") if k in cfg},
+        "profile_settings": settings,
+        "torch_version": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "git_commit": git_commit(),
+        "run_dir": str(output_dir),
+    }
+    path = output_dir / "profile.json"
+    start = time.time()
+    try:
+        _, module, inputs = build_model(cfg)
+        lat = settings.get("latency") or {}
+        measured = profile_model(
+            module,
+            inputs,
+            batch_size=int(settings.get("batch_size", 1)),
+            memory=bool(settings.get("memory", True)),
+            latency={k: int(lat[k]) for k in ("repeats", "warmup", "threads") if k in lat} if lat.get("enabled", True) else None,
+        )
+    except BaseException as err:
+        record.update(status="failed", error=f"{type(err).__name__}: {err}", wall_time_s=round(time.time() - start, 3))
+        if not isinstance(err, USER_ERRORS):
+            record["traceback"] = traceback.format_exc()
+        write_json_atomic(path, record)
+        raise
+    record.update(measured, status="completed", wall_time_s=round(time.time() - start, 3))
+    write_json_atomic(path, record)
+    return record
+
+
+# ----------------------------------------------------------------------------------------------
+# printing
+# ----------------------------------------------------------------------------------------------
+
+
+def _si(n: float | None, unit: str = "") -> str:
+    if n is None:
+        return "-"
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{suffix}{unit}"
+    return f"{n:.0f}{unit}"
+
+
+def _kib(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1024:.1f} KiB"
+
+
+def module_rows_text(rows: list[dict[str, Any]], max_depth: int | None = 3) -> str:
+    """The per-module table as aligned text (rows down to ``max_depth``)."""
+    keep = [r for r in rows if max_depth is None or r["depth"] <= max_depth]
+    cells = [("module", "type", "params", "MACs", "output shape")]
+    for r in keep:
+        label = ("  " * r["depth"]) + (r["name"].rsplit(".", 1)[-1] if r["name"] else "(model)")
+        shape = r["output_shape"]
+        cells.append((label, r["type"], f"{r['params']:,}", f"{r['macs']:,}", "-" if shape is None else str(shape)))
+    widths = [max(len(c[i]) for c in cells) for i in range(5)]
+    align = ["<", "<", ">", ">", "<"]
+    lines = ["  ".join(f"{c:{a}{w}}" for c, a, w in zip(row, align, widths, strict=True)) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def summary_line(record: dict[str, Any]) -> str:
+    """One line per job: name, params, MACs, peak activation memory, latency."""
+    extra = [o for o in record.get("overrides", []) if o.split("=", 1)[0].lstrip("+~") not in GROUPS]
+    label = record.get("name", "?") + (f" [{' '.join(extra)}]" if extra else "")
+    if record.get("status") != "completed":
+        return f"{label}: FAILED: {record.get('error', record.get('status'))}"
+    lat = record.get("latency") or {}
+    latency = f"{lat['median_ms']:.2f} ms (median of {lat['repeats']}, {lat['threads']} thread)" if lat else "-"
+    return (
+        f"{label}: params {record['params']:,} | MACs {record['macs']:,} | "
+        f"peak activations {_kib(record.get('peak_activation_bytes'))} | latency {latency}"
+    )
+
+
+TABLE_COLUMNS = ("job", "backbone", "rnn", "head", "cell", "overrides", "params", "macs", "peak_act_kib", "latency_ms", "status")
+
+
+def table_rows(records: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Flat rows (``TABLE_COLUMNS``) of ``(job, profile record)`` pairs, for the sweep table."""
+    rows = []
+    for job, r in records:
+        extra = [o for o in r.get("overrides", []) if o.split("=", 1)[0].lstrip("+~") not in GROUPS]
+        peak = r.get("peak_activation_bytes")
+        rows.append(
+            {
+                "job": job,
+                "backbone": r.get("backbone"),
+                "rnn": r.get("rnn"),
+                "head": r.get("head"),
+                "cell": r.get("cell"),
+                "overrides": " ".join(extra),
+                "params": r.get("params"),
+                "macs": r.get("macs"),
+                "peak_act_kib": None if peak is None else round(peak / 1024, 1),
+                "latency_ms": None if r.get("latency_ms") is None else round(r["latency_ms"], 3),
+                "status": r.get("status") if r.get("status") == "completed" else f"{r.get('status')}: {r.get('error', '')}",
+            }
+        )
+    return rows
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    def fmt(key: str, v: Any) -> str:
+        if v is None or v == "":
+            return "-" if key not in ("overrides",) else ""
+        if key in ("params", "macs"):
+            return f"{v:,}"
+        return str(v)
+
+    header = "| " + " | ".join(TABLE_COLUMNS) + " |"
+    sep = "|" + "|".join("---:" if c in ("params", "macs", "peak_act_kib", "latency_ms") else "---" for c in TABLE_COLUMNS) + "|"
+    body = ["| " + " | ".join(fmt(c, r[c]) for c in TABLE_COLUMNS) + " |" for r in rows]
+    return "\n".join([header, sep, *body])
+
+
+def read_sweep(sweep_dir: Path) -> list[tuple[str, dict[str, Any]]]:
+    """``(job folder name, profile.json)`` of every job under ``sweep_dir``, in job order."""
+
+    def order(p: Path) -> tuple[int, str]:
+        head = p.parent.name.split("_", 1)[0]
+        return (int(head) if head.isdigit() else 1 << 30, p.parent.name)
+
+    out = []
+    for path in sorted(Path(sweep_dir).glob("*/profile.json"), key=order):
+        try:
+            out.append((path.parent.name, json.loads(path.read_text())))
+        except (OSError, json.JSONDecodeError) as err:
+            out.append((path.parent.name, {"status": "unreadable", "error": str(err)}))
+    return out
+
+
+def write_sweep_table(sweep_dir: Path) -> str:
+    """Write ``profile_table.md`` and ``profile_table.csv`` in ``sweep_dir``; returns the Markdown."""
+    rows = table_rows(read_sweep(sweep_dir))
+    text = markdown_table(rows)
+    (Path(sweep_dir) / "profile_table.md").write_text(text + "\n")
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(TABLE_COLUMNS))
+    writer.writeheader()
+    writer.writerows(rows)
+    (Path(sweep_dir) / "profile_table.csv").write_text(buf.getvalue())
+    return text
+
+
+class SweepTable(Callback):
+    """Hydra callback (``conf/profile.yaml``): after a multirun, print and save the table of all jobs."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        text = write_sweep_table(sweep_dir)
+        print(f"\nComplexity of {sweep_dir} (profile_table.md / .csv):\n{text}", flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# entry point
+# ----------------------------------------------------------------------------------------------
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="profile")
+def _main(cfg: DictConfig) -> int | None:
+    multirun = _is_multirun()
+    try:
+        record = profile(cfg)
+    except USER_ERRORS as err:
+        log.error("%s", err)
+        if multirun:  # keep profiling the other jobs; the failure is in profile.json and the table
+            return None
+        raise SystemExit(2) from None
+    except Exception:
+        if multirun:
+            log.exception("profiling failed")
+            return None
+        raise
+    modules = OmegaConf.select(cfg, "profile.modules") or {}
+    show = modules.get("print")
+    if show if show is not None else not multirun:
+        depth = modules.get("max_depth", 3)
+        log.info("Per-module table (%s):\n%s", record["name"], module_rows_text(record["modules"], depth))
+    log.info("%s", summary_line(record))
+    if not multirun:
+        log.info("profile.json: %s", Path(cfg.paths.output_dir) / "profile.json")
+    return record["macs"]
+
+
+def main() -> None:
+    os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
+    _main()
+
+
+if __name__ == "__main__":
+    main()

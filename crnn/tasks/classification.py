@@ -1,0 +1,82 @@
+"""Image classification (CIFAR-100): cross-entropy, top-1 and top-5 accuracy."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import MulticlassAccuracy
+
+from crnn.builders import build_classifier
+from crnn.tasks.base import BaseTask, plain
+
+
+class ClassificationTask(BaseTask):
+    """Trains ``backbone -> (2-D layer in place of chosen blocks) -> head`` with cross-entropy.
+
+    Logs ``{train,val,test}/loss``, ``{val,test}/acc1`` and ``{val,test}/acc5`` (torchmetrics,
+    epoch-level). Batches are ``(images (B, 3, H, W) float, labels (B,) int64)``.
+    """
+
+    def __init__(
+        self,
+        backbone: Mapping[str, Any],
+        rnn: Mapping[str, Any] | None,
+        head: Mapping[str, Any],
+        num_classes: int,
+        input_shape: tuple[int, int, int],
+        optimizer: Mapping[str, Any],
+        scheduler: Mapping[str, Any],
+        label_smoothing: float = 0.0,
+        monitor: str = "val/acc1",
+        monitor_mode: str = "max",
+    ):
+        super().__init__(optimizer, scheduler, input_shape, monitor, monitor_mode)
+        self.save_hyperparameters(
+            {
+                "backbone": plain(backbone),
+                "rnn": plain(rnn),
+                "head": plain(head),
+                "num_classes": num_classes,
+                "input_shape": list(input_shape),
+                "optimizer": plain(optimizer),
+                "scheduler": plain(scheduler),
+                "label_smoothing": label_smoothing,
+                "monitor": monitor,
+                "monitor_mode": monitor_mode,
+            }
+        )
+        self.net = build_classifier(self.hparams.backbone, self.hparams.rnn, self.hparams.head, num_classes, input_shape)
+        self.label_smoothing = label_smoothing
+        for stage in ("val", "test"):
+            for k in (1, 5):
+                setattr(self, f"{stage}_acc{k}", MulticlassAccuracy(num_classes, top_k=min(k, num_classes), average="micro"))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+    def training_step(self, batch, batch_idx):
+        images, labels = batch
+        logits = self(images)
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(labels))
+        return loss
+
+    def _evaluate(self, batch, stage: str):
+        images, labels = batch
+        logits = self(images)
+        loss = F.cross_entropy(logits, labels)
+        n = len(labels)
+        self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=n)
+        for k in (1, 5):
+            metric = getattr(self, f"{stage}_acc{k}")
+            metric(logits, labels)
+            self.log(f"{stage}/acc{k}", metric, prog_bar=k == 1, batch_size=n)
+
+    def validation_step(self, batch, batch_idx):
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._evaluate(batch, "test")

@@ -1,0 +1,258 @@
+"""Object detection (COCO layout): FCOS with conv or recurrent head towers, COCOeval metrics."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from crnn.models.detection import FCOSNetwork, build_detector
+from crnn.tasks.base import BaseTask, plain
+from crnn.tasks.coco_eval import evaluate_detections, gather_detections, to_coco_detections
+
+log = logging.getLogger("crnn")
+
+__all__ = ["DetectionTask"]
+
+LOGGED = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100", "F1")
+"""COCOeval numbers logged as ``{val,test}/<name>``."""
+
+EVAL_DEFAULTS: dict[str, Any] = {
+    "save_detections": True,  # <run folder>/detections_{val,test}.json, COCO results format (rank 0)
+    "log_images_every_n_epochs": 5,  # W&B only; 0 = never
+    "num_log_images": 4,
+    "log_images_score_thresh": 0.3,
+}
+
+
+def _dump_json(path: Path, data: Any) -> None:
+    """Write ``data`` as compact JSON via a temporary file + rename (never half-written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class DetectionTask(BaseTask):
+    """Trains the FCOS detector of :func:`crnn.models.detection.build_detector`.
+
+    Batches are ``(list of images (3, h, w) in [0, 1], list of targets)`` from
+    :class:`crnn.data.COCODataModule`. Training logs ``train/loss`` (sum) and its parts
+    ``train/loss_cls`` (sigmoid focal), ``train/loss_box`` (GIoU), ``train/loss_ctr``
+    (centerness BCE). Validation (and test, on the same split) collects every image's detections
+    in original-image coordinates, gathers them from all processes and runs pycocotools' COCOeval
+    once per epoch: ``{val,test}/{AP,AP50,AP75,APs,APm,APl,AR100,F1}`` plus ``eval_time_s`` and
+    ``num_detections``; the detections JSON goes to the run folder (``trainer.default_root_dir``).
+    With a :class:`~lightning.pytorch.loggers.WandbLogger`, a few val images with predicted and
+    ground-truth boxes are logged every ``evaluation.log_images_every_n_epochs`` epochs.
+    """
+
+    def __init__(
+        self,
+        backbone: Mapping[str, Any],
+        rnn: Mapping[str, Any] | None,
+        head: Mapping[str, Any],
+        num_classes: int,
+        input_shape: tuple[int, int, int],
+        optimizer: Mapping[str, Any],
+        scheduler: Mapping[str, Any],
+        monitor: str = "val/AP",
+        monitor_mode: str = "max",
+        evaluation: Mapping[str, Any] | None = None,
+    ):
+        super().__init__(optimizer, scheduler, input_shape, monitor, monitor_mode)
+        evaluation = dict(plain(evaluation) or {})
+        unknown = set(evaluation) - set(EVAL_DEFAULTS)
+        if unknown:
+            raise ValueError(
+                f"task.evaluation: unknown keys {sorted(unknown)}; valid: {sorted(EVAL_DEFAULTS)}"
+            )
+        self.save_hyperparameters(
+            {
+                "backbone": plain(backbone),
+                "rnn": plain(rnn),
+                "head": plain(head),
+                "num_classes": num_classes,
+                "input_shape": list(input_shape),
+                "optimizer": plain(optimizer),
+                "scheduler": plain(scheduler),
+                "monitor": monitor,
+                "monitor_mode": monitor_mode,
+                "evaluation": evaluation,
+            }
+        )
+        self.evaluation = EVAL_DEFAULTS | evaluation
+        self.image_size = max(int(s) for s in input_shape[1:])
+        self.net = build_detector(
+            self.hparams.backbone, self.hparams.rnn, self.hparams.head, num_classes, self.image_size
+        )
+        self._detections: dict[int, list[dict[str, Any]]] = {}
+        self._eval_time = 0.0
+
+    # ------------------------------------------------------------------ model
+    def forward(self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]] | None = None):
+        """Training mode: dict of losses; eval mode: per-image ``{boxes, scores, labels}``."""
+        return self.net(images, targets)
+
+    def complexity_inputs(self) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+        """Backbone + FPN + head (:class:`FCOSNetwork`) on one ``input_shape`` image.
+
+        Counted: every conv / recurrent layer of the backbone, FPN and both towers and predictors
+        on all pyramid levels. Not counted (no weight MACs): resize and normalisation, point
+        generation, box decoding, top-k and NMS.
+        """
+        return FCOSNetwork(self.net), (torch.zeros(1, 3, self.image_size, self.image_size),)
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch, batch_idx):
+        images, targets = batch
+        losses = self.net(images, [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets])
+        loss = sum(losses.values())
+        n = len(images)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=n)
+        for key, name in (("classification", "cls"), ("bbox_regression", "box"), ("bbox_ctrness", "ctr")):
+            self.log(f"train/loss_{name}", losses[key], on_step=False, on_epoch=True, batch_size=n)
+        return loss
+
+    # ------------------------------------------------------------------ evaluation
+    def _eval_dataset(self, stage: str):
+        loaders = self.trainer.val_dataloaders if stage == "val" else self.trainer.test_dataloaders
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+        dataset = getattr(loader, "dataset", None)
+        while dataset is not None and not hasattr(dataset, "coco") and hasattr(dataset, "dataset"):
+            dataset = dataset.dataset  # torch Subset
+        if dataset is None or not hasattr(dataset, "coco") or not hasattr(dataset, "label_to_cat_id"):
+            raise TypeError(
+                "DetectionTask evaluates on a COCO-layout dataset (crnn.data.CocoDetectionDataset); "
+                f"the {stage} loader holds {type(dataset).__name__}"
+            )
+        return dataset
+
+    def _start_eval(self) -> None:
+        self._detections = {}
+        self._eval_time = 0.0
+
+    def _eval_step(self, batch, batch_idx: int, stage: str) -> None:
+        images, targets = batch
+        start = time.perf_counter()
+        outputs = self.net(images)
+        label_to_cat = self._eval_dataset(stage).label_to_cat_id
+        for image, target, out in zip(images, targets, outputs, strict=False):
+            h, w = image.shape[-2:]
+            oh, ow = (int(v) for v in target["orig_size"])
+            self._detections[int(target["image_id"])] = to_coco_detections(
+                target["image_id"], out["boxes"], out["scores"], out["labels"], label_to_cat, (ow / w, oh / h)
+            )
+        self._eval_time += time.perf_counter() - start
+        if stage == "val" and batch_idx == 0:
+            self._log_images(images, targets, outputs)
+
+    def _finish_eval(self, stage: str) -> None:
+        dataset = self._eval_dataset(stage)
+        merged = gather_detections(self._detections)
+        detections = [d for image_id in sorted(merged) for d in merged[image_id]]
+        start = time.perf_counter()
+        metrics = evaluate_detections(
+            dataset.coco, detections, image_ids=merged.keys(), cat_ids=dataset.label_to_cat_id
+        )
+        coco_time = time.perf_counter() - start
+        for name in LOGGED:
+            self.log(f"{stage}/{name}", metrics[name], prog_bar=name in ("AP", "AP50"), sync_dist=True)
+        self.log(f"{stage}/num_detections", metrics["num_detections"], sync_dist=True)
+        self.log(f"{stage}/eval_time_s", self._eval_time + coco_time, sync_dist=True)
+        log.info(
+            "%s epoch %d: AP %.4f AP50 %.4f F1 %.4f on %d images (%d detections; inference %.1fs, "
+            "COCOeval %.1fs)",
+            stage, self.current_epoch, metrics["AP"], metrics["AP50"], metrics["F1"], len(merged),
+            len(detections), self._eval_time, coco_time,
+        )  # fmt: skip
+        if (
+            self.evaluation["save_detections"]
+            and self.trainer.is_global_zero
+            and not self.trainer.sanity_checking
+        ):
+            _dump_json(Path(self.trainer.default_root_dir) / f"detections_{stage}.json", detections)
+        self._detections = {}
+
+    def on_validation_epoch_start(self) -> None:
+        self._start_eval()
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, batch_idx, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._finish_eval("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._start_eval()
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, batch_idx, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._finish_eval("test")
+
+    # ------------------------------------------------------------------ W&B images
+    def _log_images(self, images, targets, outputs) -> None:
+        every = int(self.evaluation["log_images_every_n_epochs"] or 0)
+        if every <= 0 or self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return
+        if self.current_epoch % every and self.current_epoch != (self.trainer.max_epochs or 0) - 1:
+            return
+        wandb_loggers = [lg for lg in self.loggers if type(lg).__name__ == "WandbLogger"]
+        if not wandb_loggers:
+            return
+        import wandb
+
+        names = {i: n for i, n in enumerate(self._eval_dataset("val").class_names)}
+        thresh = float(self.evaluation["log_images_score_thresh"])
+        panels = []
+        for image, target, out in list(zip(images, targets, outputs, strict=False))[
+            : int(self.evaluation["num_log_images"])
+        ]:
+            h, w = image.shape[-2:]
+
+            def boxes(xyxy, labels, scores=None):
+                data = []
+                for k, (box, label) in enumerate(zip(xyxy.tolist(), labels.tolist(), strict=False)):
+                    item = {
+                        "position": {"minX": box[0], "minY": box[1], "maxX": box[2], "maxY": box[3]},
+                        "domain": "pixel",
+                        "class_id": int(label),
+                        "box_caption": names.get(int(label), str(label)),
+                    }
+                    if scores is not None:
+                        item["scores"] = {"score": float(scores[k])}
+                        item["box_caption"] += f" {float(scores[k]):.2f}"
+                    data.append(item)
+                return {"box_data": data, "class_labels": names}
+
+            keep = out["scores"] >= thresh
+            array = (image.detach().cpu().clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
+            panels.append(
+                wandb.Image(
+                    array,
+                    boxes={
+                        "predictions": boxes(
+                            out["boxes"][keep].cpu(), out["labels"][keep].cpu(), out["scores"][keep].cpu()
+                        ),
+                        "ground_truth": boxes(target["boxes"].cpu(), target["labels"].cpu()),
+                    },
+                    caption=f"image {int(target['image_id'])} ({w}x{h})",
+                )
+            )
+        for lg in wandb_loggers:
+            lg.experiment.log({"val/images": panels, "trainer/global_step": self.global_step})

@@ -1,0 +1,218 @@
+"""crnn.complexity: exact MAC / parameter counts, and no silent undercount."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from crnn.complexity import MAC_FREE_OPS, MAC_HANDLES, UnsupportedOpError, count_macs, count_params
+from crnn.layers import LAYERS, build_layer
+
+ALL_CELLS = ["rnn_tanh", "rnn_relu", "gru", "lstm"]
+VANILLA_ONLY = {"ds_rnn", "rnn2d", "rnn2d_4way"}
+CONVS = {"conv", "dsconv"}
+
+
+def layer_configs():
+    """(layer, kwargs) for every registered layer x accepted cell x hidden width."""
+    for name in sorted(LAYERS):
+        if name in CONVS:
+            for k in (1, 3, 5):
+                yield name, {"kernel_size": k}
+            continue
+        for cell in ALL_CELLS:
+            if name in VANILLA_ONLY and cell not in ("rnn_tanh", "rnn_relu"):
+                continue
+            hiddens = [None] if name == "ds_rnn" else [None, 12]
+            for hidden in hiddens:
+                yield name, {"cell": cell, "hidden_channels": hidden}
+
+
+CONFIGS = list(layer_configs())
+
+
+@pytest.mark.parametrize(("name", "kwargs"), CONFIGS, ids=[f"{n}-{k}" for n, k in CONFIGS])
+def test_closed_forms(name, kwargs):
+    layer = build_layer(name, 6, 8, **kwargs)
+    numel = sum(p.numel() for p in layer.parameters())
+    assert count_params(layer) == layer.closed_form_params() == numel
+    for batch, height, width in [(2, 3, 5), (3, 4, 1)]:
+        x = torch.randn(batch, 6, height, width)
+        assert count_macs(layer, x) == batch * layer.closed_form_macs(height, width)
+
+
+# --------------------------------------------------------------------------- textbook formulas
+
+
+@pytest.mark.parametrize(("stride", "groups", "bias"), [(1, 1, True), (2, 1, False), (1, 4, False)])
+def test_conv2d_textbook(stride, groups, bias):
+    conv = nn.Conv2d(8, 12, 3, stride=stride, padding=1, groups=groups, bias=bias)
+    x = torch.randn(2, 8, 9, 10)
+    ho, wo = conv(x).shape[-2:]
+    assert count_macs(conv, x) == 2 * 12 * (8 // groups) * 3 * 3 * ho * wo
+
+
+def test_linear_textbook():
+    assert count_macs(nn.Linear(7, 5), torch.randn(3, 7)) == 3 * 7 * 5
+    assert count_macs(nn.Linear(7, 5, bias=False), torch.randn(3, 4, 7)) == 3 * 4 * 7 * 5
+
+
+def test_small_cnn_counts_only_conv_and_linear():
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1, stride=2),
+        nn.GroupNorm(4, 16),
+        nn.GELU(),
+        nn.Upsample(scale_factor=2),
+        nn.MaxPool2d(2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Dropout(0.1),
+        nn.LayerNorm(16),
+        nn.Linear(16, 10),
+        nn.Softmax(-1),
+    )
+    x = torch.randn(2, 3, 8, 8)
+    expected = 2 * (8 * 3 * 9 * 8 * 8 + 16 * 8 * 9 * 4 * 4 + 16 * 10)
+    assert count_macs(net, x) == expected
+
+
+@pytest.mark.parametrize("kind", ["rnn_tanh", "rnn_relu", "gru", "lstm"])
+def test_fused_rnn_multilayer_bidirectional(kind):
+    module, g = {"rnn_tanh": (nn.RNN, 1), "rnn_relu": (nn.RNN, 1), "gru": (nn.GRU, 3), "lstm": (nn.LSTM, 4)}[kind]
+    extra = {"nonlinearity": kind[4:]} if module is nn.RNN else {}
+    rnn = module(5, 7, num_layers=2, bidirectional=True, batch_first=True, **extra)
+    N, L = 3, 6
+    per_token = 2 * g * 7 * (5 + 7) + 2 * g * 7 * (2 * 7 + 7)  # layer 1 reads 5, layer 2 reads 2*7
+    assert count_macs(rnn, torch.randn(N, L, 5)) == N * L * per_token
+
+
+def test_lstm_projection_and_cell():
+    lstm = nn.LSTM(5, 8, proj_size=3)
+    assert count_macs(lstm, torch.randn(4, 2, 5)) == 4 * 2 * (4 * 8 * 5 + 4 * 8 * 3 + 3 * 8)
+    cell = nn.GRUCell(5, 6)
+    assert count_macs(cell, torch.randn(3, 5)) == 3 * 3 * 6 * (5 + 6)
+
+
+def test_packed_sequence():
+    class Packed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.GRU(4, 5)
+
+        def forward(self, x):
+            packed = nn.utils.rnn.pack_padded_sequence(x, torch.tensor([6, 3]), enforce_sorted=True)
+            return self.rnn(packed)[1]
+
+    assert count_macs(Packed(), torch.randn(6, 2, 4)) == (6 + 3) * 3 * 5 * (4 + 5)
+
+
+def test_matmul_family():
+    class M(nn.Module):
+        def forward(self, a, b, v):
+            return (a @ b).sum() + torch.bmm(a, b).sum() + torch.mv(a[0], v).sum() + torch.einsum("bik,bkj->bij", a, b).sum()
+
+    a, b, v = torch.randn(2, 3, 4), torch.randn(2, 4, 5), torch.randn(4)
+    assert count_macs(M(), a, b, v) == 3 * (2 * 3 * 4 * 5) + 3 * 4
+
+
+def test_addcmul_counted_mul_not():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(4))
+
+        def forward(self, x):
+            return torch.addcmul(x, self.w, x) * torch.sigmoid(x)
+
+    assert count_macs(M(), torch.randn(3, 5, 4)) == 3 * 5 * 4
+
+
+# ------------------------------------------------------------------------- no silent undercount
+
+
+class Baddbmm(nn.Module):
+    def forward(self, x):
+        return torch.baddbmm(x, x, x)
+
+
+class Bilinear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.bil = nn.Bilinear(4, 4, 2)
+
+    def forward(self, x):
+        return self.bil(x, x)
+
+
+class Square(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x @ x
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
+class PythonOp(nn.Module):
+    def forward(self, x):
+        return Square.apply(x)
+
+
+@pytest.mark.parametrize(
+    ("module", "shape", "op"),
+    [(Baddbmm, (2, 4, 4), "aten::baddbmm"), (Bilinear, (3, 4), "aten::bilinear"), (PythonOp, (4, 4), "Square")],
+)
+def test_unsupported_op_raises_and_names_it(module, shape, op):
+    assert not any(op.endswith(k) for k in MAC_HANDLES)
+    with pytest.raises(UnsupportedOpError, match=op):
+        count_macs(module(), torch.randn(*shape))
+    assert issubclass(UnsupportedOpError, ValueError)
+
+
+def test_handles_and_allow_list_are_disjoint():
+    assert not set(MAC_HANDLES) & MAC_FREE_OPS
+    for op in ("aten::rnn_tanh", "aten::rnn_relu", "aten::gru", "aten::lstm", "aten::addcmul"):
+        assert op in MAC_HANDLES
+
+
+def test_mode_restored_and_quiet(caplog):
+    layer = build_layer("sws_birnn", 4, 4)
+    layer.train()
+    layer.col.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with caplog.at_level(logging.DEBUG):
+            count_macs(layer, torch.randn(2, 4, 3, 3))
+    assert layer.training and layer.row.training and not layer.col.training
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_counting_uses_eval_mode():
+    class Probe(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 3)
+            self.seen = None
+
+        def forward(self, x):
+            self.seen = (self.training, torch.is_grad_enabled())
+            return self.lin(x)
+
+    probe = Probe().train()
+    count_macs(probe, torch.randn(2, 3))
+    assert probe.seen == (False, False) and probe.training
+
+
+def test_grad_enabled_after():
+    count_macs(nn.Linear(2, 2), torch.randn(1, 2))
+    assert torch.is_grad_enabled()
+    F.relu(torch.ones(1))  # noqa: just make sure torch state is usable

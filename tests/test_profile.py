@@ -1,0 +1,206 @@
+"""crnn-profile: numbers equal crnn.complexity, the tensor arena is exact on hand-sized models,
+sweeps give one profile.json per job and a table; experiment presets compose and expand."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import CONF, compose
+from hydra.utils import instantiate
+from torch import nn
+
+from crnn import complexity
+from crnn.profile import build_model, profile
+from crnn.profiling import activation_memory, cpu_latency, module_table
+from crnn.train import build_task
+
+FAST = ["profile.latency.repeats=3", "profile.latency.warmup=1"]
+
+
+def _profile_cfg(tmp_path: Path, *overrides: str):
+    missing = tmp_path / "no_data_here"
+    return compose([f"data.root={missing}", "logger=none", *overrides], tmp_path), missing
+
+
+@pytest.mark.parametrize("rnn", ["none", "sws_birnn"])
+def test_profile_numbers_equal_complexity(rnn, tmp_path):
+    cfg, missing = _profile_cfg(tmp_path, f"rnn={rnn}")
+    from omegaconf import open_dict
+
+    with open_dict(cfg):  # conf/train.yaml composed: add the profile settings of conf/profile.yaml
+        cfg.profile = {"batch_size": 1, "memory": True, "latency": {"repeats": 3, "warmup": 1, "threads": 1}}
+    record = profile(cfg)
+
+    task = build_task(cfg, instantiate(cfg.data))
+    module, inputs = task.complexity_inputs()
+    assert record["params"] == complexity.count_params(module)
+    assert record["macs"] == complexity.count_macs(module, *inputs)
+    root = record["modules"][0]
+    assert root["name"] == "" and root["macs"] == record["macs"] and root["params"] == record["params"]
+    assert root["output_shape"] == [1, 100]
+    replaced = [m for m in record["modules"] if m["type"] == "ReplacementBlock"]
+    assert len(replaced) == (0 if rnn == "none" else 1)
+    assert record["peak_activation_bytes"] >= 3 * 32 * 32 * 4  # the input is included
+    assert record["latency"]["median_ms"] > 0 and record["latency"]["threads"] == 1
+    assert json.loads((tmp_path / "profile.json").read_text())["macs"] == record["macs"]
+    assert record["status"] == "completed"
+    assert not missing.exists()  # no data touched
+
+
+def test_profile_json_records_failure(tmp_path):
+    cfg, _ = _profile_cfg(tmp_path, "rnn=srnn", "rnn.cell=transformer")
+    from crnn.builders import ConfigError
+
+    with pytest.raises(ConfigError):
+        profile(cfg)
+    record = json.loads((tmp_path / "profile.json").read_text())
+    assert record["status"] == "failed" and "cell" in record["error"]
+
+
+def test_arena_of_a_chain_is_exact():
+    # input 3x10x10 (1200 B), conv -> 8x10x10 (3200 B), relu (not in place) -> 3200 B, conv -> 4x10x10 (1600 B)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1))
+    mem = activation_memory(model, torch.zeros(1, 3, 10, 10))
+    # peak right after the ReLU: input (held by the caller) + conv output (ReLU's input) + ReLU output
+    assert mem["peak_bytes"] == 1200 + 3200 + 3200
+    assert mem["input_bytes"] == 1200 and mem["output_bytes"] == 1600
+    assert mem["param_bytes"] == 4 * (8 * 3 * 9 + 8 + 4 * 8 * 9 + 4)
+    assert mem["total_bytes"] == 1200 + 3200 + 3200 + 1600
+
+
+def test_arena_in_place_and_views_are_not_counted_twice():
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(800, 10))
+    mem = activation_memory(model, torch.zeros(1, 3, 10, 10))
+    # in-place ReLU and Flatten (a view) reuse the conv output's storage; the linear's transposed
+    # weight is a view of a parameter (excluded)
+    assert mem["peak_bytes"] == 1200 + 3200 + 40
+    assert mem["total_bytes"] == 1200 + 3200 + 40
+
+
+def test_arena_counts_tensors_created_in_forward():
+    class WithState(nn.Module):
+        def forward(self, x):
+            h = torch.zeros(1, 1000)  # e.g. an initial hidden state: an activation, 4000 B
+            return x.sum() + h.sum()
+
+    mem = activation_memory(WithState(), torch.ones(1, 10))
+    assert mem["peak_bytes"] >= 40 + 4000
+
+
+def test_arena_scales_with_batch():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1))
+    one = activation_memory(model, torch.zeros(1, 3, 10, 10))["peak_bytes"]
+    four = activation_memory(model, torch.zeros(4, 3, 10, 10))["peak_bytes"]
+    assert four == 4 * one
+
+
+def test_latency_and_module_table_restore_state():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    model.train()
+    threads = torch.get_num_threads()
+    lat = cpu_latency(model, torch.zeros(1, 3, 8, 8), repeats=3, warmup=1, threads=1)
+    assert lat["repeats"] == 3 and lat["min_ms"] <= lat["median_ms"]
+    assert torch.get_num_threads() == threads and model.training
+    rows = module_table(model, torch.zeros(1, 3, 8, 8))
+    assert [r["name"] for r in rows] == ["", "0", "1"]
+    assert rows[1]["macs"] == 4 * 3 * 9 * 6 * 6 and rows[1]["output_shape"] == [1, 4, 6, 6]
+    assert rows[0]["macs"] == rows[1]["macs"] and rows[2]["macs"] == 0 and model.training
+
+
+def _cli(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CI": "1", "WANDB_MODE": "offline"}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_profile_multirun_gives_a_table(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = _cli(
+        "crnn.profile",
+        "-m",
+        "rnn=none,srnn,sws_birnn",
+        f"data.root={tmp_path / 'no_data'}",
+        *FAST,
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = sorted(sweep.glob("*/profile.json"))
+    assert [p.parent.name for p in jobs] == [
+        "0_resnet20-none-linear",
+        "1_resnet20-srnn-linear",
+        "2_resnet20-sws_birnn-linear",
+    ]
+    records = [json.loads(p.read_text()) for p in jobs]
+    assert all(r["status"] == "completed" for r in records)
+    table = (sweep / "profile_table.md").read_text()
+    assert all(f"| {r['rnn']} |" in table and f"{r['macs']:,}" in table for r in records)
+    out = proc.stdout + proc.stderr
+    assert out.count("peak activations") == 3  # one summary row per job
+    assert not (tmp_path / "no_data").exists()
+
+
+# ------------------------------------------------------------------------------- presets
+
+PRESETS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+def planned(preset: str, tmp_path: Path) -> list[list[str]]:
+    """The job override lists `crnn-train -m experiment=<preset>` launches (basic sweeper)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    cfg = compose([f"experiment={preset}"], tmp_path)
+    params = cfg.hydra.sweeper.params
+    args = [f"{k}={v}" for k, v in params.items()]
+    parsed = OverridesParser.create().parse_overrides(args)
+    return [job + [f"experiment={preset}"] for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def test_six_presets_with_their_own_sweeps(tmp_path):
+    assert len(PRESETS) >= 6
+    for preset in PRESETS:
+        cfg = compose([f"experiment={preset}"], tmp_path)
+        assert cfg.hydra.sweeper.params, preset  # each preset carries its sweep
+        assert cfg.trainer.max_epochs >= 1 and cfg.task.optimizer.name and cfg.task.scheduler.name
+    sizes = {p: len(planned(p, tmp_path)) for p in PRESETS}
+    assert sizes["cifar100_last_block"] == 3 * 7 * 3
+    assert sizes["cifar100_rnn_vs_conv_rf"] == 8 * 3
+
+
+@pytest.mark.parametrize("preset", [p for p in PRESETS if p.startswith("cifar100")])
+def test_cifar_preset_jobs_build(preset, tmp_path):
+    """Every distinct configuration of the preset (seed 0) builds; the slow variant checks all."""
+    jobs = [j for j in planned(preset, tmp_path) if "seed=0" in j or not any(o.startswith("seed=") for o in j)]
+    for job in jobs[:: max(1, len(jobs) // 3)]:  # a few per preset here; all in the slow test
+        cfg = compose([f"data.root={tmp_path / 'none'}", *job], tmp_path)
+        _, module, inputs = build_model(cfg)
+        assert complexity.count_params(module) > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_job_builds(preset, tmp_path):
+    for job in planned(preset, tmp_path):
+        if not any(o == "seed=0" for o in job) and any(o.startswith("seed=") for o in job):
+            continue
+        cfg = compose([f"data.root={tmp_path / 'none'}", *job], tmp_path)
+        _, module, inputs = build_model(cfg)
+        assert complexity.count_macs(module, *inputs) > 0
+
+
+def test_preset_variants_set_the_group_choice(tmp_path):
+    from hydra.core.hydra_config import HydraConfig
+
+    cfg = compose(["experiment=cifar100_rnn_vs_conv_rf", "+experiment/rf_layer=dsconv15"], tmp_path)
+    assert HydraConfig.get().runtime.choices["rnn"] == "dsconv" and cfg.rnn.kernel_size == 15
+    cfg = compose(["experiment=cifar100_sequence_heads", "+experiment/seq_head=cols_mean"], tmp_path)
+    assert HydraConfig.get().runtime.choices["head"] == "sequence"
+    assert (cfg.head.scan, cfg.head.readout, cfg.rnn.name) == ("cols", "mean", "none")

@@ -1,0 +1,217 @@
+"""Training runs end to end on the fixture: metrics.json, W&B offline, resume, seeds, sweeps."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, SHARED_DATA, cifar_overrides, compose
+
+from crnn.train import train
+
+BACKBONES = ["resnet20", "resnet32", "resnet44", "resnet56", "mobilenetv2"]
+RNNS = sorted(p.stem for p in (ROOT / "conf" / "rnn").glob("*.yaml"))
+HEADS = ["linear", "sequence"]
+
+
+def fast_dev_run(root: Path, tmp_path: Path, *overrides: str) -> dict:
+    cfg = compose(cifar_overrides(root, "trainer.fast_dev_run=true", "callbacks=none", *overrides), tmp_path)
+    return train(cfg)
+
+
+# Fast set: every rnn, every backbone and every head at least once; the full product is slow.
+FAST_COMBOS = (
+    [("resnet20", rnn, "linear") for rnn in RNNS]
+    + [(b, "sws_birnn", "linear") for b in BACKBONES if b != "resnet20"]
+    + [("resnet20", "srnn", "sequence"), ("mobilenetv2", "none", "sequence")]
+)
+
+
+@pytest.mark.parametrize(("backbone", "rnn", "head"), FAST_COMBOS)
+def test_fast_dev_run(backbone, rnn, head, tmp_path, cifar_root):
+    result = fast_dev_run(cifar_root, tmp_path, f"backbone={backbone}", f"rnn={rnn}", f"head={head}")
+    assert result["status"] == "completed"
+    assert result["params"] > 0 and result["macs"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("backbone", "rnn", "head"),
+    [c for c in itertools.product(BACKBONES, RNNS, HEADS) if c not in FAST_COMBOS],
+)
+def test_fast_dev_run_full_product(backbone, rnn, head, tmp_path, cifar_root):
+    result = fast_dev_run(cifar_root, tmp_path, f"backbone={backbone}", f"rnn={rnn}", f"head={head}")
+    assert result["status"] == "completed"
+
+
+def test_resnet20_matches_published_complexity(tmp_path, cifar_root):
+    """Plain ResNet-20, 100 classes: 0.28M params / 40.8M MACs published; within 2%."""
+    result = fast_dev_run(cifar_root, tmp_path, "rnn=none")
+    assert abs(result["params"] - 0.278e6) / 0.278e6 < 0.02
+    assert abs(result["macs"] - 40.8e6) / 40.8e6 < 0.02
+
+
+def test_metrics_json_after_one_epoch(tmp_path, cifar_root):
+    cfg = compose(cifar_overrides(cifar_root, "rnn=srnn", "rnn.cell=gru", "seed=0"), tmp_path)
+    train(cfg)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    for key in ("params", "macs", "val/acc1", "test/acc1", "test/acc5", "seed", "git_commit", "wall_time_s"):
+        assert key in metrics, key
+    assert metrics["status"] == "completed"
+    assert (metrics["backbone"], metrics["rnn"], metrics["head"], metrics["data"], metrics["cell"]) == (
+        "resnet20",
+        "srnn",
+        "linear",
+        "cifar100",
+        "gru",
+    )
+    assert metrics["seed"] == 0
+    assert 0.0 <= metrics["test/acc1"] <= metrics["test/acc5"] <= 1.0
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert (tmp_path / "checkpoints" / "best.ckpt").is_file()
+    assert (tmp_path / "config.yaml").is_file() is False or True  # print_config is off in tests
+
+
+def test_same_seed_same_metrics(tmp_path, cifar_root):
+    runs = []
+    for i in range(2):
+        cfg = compose(cifar_overrides(cifar_root, "rnn=sws_birnn", "seed=0", "callbacks=none"), tmp_path / str(i))
+        runs.append(train(cfg))
+    assert runs[0]["test/acc1"] == runs[1]["test/acc1"]
+    assert runs[0]["val/loss"] == runs[1]["val/loss"]
+
+
+def read_wandb_offline_run(path: Path) -> tuple[dict, dict]:
+    """(run info, final summary) from an offline run's ``run-<id>.wandb`` file.
+
+    The file is a LevelDB-style log (7-byte W&B header, 32 KiB blocks, records split into
+    FULL/FIRST/MIDDLE/LAST chunks with a 7-byte header each) of ``wandb_internal_pb2.Record``s.
+    """
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data, block, pos, pending, records = path.read_bytes(), 32768, 7, b"", []
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if left < 7 or (kind == 0 and length == 0):
+            pos += left
+            continue
+        pending += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # FULL or LAST chunk
+            records.append(pending)
+            pending = b""
+    run, summary = {}, {}
+    for raw in records:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(raw)
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            run = {"id": record.run.run_id, "name": record.run.display_name, "group": record.run.run_group}
+        elif kind == "summary":
+            summary.update({item.key: json.loads(item.value_json) for item in record.summary.update})
+    return run, summary
+
+
+def test_wandb_offline_run_has_params_and_macs(tmp_path, cifar_root):
+    cfg = compose(cifar_overrides(cifar_root, "rnn=srnn", "logger=wandb", "callbacks=none"), tmp_path)
+    result = train(cfg)
+    files = list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(files) == 1, list(tmp_path.rglob("*"))
+    run, summary = read_wandb_offline_run(files[0])
+    assert run["name"] == "resnet20-srnn-linear-s0" and run["id"] == result["wandb_id"]
+    assert summary["params"] == result["params"] and summary["macs"] == result["macs"]
+    assert summary["test/acc1"] == pytest.approx(result["test/acc1"])
+
+
+def test_resume_continues_from_last_checkpoint(tmp_path, cifar_root):
+    first = compose(cifar_overrides(cifar_root, "rnn=srnn", "trainer.max_epochs=1"), tmp_path / "run")
+    train(first)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["epoch"] == 0
+
+    # Re-run with ckpt_path and one more epoch of a single batch: a resumed run ends at step
+    # 4 + 1 (64 train images / 16 per batch, then 1), a fresh one would end at 1 + 1.
+    again = compose(
+        cifar_overrides(
+            cifar_root, "rnn=srnn", "trainer.max_epochs=2", "trainer.limit_train_batches=1", f"ckpt_path={last}"
+        ),
+        tmp_path / "elsewhere",
+    )
+    result = train(again)
+    assert torch.load(last, weights_only=False)["global_step"] == 4 + 1
+    assert result["run_dir"] == str(tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "completed"
+
+
+def test_auto_resume_skips_a_completed_run(tmp_path, cifar_root):
+    cfg = compose(cifar_overrides(cifar_root, "rnn=none"), tmp_path)
+    first = train(cfg)
+    again = train(compose(cifar_overrides(cifar_root, "rnn=none"), tmp_path))
+    assert again["wall_time_s"] == first["wall_time_s"]
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CI": "1", "WANDB_MODE": "offline"}
+    return subprocess.run(
+        [sys.executable, "-m", "crnn.train", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_multirun_two_jobs(tmp_path, cifar_root):
+    sweep = tmp_path / "sweep"
+    proc = _cli(
+        "-m",
+        *cifar_overrides(cifar_root, "rnn=none,srnn", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1"),
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = sorted(p.parent for p in sweep.glob("*/metrics.json"))
+    assert [p.name for p in jobs] == ["0_resnet20-none-linear-s0", "1_resnet20-srnn-linear-s0"]
+    metrics = [json.loads((p / "metrics.json").read_text()) for p in jobs]
+    assert [m["rnn"] for m in metrics] == ["none", "srnn"]
+    assert all(m["status"] == "completed" for m in metrics)
+    assert metrics[0]["macs"] != metrics[1]["macs"]
+
+
+def test_missing_dataset_is_one_clear_error(tmp_path):
+    proc = _cli(f"data.root={tmp_path / 'empty'}", "data.download=false", "logger=none", cwd=tmp_path)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2, output[-2000:]
+    assert "cifar-100-python" in output and "train" in output and "Traceback" not in output
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "cifar100_partial").is_dir(), reason="../shared/data absent")
+def test_training_loss_falls_on_real_cifar100_records(tmp_path):
+    cfg = compose(
+        [
+            f"data.root={SHARED_DATA / 'cifar100_partial'}",
+            "data.verify_checksums=false",
+            "data.download=false",
+            "data.batch_size=64",
+            "data.val_size=117",
+            "trainer=cpu",
+            "trainer.max_epochs=4",
+            "logger=csv",
+            "callbacks=none",
+            "rnn=sws_birnn",
+            "task.optimizer.lr=0.05",
+            "task.scheduler.warmup_epochs=0",
+        ],
+        tmp_path,
+    )
+    train(cfg)
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "csv" / "metrics.csv").open()))
+    losses = [float(r["train/loss_epoch"]) for r in rows if r.get("train/loss_epoch")]
+    assert len(losses) == 4 and losses[-1] < losses[0] - 0.1, losses

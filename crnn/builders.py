@@ -35,7 +35,9 @@ def layer_factory(rnn_cfg: Mapping[str, Any] | None) -> LayerFactory | None:
         try:
             return factory(in_channels=in_channels, out_channels=out_channels)
         except (TypeError, ValueError) as err:
-            raise ConfigError(f"rnn={rnn_cfg.get('name')} (in {in_channels}, out {out_channels}): {err}") from err
+            raise ConfigError(
+                f"rnn={rnn_cfg.get('name')} (in {in_channels}, out {out_channels}): {err}"
+            ) from err
 
     return build
 

@@ -22,8 +22,10 @@ upsampling are turned off for that reason.
 
 No silent undercount: after tracing, any op that has no handle here and is not in the explicit
 allow-list of MAC-free ops (:data:`MAC_FREE_OPS`) makes :func:`count_macs` raise
-:class:`UnsupportedOpError` naming it. To support a new op, add a handle to :data:`MAC_HANDLES`
-(if it multiplies by weights) or its name to :data:`MAC_FREE_OPS` (if it does not).
+:class:`UnsupportedOpError` naming it (e.g. ``aten::baddbmm``, ``aten::bilinear``, attention
+kernels, a custom ``torch.autograd.Function``: none of them is used by crnn's layers). To support
+a new op, add a handle to :data:`MAC_HANDLES` (if it multiplies by weights) or its name to
+:data:`MAC_FREE_OPS` (if it does not).
 
 Counting runs in eval mode (restored afterwards) without autograd, on the inputs given: MACs
 scale with the batch size of those inputs.
@@ -211,65 +213,38 @@ def _with_inplace(names: set[str]) -> frozenset[str]:
     return frozenset(names | {n + "_" for n in names})
 
 
+_MAC_FREE_NAMES = """
+    batch_norm group_norm layer_norm instance_norm rms_norm
+    max_pool1d max_pool2d max_pool3d avg_pool1d avg_pool2d avg_pool3d max_pool2d_with_indices
+    adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d
+    adaptive_max_pool1d adaptive_max_pool2d adaptive_max_pool3d
+    upsample_nearest1d upsample_nearest2d upsample_nearest3d upsample_linear1d upsample_bilinear2d
+    upsample_bicubic2d upsample_trilinear3d grid_sampler affine_grid_generator pixel_shuffle pixel_unshuffle
+
+    tanh sigmoid relu6 hardtanh leaky_relu elu selu celu gelu silu mish hardswish hardsigmoid softplus
+    softsign prelu glu softmax log_softmax logsigmoid threshold
+
+    add sub rsub mul div neg abs exp log log1p sqrt rsqrt pow square reciprocal sign clamp_min clamp_max
+    maximum minimum where lt le ne logical_and logical_or logical_not isnan isfinite round trunc ceil
+    frac fmod lerp sin cos erf nan_to_num
+    sum mean prod amax amin argmax argmin min std var norm linalg_vector_norm cumsum all any
+
+    flip cat concat stack index_select index_add index_fill index_put scatter scatter_add masked_select
+    masked_scatter take take_along_dim repeat repeat_interleave tile expand_as view_as reshape_as clone
+    unfold movedim swapaxes flatten unflatten chunk unsafe_chunk unsafe_split tensor_split diagonal
+    diag_embed pad reflection_pad1d reflection_pad2d replication_pad1d replication_pad2d circular_pad2d
+    fill zero copy alias lift_fresh ones_like empty_like rand randn rand_like randn_like randint randperm
+    bernoulli linspace meshgrid tril triu sort argsort topk bucketize searchsorted embedding one_hot
+    feature_dropout alpha_dropout feature_alpha_dropout numel dim item tensor as_tensor scalar_tensor full
+    _pack_padded_sequence _pad_packed_sequence
+"""
+# groups above: norms, pooling and resampling (not counted by convention); activations; elementwise
+# arithmetic (bias adds, gate products, residuals) and reductions; data movement, shapes, creation,
+# indexing and sampling
+
 MAC_FREE_OPS: frozenset[str] = _with_inplace(
-    {
-        # norms, pooling, resampling (not counted by convention)
-        *(f"aten::{n}" for n in ("batch_norm", "group_norm", "layer_norm", "instance_norm", "rms_norm")),
-        *(f"aten::{p}_pool{d}d" for p in ("max", "avg", "adaptive_avg", "adaptive_max") for d in (1, 2, 3)),
-        "aten::max_pool2d_with_indices",
-        *(f"aten::upsample_{m}" for m in ("nearest1d", "nearest2d", "nearest3d", "linear1d", "bilinear2d")),
-        "aten::upsample_bicubic2d",
-        "aten::upsample_trilinear3d",
-        "aten::grid_sampler",
-        "aten::affine_grid_generator",
-        "aten::pixel_shuffle",
-        "aten::pixel_unshuffle",
-        # activations
-        *(
-            f"aten::{n}"
-            for n in (
-                "tanh", "sigmoid", "relu6", "hardtanh", "leaky_relu", "elu", "selu", "celu", "gelu", "silu",
-                "mish", "hardswish", "hardsigmoid", "softplus", "softsign", "prelu", "glu", "softmax",
-                "log_softmax", "logsigmoid", "threshold",
-            )
-        ),  # fmt: skip
-        # elementwise arithmetic (bias adds, gate products, residuals) and reductions
-        *(
-            f"aten::{n}"
-            for n in (
-                "add", "sub", "rsub", "mul", "div", "neg", "abs", "exp", "log", "log1p", "sqrt", "rsqrt",
-                "pow", "square", "reciprocal", "sign", "clamp_min", "clamp_max", "maximum", "minimum",
-                "where", "lt", "le", "ne", "logical_and", "logical_or", "logical_not", "isnan", "isfinite",
-                "sum", "mean", "prod", "amax", "amin", "argmax", "argmin", "min", "std", "var", "norm",
-                "linalg_vector_norm", "cumsum", "round", "trunc", "ceil", "frac", "fmod", "lerp",
-                "sin", "cos", "erf", "all", "any", "nan_to_num",
-            )
-        ),  # fmt: skip
-        # data movement, shapes, creation, indexing, sampling
-        *(
-            f"aten::{n}"
-            for n in (
-                "flip", "cat", "concat", "stack", "index_select", "index_add", "index_fill", "scatter",
-                "scatter_add", "masked_select", "masked_scatter", "take", "take_along_dim", "repeat",
-                "repeat_interleave", "tile", "expand_as", "view_as", "reshape_as", "clone", "unfold",
-                "movedim", "swapaxes", "flatten", "unflatten", "chunk", "tensor_split", "pad",
-                "reflection_pad1d", "reflection_pad2d", "replication_pad1d", "replication_pad2d",
-                "circular_pad2d", "fill", "zero", "ones_like", "empty_like", "rand", "randn",
-                "rand_like", "randn_like", "randint", "randperm", "bernoulli", "linspace",
-                "meshgrid", "tril", "triu", "sort", "argsort", "topk", "embedding", "one_hot",
-                "feature_dropout", "alpha_dropout", "feature_alpha_dropout", "lift_fresh", "alias",
-                "numel", "dim", "item", "tensor", "as_tensor", "scalar_tensor", "full", "copy",
-                "diagonal", "diag_embed", "index_put", "bucketize", "searchsorted", "unsafe_chunk",
-                "unsafe_split", "_pack_padded_sequence", "_pad_packed_sequence",
-            )
-        ),  # fmt: skip
-        # torchvision detection ops (no weights)
-        "torchvision::nms",
-        "torchvision::roi_align",
-        "torchvision::roi_pool",
-        "torchvision::ps_roi_align",
-        "torchvision::ps_roi_pool",
-    }
+    {f"aten::{name}" for name in _MAC_FREE_NAMES.split()}
+    | {f"torchvision::{name}" for name in ("nms", "roi_align", "roi_pool", "ps_roi_align", "ps_roi_pool")}
 )
 """Ops known to do no weight multiply-adds; every other op without a handle raises."""
 

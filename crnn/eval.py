@@ -27,7 +27,9 @@ from crnn.train import USER_ERRORS
 log = logging.getLogger("crnn.eval")
 
 
-def evaluate(ckpt_path: str | Path, overrides: list[str] | None = None, output_dir: str | Path | None = None) -> dict[str, Any]:
+def evaluate(
+    ckpt_path: str | Path, overrides: list[str] | None = None, output_dir: str | Path | None = None
+) -> dict[str, Any]:
     """Evaluate ``ckpt_path``; returns the metrics written to ``<output_dir>/metrics.json``."""
     ckpt_path = Path(ckpt_path).expanduser().resolve()
     if not ckpt_path.is_file():

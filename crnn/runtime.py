@@ -44,10 +44,19 @@ def run_name(picked: Mapping[str, Any], seed: int | None) -> str:
 def git_commit() -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=project_root(), capture_output=True, text=True, timeout=5, check=True
+            ["git", "rev-parse", "HEAD"],
+            cwd=project_root(),
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=project_root(), capture_output=True, text=True, timeout=5
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=project_root(),
+            capture_output=True,
+            text=True,
+            timeout=5,
         ).stdout.strip()
         return out + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
@@ -122,7 +131,9 @@ def print_config(cfg: DictConfig, path: Path | None = None) -> None:
     tree = rich.tree.Tree("config", guide_style="dim")
     for key, value in cfg.items():
         text = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
-        tree.add(str(key)).add(rich.syntax.Syntax(text, "yaml", theme="ansi_dark", background_color="default"))
+        tree.add(str(key)).add(
+            rich.syntax.Syntax(text, "yaml", theme="ansi_dark", background_color="default")
+        )
     rich.print(tree)
 
 

@@ -1,7 +1,7 @@
 """``crnn-train``: compose backbone + rnn + head + data from ``conf/`` and train (Hydra app).
 
-    crnn-train backbone=resnet20 rnn=sws_birnn head=linear
-    crnn-train -m rnn=none,srnn,sws_birnn seed=0,1
+crnn-train backbone=resnet20 rnn=sws_birnn head=linear
+crnn-train -m rnn=none,srnn,sws_birnn seed=0,1
 """
 
 from __future__ import annotations
@@ -59,7 +59,9 @@ def resolve_resume(cfg: DictConfig, output_dir: Path) -> tuple[Path | None, Path
 def build_task(cfg: DictConfig, datamodule) -> L.LightningModule:
     """Instantiate ``cfg.task`` for this data; construction errors become :class:`ConfigError`."""
     try:
-        return instantiate(cfg.task, num_classes=datamodule.num_classes, input_shape=tuple(datamodule.input_shape))
+        return instantiate(
+            cfg.task, num_classes=datamodule.num_classes, input_shape=tuple(datamodule.input_shape)
+        )
     except ConfigError:
         raise
     except Exception as err:  # Hydra wraps constructor errors in InstantiationException
@@ -73,7 +75,9 @@ def build_task(cfg: DictConfig, datamodule) -> L.LightningModule:
         raise
 
 
-def build_loggers(cfg: DictConfig, name: str, group: str | None, tags: list[str], resume_id: str | None) -> list:
+def build_loggers(
+    cfg: DictConfig, name: str, group: str | None, tags: list[str], resume_id: str | None
+) -> list:
     loggers = []
     for key, node in (cfg.get("logger") or {}).items():
         if not isinstance(node, DictConfig) or "_target_" not in node:
@@ -133,7 +137,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         with open_dict(cfg):
             cfg.paths.output_dir = str(run_dir)
     metrics = MetricsFile(run_dir / "metrics.json")
-    if cfg.resume and ckpt_path is not None and metrics.data.get("status") == "completed" and not cfg.ckpt_path:
+    if (
+        cfg.resume
+        and ckpt_path is not None
+        and metrics.data.get("status") == "completed"
+        and not cfg.ckpt_path
+    ):
         log.info("%s holds a completed run: skipped (resume=false to train again)", run_dir)
         return metrics.data
 
@@ -183,7 +192,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     previous_wall = float(metrics.data.get("wall_time_s") or 0.0)
     try:
         trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
-        results = {k: _number(v) for k, v in trainer.callback_metrics.items() if not k.startswith("train/")}
+        # Final epoch's metrics; of the training ones only the throughput (losses are in the logger).
+        results = {
+            k: _number(v)
+            for k, v in trainer.callback_metrics.items()
+            if not k.startswith("train/") or k in ("train/images_per_s", "train/epoch_time_s")
+        }
         checkpoint = trainer.checkpoint_callback
         if checkpoint is not None and checkpoint.best_model_score is not None:
             results[task.monitor] = _number(checkpoint.best_model_score)

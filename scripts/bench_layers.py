@@ -36,17 +36,20 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+CLOCK = time.perf_counter  # --clock cpu: time.process_time (CPU seconds of this process)
+
+
 def timed(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> float:
-    """Median wall time of ``fn`` in seconds."""
+    """Median time of ``fn`` in seconds (wall clock unless ``--clock cpu``)."""
     for _ in range(warmup):
         fn()
     sync(device)
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = CLOCK()
         fn()
         sync(device)
-        times.append(time.perf_counter() - start)
+        times.append(CLOCK() - start)
     return statistics.median(times)
 
 
@@ -113,11 +116,14 @@ def bench(device: torch.device, shapes: list[str], layers: list[str], cell: str,
     return peak, rows
 
 
-def print_table(device: torch.device, threads: int, peak: float, rows) -> None:
+def print_table(device: torch.device, threads: int, clock: str, peak: float, rows) -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {threads} threads"
-    print(f"\n### {device.type} ({name}); fp32 matmul peak {peak:.1f} GFLOP/s\n")
+    print(f"\n### {device.type} ({name}, {clock} clock); fp32 matmul peak {peak:.1f} GFLOP/s\n")
     print("GFLOP/s = 2 x exact MACs x 3 (fwd+bwd) / time\n")
-    print("| layer | cell | shape (B,C,H,W) | MACs fwd (M) | fwd+bwd ms | GFLOP/s | % of mm peak | x conv block |")
+    header = (
+        "layer | cell | shape (B,C,H,W) | MACs fwd (M) | fwd+bwd ms | GFLOP/s | % of mm peak | x conv block"
+    )
+    print(f"| {header} |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
     for layer, cell, shape, macs, t, block_t in rows:
         gflops = 2 * macs * 3 / t / 1e9
@@ -129,7 +135,9 @@ def print_table(device: torch.device, threads: int, peak: float, rows) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="auto", help="cpu, cuda, or auto (cpu, plus cuda if available)")
     parser.add_argument("--shapes", default="cifar,det", help=f"comma list of {', '.join(SHAPES)}")
     parser.add_argument("--layers", default=",".join(sorted(LAYERS)), help="comma list of layer names")
@@ -137,7 +145,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="wall: perf_counter (the number to report); cpu: process CPU time, steadier on a shared "
+        "machine with --threads 1 (CPU only)",
+    )
     args = parser.parse_args(argv)
+
+    global CLOCK
+    if args.clock == "cpu":
+        CLOCK = time.process_time
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -154,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     for dev in devices:
         device = torch.device(dev)
         peak, rows = bench(device, shapes, layers, args.cell, args.repeats, args.warmup)
-        print_table(device, torch.get_num_threads(), peak, rows)
+        print_table(device, torch.get_num_threads(), args.clock, peak, rows)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,18 @@ CLASSIFICATION_DATA = ["cifar100"]
 
 
 def test_every_group_has_options():
-    for group in ("backbone", "rnn", "head", "data", "trainer", "logger", "callbacks", "task", "paths", "hydra"):
+    for group in (
+        "backbone",
+        "rnn",
+        "head",
+        "data",
+        "trainer",
+        "logger",
+        "callbacks",
+        "task",
+        "paths",
+        "hydra",
+    ):
         assert options(group), group
 
 
@@ -37,7 +48,13 @@ def test_rnn_choice_instantiates_classifier(rnn, tmp_path, cifar_root):
 def test_backbone_choice_composes(backbone, tmp_path, cifar_root):
     cfg = compose(cifar_overrides(cifar_root, f"backbone={backbone}"), tmp_path)
     assert cfg.backbone._target_
-    if cfg.task._target_.endswith("ClassificationTask") and backbone in ("resnet20", "resnet32", "resnet44", "resnet56", "mobilenetv2"):
+    if cfg.task._target_.endswith("ClassificationTask") and backbone in (
+        "resnet20",
+        "resnet32",
+        "resnet44",
+        "resnet56",
+        "mobilenetv2",
+    ):
         task = build_task(cfg, instantiate(cfg.data))
         assert sum(p.numel() for p in task.parameters()) > 0
 

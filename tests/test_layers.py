@@ -51,7 +51,9 @@ def test_unknown_cell_lists_valid_cells(layer):
         assert cell in str(e.value)
 
 
-@pytest.mark.parametrize(("layer", "kwarg"), [("conv", "cell"), ("dsconv", "hidden_channels"), ("srnn", "kernel_size")])
+@pytest.mark.parametrize(
+    ("layer", "kwarg"), [("conv", "cell"), ("dsconv", "hidden_channels"), ("srnn", "kernel_size")]
+)
 def test_foreign_kwarg_is_named(layer, kwarg):
     with pytest.raises(ValueError, match=kwarg) as e:
         build_layer(layer, 4, 4, **{kwarg: 3})
@@ -118,6 +120,29 @@ def test_gradcheck(layer, cell):
     m = make(layer, 2, 4, cell, dtype=torch.float64)
     x = torch.randn(1, 2, 3, 2, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(m, (x,), eps=1e-6, atol=1e-5)
+
+
+def _param_gradcheck_cases():
+    """Every combo; those whose parameters only feed torch.nn RNNs (PyTorch's own gradients) are slow."""
+    for layer, cell in COMBOS + [(c, "rnn_tanh") for c in CONV_LAYERS]:
+        own_math = layer in VANILLA_ONLY or layer in CONV_LAYERS or (layer, cell) == ("sequencer", "rnn_tanh")
+        yield pytest.param(layer, cell, marks=() if own_math else pytest.mark.slow)
+
+
+@pytest.mark.parametrize(("layer", "cell"), _param_gradcheck_cases())
+def test_gradcheck_parameters(layer, cell):
+    m = make(layer, 2, 4, cell, dtype=torch.float64)
+    with torch.no_grad():  # move off the init (zero biases) so that no relu sits exactly at its kink
+        for p in m.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    names = [n for n, _ in m.named_parameters()]
+    x = torch.randn(1, 2, 3, 2, dtype=torch.float64)
+
+    def f(*params):
+        return torch.func.functional_call(m, dict(zip(names, params, strict=True)), (x,))
+
+    params = tuple(p.detach().clone().requires_grad_(True) for p in m.parameters())
+    assert torch.autograd.gradcheck(f, params, eps=1e-6, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------- equivariance
@@ -271,18 +296,13 @@ def ref_diag_seq(seq, w, u, b, act):
 def ref_ds_rnn(m, x):
     act = torch.tanh if m.activation == "tanh" else torch.relu
     B, C, H, W = x.shape
-    r = torch.stack(
-        [
-            torch.stack([ref_diag_seq(x[b, :, i].T, m.weight_row, m.recurrent_row, m.bias_row, act).T for i in range(H)], 1)
-            for b in range(B)
-        ]
-    )
-    s = torch.stack(
-        [
-            torch.stack([ref_diag_seq(r[b, :, :, j].T, m.weight_col, m.recurrent_col, m.bias_col, act).T for j in range(W)], 2)
-            for b in range(B)
-        ]
-    )
+    r, s = torch.empty_like(x), torch.empty_like(x)
+    for b in range(B):
+        for i in range(H):
+            r[b, :, i, :] = ref_diag_seq(x[b, :, i, :].T, m.weight_row, m.recurrent_row, m.bias_row, act).T
+    for b in range(B):
+        for j in range(W):
+            s[b, :, :, j] = ref_diag_seq(r[b, :, :, j].T, m.weight_col, m.recurrent_col, m.bias_col, act).T
     return torch.einsum("oc,bchw->bohw", m.pointwise.weight, s)
 
 

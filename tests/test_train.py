@@ -81,7 +81,9 @@ def test_metrics_json_after_one_epoch(tmp_path, cifar_root):
 def test_same_seed_same_metrics(tmp_path, cifar_root):
     runs = []
     for i in range(2):
-        cfg = compose(cifar_overrides(cifar_root, "rnn=sws_birnn", "seed=0", "callbacks=none"), tmp_path / str(i))
+        cfg = compose(
+            cifar_overrides(cifar_root, "rnn=sws_birnn", "seed=0", "callbacks=none"), tmp_path / str(i)
+        )
         runs.append(train(cfg))
     assert runs[0]["test/acc1"] == runs[1]["test/acc1"]
     assert runs[0]["val/loss"] == runs[1]["val/loss"]
@@ -142,7 +144,11 @@ def test_resume_continues_from_last_checkpoint(tmp_path, cifar_root):
     # 4 + 1 (64 train images / 16 per batch, then 1), a fresh one would end at 1 + 1.
     again = compose(
         cifar_overrides(
-            cifar_root, "rnn=srnn", "trainer.max_epochs=2", "trainer.limit_train_batches=1", f"ckpt_path={last}"
+            cifar_root,
+            "rnn=srnn",
+            "trainer.max_epochs=2",
+            "trainer.limit_train_batches=1",
+            f"ckpt_path={last}",
         ),
         tmp_path / "elsewhere",
     )
@@ -162,7 +168,12 @@ def test_auto_resume_skips_a_completed_run(tmp_path, cifar_root):
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "CI": "1", "WANDB_MODE": "offline"}
     return subprocess.run(
-        [sys.executable, "-m", "crnn.train", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "crnn.train", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -170,7 +181,9 @@ def test_multirun_two_jobs(tmp_path, cifar_root):
     sweep = tmp_path / "sweep"
     proc = _cli(
         "-m",
-        *cifar_overrides(cifar_root, "rnn=none,srnn", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1"),
+        *cifar_overrides(
+            cifar_root, "rnn=none,srnn", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1"
+        ),
         f"hydra.sweep.dir={sweep}",
         cwd=tmp_path,
     )

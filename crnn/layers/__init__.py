@@ -15,7 +15,7 @@ from .conv import ConvLayer, DSConvLayer
 from .ds_rnn import DSRNN
 from .registry import LAYERS, Layer2d, build_layer, layer_kwargs, register_layer
 from .rnn2d import RNN2D, RNN2D4Way
-from .separable import SRNN, SWSBiRNN, SBiRNNCat, SBiRNNSum, WSBiRNN
+from .separable import SRNN, SBiRNNCat, SBiRNNSum, SWSBiRNN, WSBiRNN
 from .sequencer import Sequencer2d
 
 __all__ = [

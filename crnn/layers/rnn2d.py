@@ -156,7 +156,8 @@ class RNN2D(_RNN2DBase):
     Shapes: ``(B, C, H, W) -> (P, B, C)`` (diagonal order) ``-> (P, B, hid) -> (B, C_out, H, W)``.
 
     * params: ``C*hid + hid + 2*hid^2 (+ hid*C_out if hid != C_out)``
-    * MACs:   ``H*W * (C*hid + 2*hid^2 (+ hid*C_out))``
+    * MACs:   ``H*W * (C*hid + 2*hid^2 (+ hid*C_out))``: ``[U | V]`` is applied once per cell,
+      border cells included (their out-of-image neighbours are zero rows of the same matmul).
     """
 
     def __init__(

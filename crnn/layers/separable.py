@@ -6,7 +6,9 @@ into the batch, sequences of length W) and the column pass sees its output permu
 ``(H, B, W, hidden)`` (columns folded into the batch, sequences of length H). Each permute is a free
 view; the single copy per pass happens where the pass must make its input contiguous anyway
 (``reshape`` before the RNN, or the ``cat`` that stacks a sequence with its reverse), plus one final
-copy back to ``(B, C_out, H, W)``.
+copy back to ``(B, C_out, H, W)``. A weight-shared pass runs both directions in one call (the
+sequence and its reverse stacked along the batch): one cuDNN call on GPU, twice-as-tall matmuls on
+CPU, where the fused RNN's own per-step work (matmul, bias add, activation) dominates the time.
 
 Notation for the closed forms: ``C = C_in``, ``O = C_out``, ``h = hidden_channels`` (default
 ``C_out``), ``g`` the gate multiplier of the cell (1 rnn_tanh/rnn_relu, 3 gru, 4 lstm),

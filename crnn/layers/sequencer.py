@@ -67,7 +67,11 @@ class Sequencer2d(Layer2d):
         return (
             height
             * width
-            * (self.row.macs_per_token() + self.col.macs_per_token() + self.hidden_channels * self.out_channels)
+            * (
+                self.row.macs_per_token()
+                + self.col.macs_per_token()
+                + self.hidden_channels * self.out_channels
+            )
         )
 
     def extra_repr(self) -> str:

@@ -66,8 +66,8 @@ class SequenceHead(nn.Module):
         channels, height, width = feature_shape
         if height * width < 2:
             raise ValueError(
-                f"head=sequence needs a spatial feature map but the backbone gives {channels}x{height}x{width}; "
-                "use head=linear or a backbone with a larger output map"
+                f"head=sequence needs a spatial feature map but the backbone gives "
+                f"{channels}x{height}x{width}; use head=linear or a backbone with a larger output map"
             )
         features = {"pixels": channels, "rows": channels * width, "cols": channels * height}[scan]
         self.scan, self.bidirectional, self.readout = scan, bidirectional, readout

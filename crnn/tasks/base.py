@@ -28,7 +28,9 @@ def build_optimizer(params, name: str = "sgd", lr: float = 0.1, weight_decay: fl
             nesterov=kwargs.get("nesterov", True),
         )
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=tuple(kwargs.get("betas", (0.9, 0.999))))
+        return torch.optim.AdamW(
+            params, lr=lr, weight_decay=weight_decay, betas=tuple(kwargs.get("betas", (0.9, 0.999)))
+        )
     raise ValueError(f"task.optimizer.name={name!r}: valid choices are sgd, adamw")
 
 
@@ -94,5 +96,7 @@ class BaseTask(L.LightningModule):
         optimizer = build_optimizer(self.parameters(), **self.optimizer_cfg)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, per_epoch, **self.scheduler_cfg))
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_lambda(total, per_epoch, **self.scheduler_cfg)
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

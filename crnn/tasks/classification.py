@@ -48,11 +48,17 @@ class ClassificationTask(BaseTask):
                 "monitor_mode": monitor_mode,
             }
         )
-        self.net = build_classifier(self.hparams.backbone, self.hparams.rnn, self.hparams.head, num_classes, input_shape)
+        self.net = build_classifier(
+            self.hparams.backbone, self.hparams.rnn, self.hparams.head, num_classes, input_shape
+        )
         self.label_smoothing = label_smoothing
         for stage in ("val", "test"):
             for k in (1, 5):
-                setattr(self, f"{stage}_acc{k}", MulticlassAccuracy(num_classes, top_k=min(k, num_classes), average="micro"))
+                setattr(
+                    self,
+                    f"{stage}_acc{k}",
+                    MulticlassAccuracy(num_classes, top_k=min(k, num_classes), average="micro"),
+                )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)

@@ -28,11 +28,15 @@ from crnn.runtime import (
     git_commit,
     print_config,
     progress_bar_enabled,
+    project_root,
     run_name,
     wandb_mode,
 )
 
 log = logging.getLogger("crnn.train")
+
+CONF_DIR = project_root() / "conf"
+"""Absolute, so that Hydra finds it from a console script run in any folder."""
 
 USER_ERRORS = (ConfigError, DatasetNotFoundError, CorruptDatasetError)
 """Errors caused by the user's config or files: reported as one message, without a traceback."""
@@ -192,11 +196,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     previous_wall = float(metrics.data.get("wall_time_s") or 0.0)
     try:
         trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
-        # Final epoch's metrics; of the training ones only the throughput (losses are in the logger).
+        # The last epoch's evaluation metrics and training throughput (curves are in the logger).
         results = {
             k: _number(v)
             for k, v in trainer.callback_metrics.items()
-            if not k.startswith("train/") or k in ("train/images_per_s", "train/epoch_time_s")
+            if k.startswith(("val/", "test/")) or k in ("train/images_per_s", "train/epoch_time_s")
         }
         checkpoint = trainer.checkpoint_callback
         if checkpoint is not None and checkpoint.best_model_score is not None:
@@ -222,7 +226,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return metrics.data
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def _main(cfg: DictConfig) -> float | None:
     try:
         result = train(cfg)
@@ -234,7 +238,7 @@ def _main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
+    os.environ.setdefault("PROJECT_ROOT", str(project_root()))
     _main()
 
 

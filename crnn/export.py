@@ -144,12 +144,19 @@ def check_onnx(
     for a, b in zip(got, expected, strict=True):
         if a.shape != b.shape:
             raise ValueError(f"{path}: output shape {a.shape} from onnxruntime vs {b.shape} from PyTorch")
-        diff = max(diff, float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0)
+        diff = max(
+            diff, float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0
+        )
     return ExportCheck(Path(path), diff, atol, [tuple(b.shape) for b in expected])
 
 
 def export_and_check(
-    module: nn.Module, inputs: tuple[torch.Tensor, ...], path: str | Path, atol: float = 1e-4, opset: int = 17, batch_size: int = 1
+    module: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    path: str | Path,
+    atol: float = 1e-4,
+    opset: int = 17,
+    batch_size: int = 1,
 ) -> ExportCheck:
     if batch_size != 1:
         inputs = tuple(x.expand(batch_size, *x.shape[1:]).contiguous() for x in inputs)
@@ -167,14 +174,20 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(
         prog="export_onnx.py",
-        description="Export a crnn checkpoint or config to ONNX and check it against PyTorch with onnxruntime.",
+        description="Export a crnn checkpoint or config to ONNX and check it against PyTorch (onnxruntime).",
     )
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the model to export (when no --ckpt)")
+    parser.add_argument(
+        "overrides", nargs="*", help="Hydra overrides of the model to export (when no --ckpt)"
+    )
     parser.add_argument("--ckpt", help="a crnn-train checkpoint (its stored config rebuilds the model)")
-    parser.add_argument("--out", help="ONNX file (default: <run>/model.onnx for --ckpt, outputs/onnx/<name>.onnx otherwise)")
+    parser.add_argument(
+        "--out", help="ONNX file (default: <run>/model.onnx for --ckpt, outputs/onnx/<name>.onnx otherwise)"
+    )
     parser.add_argument("--opset", type=int, default=17)
     parser.add_argument("--atol", type=float, default=1e-4, help="max |onnxruntime - PyTorch| allowed")
-    parser.add_argument("--batch-size", type=int, default=1, help="the (fixed) batch size of the exported graph")
+    parser.add_argument(
+        "--batch-size", type=int, default=1, help="the (fixed) batch size of the exported graph"
+    )
     args = parser.parse_args(argv)
     if args.ckpt and args.overrides:
         parser.error("give either --ckpt or config overrides, not both")
@@ -192,11 +205,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         default = project_root() / "outputs" / "onnx" / f"{name}.onnx"
     out = Path(args.out) if args.out else default
     result = export_and_check(module, inputs, out, args.atol, args.opset, args.batch_size)
+    shape = [args.batch_size, *inputs[0].shape[1:]]
     note = ""
     if picked.get("rnn") in UNROLLED_LAYERS:
-        note = f" (rnn={picked['rnn']}: Python loop unrolled by the trace, valid for input {list(inputs[0].shape)} only)"
-    print(f"exported {out} ({out.stat().st_size / 1e6:.2f} MB), input {[args.batch_size, *inputs[0].shape[1:]]}{note}")
-    print(f"outputs {result.outputs}; max |onnxruntime - PyTorch| = {result.max_abs_diff:.3g} (atol {args.atol:g})")
+        note = f" (rnn={picked['rnn']}: Python loop unrolled by the trace, valid for input {shape} only)"
+    print(f"exported {out} ({out.stat().st_size / 1e6:.2f} MB), input {shape}{note}")
+    diff = result.max_abs_diff
+    print(f"outputs {result.outputs}; max |onnxruntime - PyTorch| = {diff:.3g} (atol {args.atol:g})")
     if not result.ok:
         print("FAILED: the ONNX model does not match PyTorch within atol", file=sys.stderr)
         raise SystemExit(1)

@@ -12,7 +12,7 @@ no files, then :func:`crnn.train.build_task`, then ``task.complexity_inputs()``)
   :func:`crnn.complexity.mac_analysis` (the analysis behind ``count_macs``, same number);
 * ``activation_memory``: peak bytes of activations alive at once in one forward pass at
   ``profile.batch_size`` (the embedded tensor arena: input included, parameters excluded; see
-  :func:`crnn.profiling.activation_memory` for exactly how);
+  :func:`crnn.complexity.activation_memory` for exactly how);
 * ``latency``: median CPU wall time of one forward pass on ``profile.latency.threads`` thread(s);
 * ``modules``: per-module params, MACs (fvcore ``by_module``) and output shape.
 
@@ -41,13 +41,23 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from crnn import complexity
-from crnn.profiling import activation_memory, cpu_latency, module_table
+from crnn.complexity import activation_memory, cpu_latency, module_table
 from crnn.runtime import choices, git_commit, print_config, write_json_atomic
 from crnn.train import USER_ERRORS, build_task
 
 log = logging.getLogger("crnn.profile")
 
 GROUPS = ("data", "task", "backbone", "rnn", "head", "experiment", "seed")
+
+
+def _extra_overrides(overrides: list[str]) -> list[str]:
+    """The overrides that change the model beyond the group choices (no seed, profile.*, hydra.*)."""
+    keep = []
+    for o in overrides:
+        key = o.split("=", 1)[0].lstrip("+~")
+        if key not in GROUPS and not key.startswith(("profile.", "hydra.", "paths.", "data.root")):
+            keep.append(o)
+    return keep
 
 
 # ----------------------------------------------------------------------------------------------
@@ -160,7 +170,9 @@ def profile(cfg: DictConfig) -> dict[str, Any]:
         **picked,
         "seed": cfg.get("seed"),
         "overrides": _task_overrides(),
-        "model": {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("backbone", "rnn", "head") if k in cfg},
+        "model": {
+            k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("backbone", "rnn", "head") if k in cfg
+        },
         "profile_settings": settings,
         "torch_version": torch.__version__,
         "cpu": platform.processor() or platform.machine(),
@@ -177,10 +189,14 @@ def profile(cfg: DictConfig) -> dict[str, Any]:
             inputs,
             batch_size=int(settings.get("batch_size", 1)),
             memory=bool(settings.get("memory", True)),
-            latency={k: int(lat[k]) for k in ("repeats", "warmup", "threads") if k in lat} if lat.get("enabled", True) else None,
+            latency={k: int(lat[k]) for k in ("repeats", "warmup", "threads") if k in lat}
+            if lat.get("enabled", True)
+            else None,
         )
     except BaseException as err:
-        record.update(status="failed", error=f"{type(err).__name__}: {err}", wall_time_s=round(time.time() - start, 3))
+        record.update(
+            status="failed", error=f"{type(err).__name__}: {err}", wall_time_s=round(time.time() - start, 3)
+        )
         if not isinstance(err, USER_ERRORS):
             record["traceback"] = traceback.format_exc()
         write_json_atomic(path, record)
@@ -215,7 +231,9 @@ def module_rows_text(rows: list[dict[str, Any]], max_depth: int | None = 3) -> s
     for r in keep:
         label = ("  " * r["depth"]) + (r["name"].rsplit(".", 1)[-1] if r["name"] else "(model)")
         shape = r["output_shape"]
-        cells.append((label, r["type"], f"{r['params']:,}", f"{r['macs']:,}", "-" if shape is None else str(shape)))
+        cells.append(
+            (label, r["type"], f"{r['params']:,}", f"{r['macs']:,}", "-" if shape is None else str(shape))
+        )
     widths = [max(len(c[i]) for c in cells) for i in range(5)]
     align = ["<", "<", ">", ">", "<"]
     lines = ["  ".join(f"{c:{a}{w}}" for c, a, w in zip(row, align, widths, strict=True)) for row in cells]
@@ -225,26 +243,40 @@ def module_rows_text(rows: list[dict[str, Any]], max_depth: int | None = 3) -> s
 
 def summary_line(record: dict[str, Any]) -> str:
     """One line per job: name, params, MACs, peak activation memory, latency."""
-    extra = [o for o in record.get("overrides", []) if o.split("=", 1)[0].lstrip("+~") not in GROUPS]
+    extra = _extra_overrides(record.get("overrides", []))
     label = record.get("name", "?") + (f" [{' '.join(extra)}]" if extra else "")
     if record.get("status") != "completed":
         return f"{label}: FAILED: {record.get('error', record.get('status'))}"
     lat = record.get("latency") or {}
-    latency = f"{lat['median_ms']:.2f} ms (median of {lat['repeats']}, {lat['threads']} thread)" if lat else "-"
+    latency = (
+        f"{lat['median_ms']:.2f} ms (median of {lat['repeats']}, {lat['threads']} thread)" if lat else "-"
+    )
     return (
         f"{label}: params {record['params']:,} | MACs {record['macs']:,} | "
         f"peak activations {_kib(record.get('peak_activation_bytes'))} | latency {latency}"
     )
 
 
-TABLE_COLUMNS = ("job", "backbone", "rnn", "head", "cell", "overrides", "params", "macs", "peak_act_kib", "latency_ms", "status")
+TABLE_COLUMNS = (
+    "job",
+    "backbone",
+    "rnn",
+    "head",
+    "cell",
+    "overrides",
+    "params",
+    "macs",
+    "peak_act_kib",
+    "latency_ms",
+    "status",
+)
 
 
 def table_rows(records: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
     """Flat rows (``TABLE_COLUMNS``) of ``(job, profile record)`` pairs, for the sweep table."""
     rows = []
     for job, r in records:
-        extra = [o for o in r.get("overrides", []) if o.split("=", 1)[0].lstrip("+~") not in GROUPS]
+        extra = _extra_overrides(r.get("overrides", []))
         peak = r.get("peak_activation_bytes")
         rows.append(
             {
@@ -258,7 +290,9 @@ def table_rows(records: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]
                 "macs": r.get("macs"),
                 "peak_act_kib": None if peak is None else round(peak / 1024, 1),
                 "latency_ms": None if r.get("latency_ms") is None else round(r["latency_ms"], 3),
-                "status": r.get("status") if r.get("status") == "completed" else f"{r.get('status')}: {r.get('error', '')}",
+                "status": r.get("status")
+                if r.get("status") == "completed"
+                else f"{r.get('status')}: {r.get('error', '')}",
             }
         )
     return rows
@@ -273,7 +307,13 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         return str(v)
 
     header = "| " + " | ".join(TABLE_COLUMNS) + " |"
-    sep = "|" + "|".join("---:" if c in ("params", "macs", "peak_act_kib", "latency_ms") else "---" for c in TABLE_COLUMNS) + "|"
+    sep = (
+        "|"
+        + "|".join(
+            "---:" if c in ("params", "macs", "peak_act_kib", "latency_ms") else "---" for c in TABLE_COLUMNS
+        )
+        + "|"
+    )
     body = ["| " + " | ".join(fmt(c, r[c]) for c in TABLE_COLUMNS) + " |" for r in rows]
     return "\n".join([header, sep, *body])
 
@@ -323,7 +363,13 @@ class SweepTable(Callback):
 # ----------------------------------------------------------------------------------------------
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="profile")
+# ``../conf`` next to this package, as an absolute path: a relative ``config_path`` is resolved
+# against the *module* name when the app is started by a console script (``crnn-profile``) or
+# imported, which points Hydra at a non-existent ``conf`` package.
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="profile")
 def _main(cfg: DictConfig) -> int | None:
     multirun = _is_multirun()
     try:

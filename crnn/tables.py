@@ -46,15 +46,33 @@ __all__ = ["Job", "TablesError", "build_rows", "main", "make_tables", "read_swee
 
 BASE = ("data", "backbone", "rnn", "head")
 LAYER_ORDER = (
-    "none", "conv", "dsconv", "srnn", "sws_birnn", "sbirnn_sum", "sbirnn_cat", "sequencer", "ds_rnn",
-    "rnn2d", "rnn2d_4way",
-)  # fmt: skip
+    "none",
+    "conv",
+    "dsconv",
+    "srnn",
+    "sws_birnn",
+    "sbirnn_sum",
+    "sbirnn_cat",
+    "sequencer",
+    "ds_rnn",
+    "rnn2d",
+    "rnn2d_4way",
+)
 BACKBONE_ORDER = ("resnet20", "resnet32", "resnet44", "resnet56", "mobilenetv2")
 HEAD_ORDER = ("linear", "sequence", "fcos")
 MARKERS = {
-    "none": "o", "conv": "s", "dsconv": "D", "srnn": "^", "sws_birnn": "*", "sbirnn_sum": "v",
-    "sbirnn_cat": "<", "sequencer": ">", "ds_rnn": "P", "rnn2d": "X", "rnn2d_4way": "h",
-}  # fmt: skip
+    "none": "o",
+    "conv": "s",
+    "dsconv": "D",
+    "srnn": "^",
+    "sws_birnn": "*",
+    "sbirnn_sum": "v",
+    "sbirnn_cat": "<",
+    "sequencer": ">",
+    "ds_rnn": "P",
+    "rnn2d": "X",
+    "rnn2d_4way": "h",
+}
 DEFAULT_METRICS = ("test/acc1", "val/AP", "val/acc1")
 # Keys of the saved config that describe the run environment, not the configuration.
 _NODE_SKIP = ("_target_", "_partial_", "_recursive_", "_convert_")
@@ -80,9 +98,10 @@ class Job:
     error: str | None = None
     kind: str = "train"  # train | profile
 
-    @property
-    def label(self) -> str:
-        extra = [o for o in self.overrides if o.split("=", 1)[0].lstrip("+~") not in BASE]
+    def label(self, common: frozenset[str] = frozenset()) -> str:
+        """``backbone-rnn-head [other overrides]``, without the seed and the ``common`` overrides."""
+        skip = (*BASE, "seed")
+        extra = [o for o in self.overrides if o.split("=", 1)[0].lstrip("+~") not in skip and o not in common]
         base = "-".join(str(self.choices.get(k)) for k in ("backbone", "rnn", "head"))
         return base + (f" [{' '.join(extra)}]" if extra else "")
 
@@ -121,7 +140,10 @@ def _recipe_key(config: Mapping[str, Any]) -> dict[str, Any]:
         for key in ("optimizer", "scheduler", "label_smoothing"):
             if key in task:
                 recipe.update(_flatten(task[key], f"task.{key}"))
-    for section, keys in (("trainer", ("max_epochs", "max_steps", "limit_train_batches")), ("data", ("batch_size",))):
+    for section, keys in (
+        ("trainer", ("max_epochs", "max_steps", "limit_train_batches")),
+        ("data", ("batch_size",)),
+    ):
         node = config.get(section)
         if isinstance(node, Mapping):
             recipe.update({f"{section}.{k}": node.get(k) for k in keys if k in node})
@@ -150,7 +172,11 @@ def _last_error(folder: Path) -> str | None:
     lines: list[str] = []
     for log in sorted(folder.glob("*.log")):
         try:
-            lines += [ln.strip() for ln in log.read_text(errors="replace").splitlines() if "ERROR" in ln or "Error:" in ln]
+            lines += [
+                ln.strip()
+                for ln in log.read_text(errors="replace").splitlines()
+                if "ERROR" in ln or "Error:" in ln
+            ]
         except OSError:
             continue
     if not lines:
@@ -160,7 +186,9 @@ def _last_error(folder: Path) -> str | None:
 
 
 def _is_job_folder(path: Path) -> bool:
-    return (path / ".hydra").is_dir() or (path / "metrics.json").is_file() or (path / "profile.json").is_file()
+    return (
+        (path / ".hydra").is_dir() or (path / "metrics.json").is_file() or (path / "profile.json").is_file()
+    )
 
 
 def _job_folders(sweep: Path) -> list[Path]:
@@ -195,7 +223,9 @@ def read_job(folder: Path) -> Job:
     choices = {k: record.get(k, runtime_choices.get(k)) for k in (*BASE, "task", "experiment")}
     if not config and profile and isinstance(profile.get("model"), Mapping):
         config = dict(profile["model"])
-    choices["cell"] = record.get("cell", (config.get("rnn") or {}).get("cell") if isinstance(config.get("rnn"), Mapping) else None)
+    choices["cell"] = record.get(
+        "cell", (config.get("rnn") or {}).get("cell") if isinstance(config.get("rnn"), Mapping) else None
+    )
     seed = record.get("seed", config.get("seed"))
     if metrics is not None:
         status = metrics.get("status") or "unknown"
@@ -246,29 +276,71 @@ def planned_jobs(sweep: Path) -> list[list[str]] | None:
         return None
 
 
+def _key_of(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _identity(overrides: Sequence[str]) -> frozenset[str]:
+    """A job's overrides without its seed: the same for every seed of a configuration."""
+    return frozenset(o for o in overrides if _key_of(o) != "seed")
+
+
+def _pending_job(sweep: Path, overrides: list[str], sibling: Job | None, others: Sequence[Job]) -> Job:
+    """A planned job without a folder. Its configuration is that of a started job differing only
+    in the seed; failing that, the group choices its overrides name (the other groups as in the
+    sweep's started jobs)."""
+    values = {_key_of(o): o.split("=", 1)[1] for o in overrides if "=" in o}
+    seed = values.get("seed")
+    seed = int(seed) if seed is not None and seed.lstrip("-").isdigit() else seed
+    if sibling is not None:
+        return Job(
+            f"{sweep} (not started)",
+            "pending",
+            dict(sibling.choices),
+            seed,
+            dict(sibling.model),
+            dict(sibling.recipe),
+            overrides=overrides,
+            kind=sibling.kind,
+        )
+    choices: dict[str, Any] = {k: values.get(k) for k in BASE}
+    for k in BASE:
+        if choices[k] is None:
+            choices[k] = _first(
+                j.choices.get(k) for j in others if not any(_key_of(o) == k for o in j.overrides)
+            )
+    return Job(
+        f"{sweep} (not started)", "pending", choices, seed, {k: choices[k] for k in BASE}, overrides=overrides
+    )
+
+
 def read_sweep(sweep: str | Path) -> list[Job]:
     """Every job of a multirun folder (or one run folder), planned-but-not-started ones as ``pending``."""
     sweep = Path(sweep).expanduser()
     if not sweep.is_dir():
-        raise TablesError(f"{sweep}: no such folder (give a Hydra multirun folder, e.g. outputs/multirun/<date>/<time>)")
+        raise TablesError(
+            f"{sweep}: no such folder (give a Hydra multirun folder, e.g. outputs/multirun/<date>/<time>)"
+        )
     jobs = [read_job(folder) for folder in _job_folders(sweep)]
     plan = planned_jobs(sweep)
     if plan:
         seen = {frozenset(j.overrides) for j in jobs}
+        siblings = {_identity(j.overrides): j for j in jobs if j.overrides}
         for overrides in plan:
             if frozenset(overrides) not in seen:
-                choices = {k: None for k in BASE}
-                for o in overrides:
-                    key, _, value = o.partition("=")
-                    if key in BASE:
-                        choices[key] = value
-                jobs.append(Job(source=f"{sweep} (not started)", status="pending", choices=choices, overrides=list(overrides)))
+                jobs.append(_pending_job(sweep, list(overrides), siblings.get(_identity(overrides)), jobs))
     if not jobs:
         raise TablesError(f"{sweep}: no job folders (no metrics.json, profile.json or .hydra/ below it)")
     return jobs
 
 
-_WANDB_STATES = {"finished": "completed", "failed": "failed", "crashed": "failed", "killed": "interrupted", "running": "running"}
+_WANDB_STATES = {
+    "finished": "completed",
+    "failed": "failed",
+    "crashed": "failed",
+    "killed": "interrupted",
+    "running": "running",
+}
 
 
 def read_wandb(project: str, group: str | None = None, api: Any = None) -> list[Job]:
@@ -302,7 +374,9 @@ def read_wandb(project: str, group: str | None = None, api: Any = None) -> list[
         config = dict(run.config or {})
         summary = dict(getattr(run.summary, "_json_dict", None) or dict(run.summary or {}))
         choices = dict(config.get("choices") or {})
-        choices.setdefault("cell", (config.get("rnn") or {}).get("cell") if isinstance(config.get("rnn"), Mapping) else None)
+        choices.setdefault(
+            "cell", (config.get("rnn") or {}).get("cell") if isinstance(config.get("rnn"), Mapping) else None
+        )
         status = _WANDB_STATES.get(getattr(run, "state", ""), getattr(run, "state", "unknown"))
         metrics = {k: v for k, v in summary.items() if not str(k).startswith("_")}
         jobs.append(
@@ -379,7 +453,9 @@ def build_rows(jobs: Sequence[Job], metric: str) -> tuple[list[dict[str, Any]], 
     rows = []
     for (model_key, _), members in groups.items():
         first = members[0]
-        done = [j for j in members if j.status == "completed" and isinstance(j.metrics.get(metric), (int, float))]
+        done = [
+            j for j in members if j.status == "completed" and isinstance(j.metrics.get(metric), (int, float))
+        ]
         values = [float(j.metrics[metric]) for j in done]
         prof = profiles.get(model_key)
         counts: dict[str, int] = defaultdict(int)
@@ -399,7 +475,9 @@ def build_rows(jobs: Sequence[Job], metric: str) -> tuple[list[dict[str, Any]], 
             "n": len(values),
             "seeds": sorted({j.seed for j in done}, key=_natural),
             "jobs": len([j for j in members if j.kind == "train"]),
-            "status": ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=lambda kv: kv[0] != "completed")),
+            "status": ", ".join(
+                f"{n} {s}" for s, n in sorted(counts.items(), key=lambda kv: kv[0] != "completed")
+            ),
             "complete": all(j.status == "completed" for j in members if j.kind == "train") and bool(done),
         }
         rows.append(row)
@@ -493,7 +571,10 @@ def markdown(rows: Sequence[dict[str, Any]], varying: Sequence[str], metric: str
     if has_prof:
         header += ["peak act. (KiB)", "latency (ms)"]
     header += [f"{metric}{unit}", "seeds", "status"] if metric else ["status"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i < len(cols) else "---:" for i in range(len(header) - 1)) + "|---|"]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" if i < len(cols) else "---:" for i in range(len(header) - 1)) + "|---|",
+    ]
     for group in _groups(rows):
         best = max((r["mean"] for r in group if r["mean"] is not None), default=None)
         for i, r in enumerate(group):
@@ -501,7 +582,10 @@ def markdown(rows: Sequence[dict[str, Any]], varying: Sequence[str], metric: str
             cells += [_millions(r["params"]), _millions(r["macs"])]
             if has_prof:
                 peak = r["peak_activation_bytes"]
-                cells += ["-" if peak is None else f"{peak / 1024:.1f}", "-" if r["latency_ms"] is None else f"{r['latency_ms']:.2f}"]
+                cells += [
+                    "-" if peak is None else f"{peak / 1024:.1f}",
+                    "-" if r["latency_ms"] is None else f"{r['latency_ms']:.2f}",
+                ]
             value = _value(r, scale)
             if best is not None and r["mean"] == best and len(group) > 1:
                 value = f"**{value}**"
@@ -511,7 +595,13 @@ def markdown(rows: Sequence[dict[str, Any]], varying: Sequence[str], metric: str
 
 
 def _tex(s: str) -> str:
-    return s.replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("%", r"\%").replace("&", r"\&").replace("#", r"\#")
+    return (
+        s.replace("\\", r"\textbackslash{}")
+        .replace("_", r"\_")
+        .replace("%", r"\%")
+        .replace("&", r"\&")
+        .replace("#", r"\#")
+    )
 
 
 def latex(rows: Sequence[dict[str, Any]], varying: Sequence[str], metric: str | None, scale: float) -> str:
@@ -527,7 +617,8 @@ def latex(rows: Sequence[dict[str, Any]], varying: Sequence[str], metric: str | 
         "% generated by crnn-tables",
         f"\\begin{{tabular}}{{{spec}}}",
         "\\toprule",
-        " & ".join(_tex(h) if "\\%" not in h else _tex(h.replace(" (\\%)", "")) + " (\\%)" for h in header) + " \\\\",
+        " & ".join(_tex(h) if "\\%" not in h else _tex(h.replace(" (\\%)", "")) + " (\\%)" for h in header)
+        + " \\\\",
         "\\midrule",
     ]
     for g, group in enumerate(_groups(rows)):
@@ -539,7 +630,10 @@ def latex(rows: Sequence[dict[str, Any]], varying: Sequence[str], metric: str | 
             cells += [_millions(r["params"]), _millions(r["macs"])]
             if has_prof:
                 peak = r["peak_activation_bytes"]
-                cells += ["-" if peak is None else f"{peak / 1024:.1f}", "-" if r["latency_ms"] is None else f"{r['latency_ms']:.2f}"]
+                cells += [
+                    "-" if peak is None else f"{peak / 1024:.1f}",
+                    "-" if r["latency_ms"] is None else f"{r['latency_ms']:.2f}",
+                ]
             if r["mean"] is None:
                 value = "-"
             elif r["n"] > 1:
@@ -557,7 +651,22 @@ def latex(rows: Sequence[dict[str, Any]], varying: Sequence[str], metric: str | 
 
 def rows_csv(rows: Sequence[dict[str, Any]], varying: Sequence[str]) -> str:
     buf = io.StringIO()
-    fields = [*BASE, "cell", *varying, "params", "macs", "peak_activation_bytes", "latency_ms", "metric", "mean", "std", "n", "seeds", "jobs", "status"]
+    fields = [
+        *BASE,
+        "cell",
+        *varying,
+        "params",
+        "macs",
+        "peak_activation_bytes",
+        "latency_ms",
+        "metric",
+        "mean",
+        "std",
+        "n",
+        "seeds",
+        "jobs",
+        "status",
+    ]
     writer = csv.DictWriter(buf, fieldnames=fields)
     writer.writeheader()
     for r in rows:
@@ -571,30 +680,59 @@ def rows_csv(rows: Sequence[dict[str, Any]], varying: Sequence[str]) -> str:
 def jobs_csv(jobs: Sequence[Job], metric: str) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["source", "kind", "status", *BASE, "cell", "seed", "overrides", metric, "params", "macs", "error"])
+    writer.writerow(
+        ["source", "kind", "status", *BASE, "cell", "seed", "overrides", metric, "params", "macs", "error"]
+    )
     for j in jobs:
         writer.writerow(
-            [j.source, j.kind, j.status, *(j.choices.get(k) for k in BASE), j.choices.get("cell"), j.seed,
-             " ".join(j.overrides), j.metrics.get(metric), j.metrics.get("params", (j.profile or {}).get("params")),
-             j.metrics.get("macs", (j.profile or {}).get("macs")), j.error or ""]
-        )  # fmt: skip
+            [
+                j.source,
+                j.kind,
+                j.status,
+                *(j.choices.get(k) for k in BASE),
+                j.choices.get("cell"),
+                j.seed,
+                " ".join(j.overrides),
+                j.metrics.get(metric),
+                j.metrics.get("params", (j.profile or {}).get("params")),
+                j.metrics.get("macs", (j.profile or {}).get("macs")),
+                j.error or "",
+            ]
+        )
     return buf.getvalue()
 
 
 def _missing_metric(j: Job, metric: str) -> bool:
-    return j.kind == "train" and j.status == "completed" and not isinstance(j.metrics.get(metric), (int, float))
+    return (
+        j.kind == "train" and j.status == "completed" and not isinstance(j.metrics.get(metric), (int, float))
+    )
 
 
 def incomplete_section(jobs: Sequence[Job], metric: str) -> str:
     """Every job that is not completed (or completed without ``metric``), with the reason."""
     bad = [j for j in jobs if j.status not in ("completed", "profiled") or _missing_metric(j, metric)]
+    with_overrides = [frozenset(j.overrides) for j in jobs if j.overrides]
+    common = frozenset.intersection(*with_overrides) if len(with_overrides) > 1 else frozenset()
     if not bad:
         return "## Incomplete jobs\n\nNone: every job completed.\n"
-    lines = [f"## Incomplete jobs ({len(bad)})", "", "| job | configuration | seed | status | reason |", "|---|---|---|---|---|"]
+    lines = [
+        f"## Incomplete jobs ({len(bad)})",
+        "",
+        "| job | configuration | seed | status | reason |",
+        "|---|---|---|---|---|",
+    ]
     for j in bad:
-        reason = (j.error or (f"completed, but metrics.json has no {metric}" if _missing_metric(j, metric) else "") or {"pending": "planned, not started", "no-metrics": "job folder without metrics.json",
-                              "running": "still running (or killed without a final status)"}.get(j.status, "")).replace("|", "/")  # fmt: skip
-        lines.append(f"| {j.source} | {j.label} | {j.seed if j.seed is not None else '-'} | {j.status} | {reason} |")
+        reason = (
+            j.error
+            or (f"completed, but metrics.json has no {metric}" if _missing_metric(j, metric) else "")
+            or {
+                "pending": "planned, not started",
+                "no-metrics": "job folder without metrics.json",
+                "running": "still running (or killed without a final status)",
+            }.get(j.status, "")
+        ).replace("|", "/")
+        seed = "-" if j.seed is None else j.seed
+        lines.append(f"| {j.source} | {j.label(common)} | {seed} | {j.status} | {reason} |")
     return "\n".join(lines) + "\n"
 
 
@@ -612,7 +750,15 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, flo
     return front
 
 
-def plot(rows: Sequence[dict[str, Any]], varying: Sequence[str], metric: str, scale: float, x_key: str, path: Path, title: str = "") -> Path | None:
+def plot(
+    rows: Sequence[dict[str, Any]],
+    varying: Sequence[str],
+    metric: str,
+    scale: float,
+    x_key: str,
+    path: Path,
+    title: str = "",
+) -> Path | None:
     """Metric vs ``x_key`` (``macs`` or ``params``): one marker per layer type, colour per backbone,
     error bars = std over seeds, the Pareto front as a dashed step line."""
     import matplotlib
@@ -630,21 +776,55 @@ def plot(rows: Sequence[dict[str, Any]], varying: Sequence[str], metric: str, sc
     for r in pts:
         x, y = r[x_key] / 1e6, r["mean"] * scale
         marker = MARKERS.get(r["rnn"], "o")
-        ax.errorbar(x, y, yerr=(r["std"] or 0) * scale, fmt=marker, color=colours[r["backbone"]], ms=9 if marker == "*" else 7,
-                    capsize=3, mec="black", mew=0.5, zorder=3)  # fmt: skip
+        ax.errorbar(
+            x,
+            y,
+            yerr=(r["std"] or 0) * scale,
+            fmt=marker,
+            color=colours[r["backbone"]],
+            ms=9 if marker == "*" else 7,
+            capsize=3,
+            mec="black",
+            mew=0.5,
+            zorder=3,
+        )
         seen_layers.add(r["rnn"])
-        extra = ", ".join(f"{_short(k).split('.')[-1]}={r['settings'].get(k)}" for k in varying if r["settings"].get(k) is not None)
+        extra = ", ".join(
+            f"{_short(k).split('.')[-1]}={r['settings'].get(k)}"
+            for k in varying
+            if r["settings"].get(k) is not None
+        )
         if extra and len(pts) <= 40:
             ax.annotate(extra, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7, color="0.3")
     front = pareto_front([(r[x_key] / 1e6, r["mean"] * scale) for r in pts])
     if len(front) > 1:
-        ax.step([p[0] for p in front], [p[1] for p in front], where="post", ls="--", color="0.4", lw=1, zorder=2, label="Pareto front")
+        ax.step(
+            [p[0] for p in front],
+            [p[1] for p in front],
+            where="post",
+            ls="--",
+            color="0.4",
+            lw=1,
+            zorder=2,
+            label="Pareto front",
+        )
     else:
-        ax.plot([front[0][0]], [front[0][1]], ls="none", marker="o", mfc="none", mec="0.4", ms=14, label="Pareto front")
+        ax.plot(
+            [front[0][0]],
+            [front[0][1]],
+            ls="none",
+            marker="o",
+            mfc="none",
+            mec="0.4",
+            ms=14,
+            label="Pareto front",
+        )
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], ls="none", marker=MARKERS.get(layer, "o"), color="0.5", mec="black", ms=8, label=layer)
-               for layer in sorted(seen_layers, key=lambda v: _ordered(v, LAYER_ORDER))]  # fmt: skip
+    handles = [
+        Line2D([], [], ls="none", marker=MARKERS.get(layer, "o"), color="0.5", mec="black", ms=8, label=layer)
+        for layer in sorted(seen_layers, key=lambda v: _ordered(v, LAYER_ORDER))
+    ]
     if len(backbones) > 1:
         handles += [Line2D([], [], ls="none", marker="s", color=colours[b], ms=8, label=b) for b in backbones]
     handles += [h for h in ax.get_legend_handles_labels()[0] if h.get_label() == "Pareto front"]
@@ -694,7 +874,9 @@ def make_tables(
     if wandb_project:
         jobs += read_wandb(wandb_project, wandb_group, api=api)
     if not jobs:
-        raise TablesError("no sources: give one or more multirun folders, or --wandb ENTITY/PROJECT --group GROUP")
+        raise TablesError(
+            "no sources: give one or more multirun folders, or --wandb ENTITY/PROJECT --group GROUP"
+        )
     if out_dir is None:
         if not sweeps:
             raise TablesError("--out is needed with --wandb (there is no sweep folder to write into)")
@@ -707,13 +889,16 @@ def make_tables(
     factor = _scale(rows, scale)
     train_jobs = [j for j in jobs if j.kind == "train"]
     shown = metric if train_jobs else None  # profile sweeps only: a complexity table
-    sources = ", ".join(str(s) for s in sweeps) + (f"{', ' if sweeps else ''}W&B {wandb_project} {wandb_group or ''}" if wandb_project else "")
+    sources = ", ".join(str(s) for s in sweeps) + (
+        f"{', ' if sweeps else ''}W&B {wandb_project} {wandb_group or ''}" if wandb_project else ""
+    )
     done = sum(j.status == "completed" for j in train_jobs)
     if shown:
         intro = (
             f"Sources: {sources}. Jobs: {done} completed of {len(train_jobs)} training jobs"
             + (f" ({len(train_jobs) - done} not completed: see below)" if len(train_jobs) > done else "")
-            + f". Metric: mean ± sample std over seeds{' (x100)' if factor == 100 else ''}; bold = best of its group."
+            + f". Metric: mean ± sample std over seeds{' (x100)' if factor == 100 else ''};"
+            + " bold = best of its group."
         )
     else:
         intro = f"Sources: {sources}. Profile jobs only (crnn-profile): complexity, no metric."
@@ -728,7 +913,12 @@ def make_tables(
             incomplete_section(jobs, metric),
         ]
     )
-    files = {"markdown": out / "table.md", "csv": out / "table.csv", "latex": out / "table.tex", "jobs": out / "jobs.csv"}
+    files = {
+        "markdown": out / "table.md",
+        "csv": out / "table.csv",
+        "latex": out / "table.tex",
+        "jobs": out / "jobs.csv",
+    }
     files["markdown"].write_text(md)
     files["csv"].write_text(rows_csv(rows, varying))
     files["latex"].write_text(latex(rows, varying, shown, factor))
@@ -752,13 +942,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", help="output folder (default: <first sweep>/tables)")
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs from W&B (online only)")
     parser.add_argument("--group", help="W&B group (the experiment name, or the sweep's group)")
-    parser.add_argument("--scale", default="auto", help="multiply the metric for display: auto (x100 for values in [0,1]), 1, 100")
+    parser.add_argument(
+        "--scale",
+        default="auto",
+        help="multiply the metric for display: auto (x100 for values in [0,1]), 1, 100",
+    )
     parser.add_argument("--no-plots", action="store_true", help="tables only")
     args = parser.parse_args(argv)
     if not args.sweeps and not args.wandb:
         parser.error("give one or more multirun folders, or --wandb ENTITY/PROJECT [--group GROUP]")
     try:
-        result = make_tables(args.sweeps, args.out, args.metric, args.wandb, args.group, args.scale, not args.no_plots)
+        result = make_tables(
+            args.sweeps, args.out, args.metric, args.wandb, args.group, args.scale, not args.no_plots
+        )
     except TablesError as err:
         print(f"crnn-tables: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -16,8 +16,8 @@ from hydra.utils import instantiate
 from torch import nn
 
 from crnn import complexity
+from crnn.complexity import activation_memory, cpu_latency, module_table
 from crnn.profile import build_model, profile
-from crnn.profiling import activation_memory, cpu_latency, module_table
 from crnn.train import build_task
 
 FAST = ["profile.latency.repeats=3", "profile.latency.warmup=1"]
@@ -64,7 +64,8 @@ def test_profile_json_records_failure(tmp_path):
 
 
 def test_arena_of_a_chain_is_exact():
-    # input 3x10x10 (1200 B), conv -> 8x10x10 (3200 B), relu (not in place) -> 3200 B, conv -> 4x10x10 (1600 B)
+    # input 3x10x10 (1200 B), conv -> 8x10x10 (3200 B), relu (not in place) -> 3200 B,
+    # conv -> 4x10x10 (1600 B)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1))
     mem = activation_memory(model, torch.zeros(1, 3, 10, 10))
     # peak right after the ReLU: input (held by the caller) + conv output (ReLU's input) + ReLU output
@@ -120,7 +121,37 @@ def _cli(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
-def test_profile_multirun_gives_a_table(tmp_path):
+def test_profile_multirun_in_process(tmp_path, monkeypatch):
+    """``crnn-profile -m`` (the Hydra app, run in this process to save the interpreter start)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    import crnn.profile
+
+    sweep = tmp_path / "sweep"
+    argv = [
+        "crnn-profile",
+        "-m",
+        "rnn=none,sws_birnn",
+        f"data.root={tmp_path / 'no_data'}",
+        *FAST,
+        f"hydra.sweep.dir={sweep}",
+    ]
+    monkeypatch.setattr(sys, "argv", argv)
+    GlobalHydra.instance().clear()
+    try:
+        crnn.profile.main()
+    finally:
+        GlobalHydra.instance().clear()
+    records = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/profile.json"))]
+    assert [r["rnn"] for r in records] == ["none", "sws_birnn"]
+    assert all(r["status"] == "completed" and r["overrides"][0].startswith("rnn=") for r in records)
+    table = (sweep / "profile_table.md").read_text()
+    assert all(f"{r['macs']:,}" in table for r in records)
+    assert not (tmp_path / "no_data").exists()
+
+
+@pytest.mark.slow
+def test_profile_multirun_cli(tmp_path):
     sweep = tmp_path / "sweep"
     proc = _cli(
         "crnn.profile",
@@ -152,25 +183,30 @@ def test_profile_multirun_gives_a_table(tmp_path):
 PRESETS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
 
-def planned(preset: str, tmp_path: Path) -> list[list[str]]:
+def planned(preset: str, tmp_path: Path, cfg=None) -> list[list[str]]:
     """The job override lists `crnn-train -m experiment=<preset>` launches (basic sweeper)."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    cfg = compose([f"experiment={preset}"], tmp_path)
+    cfg = cfg if cfg is not None else compose([f"experiment={preset}"], tmp_path)
     params = cfg.hydra.sweeper.params
     args = [f"{k}={v}" for k, v in params.items()]
     parsed = OverridesParser.create().parse_overrides(args)
-    return [job + [f"experiment={preset}"] for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    return [
+        job + [f"experiment={preset}"]
+        for batch in BasicSweeper.split_arguments(parsed, None)
+        for job in batch
+    ]
 
 
 def test_six_presets_with_their_own_sweeps(tmp_path):
     assert len(PRESETS) >= 6
+    sizes = {}
     for preset in PRESETS:
         cfg = compose([f"experiment={preset}"], tmp_path)
         assert cfg.hydra.sweeper.params, preset  # each preset carries its sweep
         assert cfg.trainer.max_epochs >= 1 and cfg.task.optimizer.name and cfg.task.scheduler.name
-    sizes = {p: len(planned(p, tmp_path)) for p in PRESETS}
+        sizes[preset] = len(planned(preset, tmp_path, cfg))
     assert sizes["cifar100_last_block"] == 3 * 7 * 3
     assert sizes["cifar100_rnn_vs_conv_rf"] == 8 * 3
 
@@ -178,8 +214,10 @@ def test_six_presets_with_their_own_sweeps(tmp_path):
 @pytest.mark.parametrize("preset", [p for p in PRESETS if p.startswith("cifar100")])
 def test_cifar_preset_jobs_build(preset, tmp_path):
     """Every distinct configuration of the preset (seed 0) builds; the slow variant checks all."""
-    jobs = [j for j in planned(preset, tmp_path) if "seed=0" in j or not any(o.startswith("seed=") for o in j)]
-    for job in jobs[:: max(1, len(jobs) // 3)]:  # a few per preset here; all in the slow test
+    jobs = [
+        j for j in planned(preset, tmp_path) if "seed=0" in j or not any(o.startswith("seed=") for o in j)
+    ]
+    for job in {0: jobs[0], 1: jobs[-1]}.values():  # first and last here; all in the slow test
         cfg = compose([f"data.root={tmp_path / 'none'}", *job], tmp_path)
         _, module, inputs = build_model(cfg)
         assert complexity.count_params(module) > 0

@@ -10,8 +10,9 @@ absolute value, summed over input channels and averaged over the samples, is the
 Numbers reported for a map (see :class:`ReceptiveField`):
 
 * ``radius95``: the smallest radius ``r`` (Chebyshev distance, in input pixels, from the input
-  point under the output centre) such that the pixels within ``r`` hold at least 95% of the
-  gradient mass; ``radius95_euclid`` the same with Euclidean distance;
+  point under the output centre: ``(h // 2) * H / h``, the convention of padded strided convs
+  where output ``i`` is centred on input ``i * stride``) such that the pixels within ``r`` hold
+  at least 95% of the gradient mass; ``radius95_euclid`` the same with Euclidean distance;
 * ``support``: height x width of the bounding box of the pixels with a non-zero gradient
   (``> support_tol * max``; exactly zero by default: float64 makes structural zeros exact), and
   ``coverage``, the fraction of input pixels with a non-zero gradient.
@@ -67,7 +68,9 @@ def _feature(y: Any) -> torch.Tensor:
     raise TypeError(f"cannot take a feature map from {type(y).__name__}")
 
 
-def radius_for_mass(grad: np.ndarray, centre: tuple[float, float], mass: float = 0.95, metric: str = "chebyshev") -> float:
+def radius_for_mass(
+    grad: np.ndarray, centre: tuple[float, float], mass: float = 0.95, metric: str = "chebyshev"
+) -> float:
     """Smallest radius around ``centre`` whose pixels hold ``mass`` of ``grad``'s total."""
     total = float(grad.sum())
     if total <= 0:
@@ -101,13 +104,15 @@ def erf(
     x = torch.randn(samples, *input_shape, generator=gen, dtype=torch.float64, requires_grad=True)
     y = _feature(model(x))
     if y.dim() != 4:
-        raise ValueError(f"{name or type(module).__name__}: expected a (B, C, h, w) output, got shape {tuple(y.shape)}")
+        raise ValueError(
+            f"{name or type(module).__name__}: expected a (B, C, h, w) output, got shape {tuple(y.shape)}"
+        )
     h, w = y.shape[-2:]
     ci, cj = h // 2, w // 2
     y[:, :, ci, cj].sum().backward()
     grad = x.grad.abs().sum(dim=1).mean(dim=0).numpy()
     H, W = grad.shape
-    centre_in = ((ci + 0.5) * H / h - 0.5, (cj + 0.5) * W / w - 0.5)
+    centre_in = (ci * H / h, cj * W / w)  # padded strided convs: output i is centred on input i * stride
     nonzero = grad > support_tol * grad.max() if grad.max() > 0 else np.zeros_like(grad, dtype=bool)
     rows, cols = np.nonzero(nonzero.any(axis=1))[0], np.nonzero(nonzero.any(axis=0))[0]
     support = (int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)) if len(rows) else (0, 0)
@@ -201,7 +206,11 @@ def save_heatmaps(fields: Sequence[ReceptiveField], out_dir: str | Path) -> dict
         ax.plot([cx], [cy], marker="+", color="cyan", ms=10, mew=1.5)
         r = rf.radius95
         if np.isfinite(r):
-            ax.add_patch(Rectangle((cx - r - 0.5, cy - r - 0.5), 2 * r + 1, 2 * r + 1, fill=False, ec="cyan", lw=1, ls="--"))
+            ax.add_patch(
+                Rectangle(
+                    (cx - r - 0.5, cy - r - 0.5), 2 * r + 1, 2 * r + 1, fill=False, ec="cyan", lw=1, ls="--"
+                )
+            )
         ax.set_xticks([])
         ax.set_yticks([])
 
@@ -245,14 +254,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         prog="receptive_field.py",
         description="Effective receptive field (|d centre output / d input|) of layers or composed models.",
         epilog="examples:\n"
-        "  scripts/receptive_field.py --layer conv3x3 --layer srnn --layer sws_birnn --channels 16 --size 16\n"
+        "  scripts/receptive_field.py --layer conv3x3 --layer srnn --layer sws_birnn --size 16\n"
         "  scripts/receptive_field.py --layer conv:kernel_size=9 --size 8\n"
         "  scripts/receptive_field.py backbone=resnet20 rnn=srnn\n"
         "  scripts/receptive_field.py backbone=resnet20 --sweep rnn=none,srnn,sws_birnn",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides of a composed model (as for crnn-train)")
-    parser.add_argument("--layer", action="append", default=[], help="a single layer: NAME[:key=value,...] or convKxK (repeatable)")
+    parser.add_argument(
+        "overrides", nargs="*", help="Hydra overrides of a composed model (as for crnn-train)"
+    )
+    parser.add_argument(
+        "--layer",
+        action="append",
+        default=[],
+        help="a single layer: NAME[:key=value,...] or convKxK (repeatable)",
+    )
     parser.add_argument("--sweep", help="KEY=V1,V2,...: one composed model per value (with the overrides)")
     parser.add_argument("--channels", type=int, default=16, help="channels of a single layer (in = out)")
     parser.add_argument("--size", type=int, default=16, help="input height = width of a single layer")
@@ -267,20 +283,30 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.sweep:
         key, _, values = args.sweep.partition("=")
         for value in values.split(","):
-            fields.append(model_erf([*args.overrides, f"{key}={value}"], samples=args.samples, mass=args.mass))
+            fields.append(
+                model_erf([*args.overrides, f"{key}={value}"], samples=args.samples, mass=args.mass)
+            )
     elif args.overrides or not args.layer:
         fields.append(model_erf(args.overrides, samples=args.samples, mass=args.mass))
 
     from crnn.runtime import project_root
 
-    out = Path(args.out) if args.out else project_root() / "outputs" / "receptive_field" / time.strftime("%Y-%m-%d_%H-%M-%S")
+    out = (
+        Path(args.out)
+        if args.out
+        else project_root() / "outputs" / "receptive_field" / time.strftime("%Y-%m-%d_%H-%M-%S")
+    )
     files = save_heatmaps(fields, out)
     width = max(len(rf.name) for rf in fields)
-    print(f"{'model / layer':<{width}}  input    output  r{int(args.mass * 100)} (cheb)  r{int(args.mass * 100)} (eucl)  support  coverage  PNG")
+    pct = int(round(args.mass * 100))
+    print(f"{'model / layer':<{width}}  input  output  r{pct} (cheb)  r{pct} (eucl)  support  coverage  PNG")
     for rf in fields:
+        size_in = f"{rf.input_size[0]}x{rf.input_size[1]}"
+        size_out = f"{rf.output_size[0]}x{rf.output_size[1]}"
+        support = f"{rf.support[0]}x{rf.support[1]}"
         print(
-            f"{rf.name:<{width}}  {rf.input_size[0]:>2}x{rf.input_size[1]:<4} {rf.output_size[0]:>2}x{rf.output_size[1]:<4}"
-            f" {rf.radius95:>10g}  {rf.radius95_euclid:>10.2f}  {rf.support[0]:>3}x{rf.support[1]:<3}  {rf.coverage:>7.1%}  {files[rf.name]}"
+            f"{rf.name:<{width}}  {size_in:<6} {size_out:<6}  {rf.radius95:>10g}  {rf.radius95_euclid:>10.2f}"
+            f"  {support:<7}  {rf.coverage:>8.1%}  {files[rf.name]}"
         )
     if "comparison" in files:
         print(f"comparison: {files['comparison']}")

@@ -257,20 +257,47 @@ def cifar_trunk_fpn(
 # --------------------------------------------------------------------------------------------
 # Head
 # --------------------------------------------------------------------------------------------
+TOWER_INITS = ("fcos", "layer")
+
+
+def fcos_tower_init_(layer: nn.Module, std: float = 0.01) -> nn.Module:
+    """torchvision FCOS's tower initialisation applied to a 2-D layer of :mod:`crnn.layers`.
+
+    Every weight matrix / kernel (a parameter with 2 or more dims) that is NOT a recurrent matrix
+    (names holding ``hh``: ``weight_hh_*`` of ``nn.RNN``/``GRU``/``LSTM`` and RNN2D's ``weight_hh``)
+    is drawn from N(0, std); recurrent matrices, per-channel (1-D) weights and biases keep the
+    layer's own initialisation. For a conv layer this is exactly what torchvision does to the conv
+    tower. Why: the GroupNorm after each block rescales whatever the layer emits, and small input
+    projections keep a tanh recurrence out of saturation at the start (with the default init, the
+    FPN's O(1)-scale features drive SWS-BiRNN's tanh units to +-1 and its gradients vanish).
+    """
+    for name, param in layer.named_parameters():
+        leaf = name.rsplit(".", 1)[-1]
+        if param.dim() >= 2 and "hh" not in leaf:
+            nn.init.normal_(param, std=std)
+        elif leaf.startswith("bias"):
+            nn.init.zeros_(param)
+    return layer
+
+
 def build_tower(
     in_channels: int,
     channels: int,
     depth: int,
     norm_groups: int,
     layer_factory: LayerFactory | None = None,
+    init: str = "fcos",
 ) -> nn.Sequential:
     """``depth`` blocks of ``layer + GroupNorm(norm_groups) + ReLU``; the first maps
     ``in_channels -> channels``.
 
     ``layer_factory=None``: ``layer`` is torchvision FCOS's ``Conv2d(3x3, padding 1)`` with its
     initialisation (normal std 0.01, zero bias); otherwise ``layer_factory(c_in, c_out)`` (a layer
-    of :mod:`crnn.layers`, kept at its own initialisation).
+    of :mod:`crnn.layers`), initialised by :func:`fcos_tower_init_` (``init="fcos"``) or left at
+    its own initialisation (``init="layer"``).
     """
+    if init not in TOWER_INITS:
+        raise ValueError(f"head.tower_init={init!r}: valid values are {', '.join(TOWER_INITS)}")
     if depth < 0:
         raise ValueError(f"head.tower_depth={depth} must be >= 0")
     if depth == 0 and in_channels != channels:
@@ -292,6 +319,8 @@ def build_tower(
             nn.init.constant_(layer.bias, 0)
         else:
             layer = layer_factory(c_in, channels)
+            if init == "fcos":
+                fcos_tower_init_(layer)
         blocks += [layer, nn.GroupNorm(norm_groups, channels), nn.ReLU()]
     return nn.Sequential(*blocks)
 
@@ -314,15 +343,13 @@ class FCOSTowerHead(FCOSHead):
         tower_channels: int | None = None,
         norm_groups: int = 16,
         prior_probability: float = 0.01,
+        tower_init: str = "fcos",
     ):
         channels = tower_channels or in_channels
         super().__init__(channels, num_anchors=1, num_classes=num_classes, num_convs=0)
-        self.classification_head.conv = build_tower(
-            in_channels, channels, tower_depth, norm_groups, layer_factory
-        )
-        self.regression_head.conv = build_tower(
-            in_channels, channels, tower_depth, norm_groups, layer_factory
-        )
+        args = (in_channels, channels, tower_depth, norm_groups, layer_factory, tower_init)
+        self.classification_head.conv = build_tower(*args)
+        self.regression_head.conv = build_tower(*args)
         nn.init.constant_(
             self.classification_head.cls_logits.bias, -math.log((1 - prior_probability) / prior_probability)
         )
@@ -356,6 +383,7 @@ _HEAD_KEYS = {
     "tower_channels",
     "norm_groups",
     "prior_probability",
+    "tower_init",
     "center_sampling_radius",
     "score_thresh",
     "nms_thresh",
@@ -382,7 +410,7 @@ def build_detector(
     - ``backbone``: ``_target_`` one of this module's ``*_fpn`` builders and its arguments.
     - ``rnn``: ``{name: none}`` (conv towers) or a partial :func:`crnn.layers.build_layer` node.
     - ``head``: ``name: fcos``, tower settings (``tower_depth``, ``tower_channels``, ``norm_groups``,
-      ``prior_probability``) and FCOS settings (``center_sampling_radius``, ``score_thresh``,
+      ``prior_probability``, ``tower_init``) and FCOS settings (``center_sampling_radius``, ``score_thresh``,
       ``nms_thresh``, ``detections_per_img``, ``topk_candidates``).
 
     Images are resized inside the model so the longer side is ``image_size`` (a no-op for the data
@@ -423,6 +451,7 @@ def build_detector(
             tower_channels=head.get("tower_channels"),
             norm_groups=head.get("norm_groups", 16),
             prior_probability=head.get("prior_probability", 0.01),
+            tower_init=head.get("tower_init", "fcos"),
         )
     except ConfigError:
         raise

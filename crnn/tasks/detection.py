@@ -174,11 +174,17 @@ class DetectionTask(BaseTask):
         self.log(f"{stage}/num_detections", metrics["num_detections"], sync_dist=True)
         self.log(f"{stage}/eval_time_s", self._eval_time + coco_time, sync_dist=True)
         log.info(
-            "%s epoch %d: AP %.4f AP50 %.4f F1 %.4f on %d images (%d detections; inference %.1fs, "
-            "COCOeval %.1fs)",
-            stage, self.current_epoch, metrics["AP"], metrics["AP50"], metrics["F1"], len(merged),
-            len(detections), self._eval_time, coco_time,
-        )  # fmt: skip
+            "%s%s: AP %.4f AP50 %.4f F1 %.4f on %d images (%d detections; inference %.1fs, COCOeval %.1fs)",
+            stage,
+            f" epoch {self.current_epoch}" if stage == "val" else "",
+            metrics["AP"],
+            metrics["AP50"],
+            metrics["F1"],
+            len(merged),
+            len(detections),
+            self._eval_time,
+            coco_time,
+        )
         if (
             self.evaluation["save_detections"]
             and self.trainer.is_global_zero

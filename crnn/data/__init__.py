@@ -1,0 +1,63 @@
+"""crnn.data: data sets as Lightning DataModules, with the errors and batch transforms they share.
+
+- :class:`CIFAR100DataModule`: CIFAR-100 as in-memory uint8 tensors, augmented per batch on device.
+- :mod:`crnn.data.errors`: :class:`DatasetNotFoundError`, :class:`CorruptDatasetError`,
+  :class:`ChecksumMismatchError`, :class:`ChecksumMismatchWarning`.
+- :mod:`crnn.data.augment`: vectorised batch crop/flip and normalisation.
+"""
+
+from crnn.data.augment import BatchAugment, crop_flip, random_crop_flip, to_float_normalized
+from crnn.data.cifar100 import (
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    CIFAR100DataModule,
+    EpochShuffleSampler,
+    TensorBatchDataset,
+    load_cifar100_meta,
+    load_cifar100_split,
+)
+from crnn.data.errors import (
+    ChecksumMismatchError,
+    ChecksumMismatchWarning,
+    CorruptDatasetError,
+    DatasetNotFoundError,
+)
+
+__all__ = [
+    "CIFAR100_MEAN",
+    "CIFAR100_STD",
+    "BatchAugment",
+    "CIFAR100DataModule",
+    "ChecksumMismatchError",
+    "ChecksumMismatchWarning",
+    "CorruptDatasetError",
+    "DatasetNotFoundError",
+    "EpochShuffleSampler",
+    "TensorBatchDataset",
+    "crop_flip",
+    "load_cifar100_meta",
+    "load_cifar100_split",
+    "random_crop_flip",
+    "to_float_normalized",
+]
+
+# detection (COCO layout)
+from crnn.data.coco import COCODataModule, CocoDetectionDataset, collate, load_coco_json  # noqa: E402
+from crnn.data.coco_categories import COCO_CATEGORIES, select_categories  # noqa: E402
+from crnn.data.synthetic_shapes import (  # noqa: E402
+    SHAPE_CATEGORIES,
+    SyntheticShapesDataModule,
+    generate_synthetic_shapes,
+)
+
+__all__ += [
+    "COCO_CATEGORIES",
+    "COCODataModule",
+    "CocoDetectionDataset",
+    "SHAPE_CATEGORIES",
+    "SyntheticShapesDataModule",
+    "collate",
+    "generate_synthetic_shapes",
+    "load_coco_json",
+    "select_categories",
+]

@@ -6,11 +6,12 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -19,6 +20,23 @@ from crnn.models import Classifier, LayerFactory
 
 class ConfigError(ValueError):
     """A composed configuration that cannot be built; the message names the config keys."""
+
+
+def instantiate_node(node: Mapping[str, Any], key: str, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate(node, **kwargs)`` whose construction errors become one
+    :class:`ConfigError` naming ``key`` (Hydra wraps them in its own exception, with a traceback
+    that says nothing to a user). Errors that are not about the config pass through."""
+    try:
+        return instantiate(node, **kwargs)
+    except Exception as err:
+        cause = err
+        while cause.__cause__ is not None and not isinstance(cause, ConfigError):
+            cause = cause.__cause__
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        if isinstance(cause, (TypeError, ValueError)):
+            raise ConfigError(f"{key} ({node.get('_target_')}): {cause}") from err
+        raise
 
 
 def layer_factory(rnn_cfg: Mapping[str, Any] | None) -> LayerFactory | None:
@@ -62,15 +80,12 @@ def build_classifier(
     Raises :class:`ConfigError` naming the keys when the combination cannot be built.
     """
     backbone, rnn, head = _as_dict(backbone), _as_dict(rnn), _as_dict(head)
-    try:
-        trunk = instantiate(backbone, layer_factory=layer_factory(rnn))
-    except ConfigError:
-        raise
-    except Exception as err:  # Hydra wraps constructor errors; keep the original message
-        cause = err.__cause__ or err
-        if isinstance(cause, ConfigError):
-            raise cause from None
-        raise ConfigError(f"backbone={backbone.get('_target_')}: {cause}") from err
+    if "layer_factory" not in inspect.signature(get_object(backbone["_target_"])).parameters:
+        raise ConfigError(
+            f"backbone ({backbone['_target_']}) is not a classification backbone: pick one of "
+            "resnet20, resnet32, resnet44, resnet56, mobilenetv2"
+        )
+    trunk = instantiate_node(backbone, "backbone", layer_factory=layer_factory(rnn))
     was_training = trunk.training
     trunk.eval()
     with torch.no_grad():
@@ -78,6 +93,6 @@ def build_classifier(
     trunk.train(was_training)
     try:
         classifier_head = instantiate(head)(feature_shape=feature_shape, num_classes=num_classes)
-    except Exception as err:
-        raise ConfigError(f"head: {err.__cause__ or err}") from err
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"head ({head.get('_target_')}): {err}") from err
     return Classifier(trunk, classifier_head)

@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from crnn import complexity
-from crnn.builders import ConfigError
+from crnn.builders import ConfigError, instantiate_node
 from crnn.data.errors import CorruptDatasetError, DatasetNotFoundError
 from crnn.runtime import (
     MetricsFile,
@@ -62,21 +62,9 @@ def resolve_resume(cfg: DictConfig, output_dir: Path) -> tuple[Path | None, Path
 
 def build_task(cfg: DictConfig, datamodule) -> L.LightningModule:
     """Instantiate ``cfg.task`` for this data; construction errors become :class:`ConfigError`."""
-    try:
-        return instantiate(
-            cfg.task, num_classes=datamodule.num_classes, input_shape=tuple(datamodule.input_shape)
-        )
-    except ConfigError:
-        raise
-    except Exception as err:  # Hydra wraps constructor errors in InstantiationException
-        cause = err
-        while cause.__cause__ is not None:
-            cause = cause.__cause__
-        if isinstance(cause, ConfigError):
-            raise cause from None
-        if isinstance(cause, (ValueError, TypeError)):
-            raise ConfigError(f"task={cfg.task.get('_target_')}: {cause}") from err
-        raise
+    return instantiate_node(
+        cfg.task, "task", num_classes=datamodule.num_classes, input_shape=tuple(datamodule.input_shape)
+    )
 
 
 def build_loggers(
@@ -157,7 +145,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     picked = choices(cfg)
     name = run_name(picked, cfg.get("seed"))
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate_node(cfg.data, "data")
     task = build_task(cfg, datamodule)
     module, inputs = task.complexity_inputs()
     params, macs = complexity.count_params(module), complexity.count_macs(module, *inputs)

@@ -9,7 +9,7 @@ from conftest import CONF, cifar_overrides, compose
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
-from crnn.builders import ConfigError
+from crnn.builders import ConfigError, instantiate_node
 from crnn.train import build_task
 
 
@@ -107,13 +107,16 @@ def test_unknown_key_is_rejected(tmp_path):
         (["head=sequence", "head.scan=diagonal"], "head.scan"),
         (["backbone.replace=stage:7"], "backbone.replace"),
         (["backbone.depth=21"], "backbone.depth"),
+        (["backbone=mobilenet_v3_fpn"], "not a classification backbone"),
+        (["data.val_size=-3"], "data.val_size"),
+        (["data=coco", "data.classes=[unicorn]"], "unicorn"),
     ],
 )
 def test_bad_combinations_fail_before_data_loading(overrides, names, tmp_path):
     missing = tmp_path / "no_data_here"
-    cfg = compose([f"data.root={missing}", *overrides], tmp_path)
+    cfg = compose([*overrides, f"data.root={missing}"], tmp_path)
     with pytest.raises(ConfigError, match=names.replace(".", r"\.")):
-        build_task(cfg, instantiate(cfg.data))
+        build_task(cfg, instantiate_node(cfg.data, "data"))
     assert not missing.exists()
 
 

@@ -63,13 +63,14 @@ def git_commit() -> str | None:
         return None
 
 
-def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    """Write JSON so that a reader never sees a half-written file (temp file + rename)."""
+def write_json_atomic(path: Path, data: Any, indent: int | None = 2) -> None:
+    """Write JSON so that a reader never sees a half-written file (temp file + rename);
+    ``indent=None`` for large machine-read files."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True, default=str)
+            json.dump(data, f, indent=indent, sort_keys=indent is not None, default=str)
             f.write("\n")
         os.replace(tmp, path)
     except BaseException:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,6 +12,7 @@ import torch
 from torch import nn
 
 from crnn.models.detection import FCOSNetwork, build_detector
+from crnn.runtime import write_json_atomic
 from crnn.tasks.base import BaseTask, plain
 from crnn.tasks.coco_eval import evaluate_detections, gather_detections, to_coco_detections
 
@@ -31,19 +29,6 @@ EVAL_DEFAULTS: dict[str, Any] = {
     "num_log_images": 4,
     "log_images_score_thresh": 0.3,
 }
-
-
-def _dump_json(path: Path, data: Any) -> None:
-    """Write ``data`` as compact JSON via a temporary file + rename (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class DetectionTask(BaseTask):
@@ -190,7 +175,9 @@ class DetectionTask(BaseTask):
             and self.trainer.is_global_zero
             and not self.trainer.sanity_checking
         ):
-            _dump_json(Path(self.trainer.default_root_dir) / f"detections_{stage}.json", detections)
+            write_json_atomic(
+                Path(self.trainer.default_root_dir) / f"detections_{stage}.json", detections, indent=None
+            )
         self._detections = {}
 
     def on_validation_epoch_start(self) -> None:

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -126,9 +127,19 @@ def read_wandb_offline_run(path: Path) -> tuple[dict, dict]:
 def test_wandb_offline_run_has_params_and_macs(tmp_path, cifar_root):
     cfg = compose(cifar_overrides(cifar_root, "rnn=srnn", "logger=wandb", "callbacks=none"), tmp_path)
     result = train(cfg)
+    import wandb
+
+    wandb.teardown()  # stop W&B's service process, so that it has flushed the run file
     files = list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
     assert len(files) == 1, list(tmp_path.rglob("*"))
-    run, summary = read_wandb_offline_run(files[0])
+    for _ in range(20):  # the service may still be appending its last records
+        try:
+            run, summary = read_wandb_offline_run(files[0])
+            if "test/acc1" in summary:
+                break
+        except Exception:  # a half-written trailing record
+            pass
+        time.sleep(0.5)
     assert run["name"] == "resnet20-srnn-linear-s0" and run["id"] == result["wandb_id"]
     assert summary["params"] == result["params"] and summary["macs"] == result["macs"]
     assert summary["test/acc1"] == pytest.approx(result["test/acc1"])

@@ -101,7 +101,9 @@ class _RNN2DBase(Layer2d):
 
     corners: int = 1
 
-    def __init__(self, in_channels: int, out_channels: int, hidden_channels: int | None, cell: str):
+    def __init__(
+        self, in_channels: int, out_channels: int, hidden_channels: int | None = None, cell: str = "rnn_tanh"
+    ):
         super().__init__()
         hidden_channels = out_channels if hidden_channels is None else hidden_channels
         check_positive(in_channels=in_channels, out_channels=out_channels, hidden_channels=hidden_channels)
@@ -160,11 +162,6 @@ class RNN2D(_RNN2DBase):
       border cells included (their out-of-image neighbours are zero rows of the same matmul).
     """
 
-    def __init__(
-        self, in_channels: int, out_channels: int, hidden_channels: int | None = None, cell: str = "rnn_tanh"
-    ):
-        super().__init__(in_channels, out_channels, hidden_channels, cell)
-
     def forward(self, x: Tensor) -> Tensor:
         B, C, H, W = x.shape
         sched = _schedule(H, W, x.device)
@@ -191,11 +188,6 @@ class RNN2D4Way(_RNN2DBase):
     """
 
     corners = 4
-
-    def __init__(
-        self, in_channels: int, out_channels: int, hidden_channels: int | None = None, cell: str = "rnn_tanh"
-    ):
-        super().__init__(in_channels, out_channels, hidden_channels, cell)
 
     def forward(self, x: Tensor) -> Tensor:
         B, C, H, W = x.shape

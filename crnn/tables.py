@@ -578,20 +578,29 @@ def markdown(rows: Sequence[dict[str, Any]], varying: Sequence[str], metric: str
     for group in _groups(rows):
         best = max((r["mean"] for r in group if r["mean"] is not None), default=None)
         for i, r in enumerate(group):
-            cells = [_cell(r, c) if (i == 0 or c not in ("data", "backbone")) else "" for c in cols]
-            cells += [_millions(r["params"]), _millions(r["macs"])]
-            if has_prof:
-                peak = r["peak_activation_bytes"]
-                cells += [
-                    "-" if peak is None else f"{peak / 1024:.1f}",
-                    "-" if r["latency_ms"] is None else f"{r['latency_ms']:.2f}",
-                ]
+            cells = _leading_cells(r, cols, first=i == 0, has_prof=has_prof)
             value = _value(r, scale)
             if best is not None and r["mean"] == best and len(group) > 1:
                 value = f"**{value}**"
             cells += [value, str(r["n"]), r["status"]] if metric else [r["status"]]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _leading_cells(
+    r: dict[str, Any], cols: Sequence[str], first: bool, has_prof: bool, escape=lambda text: text
+) -> list[str]:
+    """A row's cells before the metric: its configuration (data and backbone only on the first row
+    of a group), params, MACs and, with a profile, peak activations (KiB) and latency (ms)."""
+    cells = [escape(_cell(r, c)) if (first or c not in ("data", "backbone")) else "" for c in cols]
+    cells += [_millions(r["params"]), _millions(r["macs"])]
+    if has_prof:
+        peak = r["peak_activation_bytes"]
+        cells += [
+            "-" if peak is None else f"{peak / 1024:.1f}",
+            "-" if r["latency_ms"] is None else f"{r['latency_ms']:.2f}",
+        ]
+    return cells
 
 
 def _tex(s: str) -> str:
@@ -626,14 +635,7 @@ def latex(rows: Sequence[dict[str, Any]], varying: Sequence[str], metric: str | 
             out.append("\\midrule")
         best = max((r["mean"] for r in group if r["mean"] is not None), default=None)
         for i, r in enumerate(group):
-            cells = [_tex(_cell(r, c)) if (i == 0 or c not in ("data", "backbone")) else "" for c in cols]
-            cells += [_millions(r["params"]), _millions(r["macs"])]
-            if has_prof:
-                peak = r["peak_activation_bytes"]
-                cells += [
-                    "-" if peak is None else f"{peak / 1024:.1f}",
-                    "-" if r["latency_ms"] is None else f"{r['latency_ms']:.2f}",
-                ]
+            cells = _leading_cells(r, cols, first=i == 0, has_prof=has_prof, escape=_tex)
             if r["mean"] is None:
                 value = "-"
             elif r["n"] > 1:

@@ -88,6 +88,27 @@ class BaseTask(L.LightningModule):
         self.input_shape = tuple(input_shape)
         self.monitor, self.monitor_mode = monitor, monitor_mode
 
+    def save_task_hyperparameters(
+        self, backbone: Any, rnn: Any, head: Any, num_classes: int, **extra: Any
+    ) -> None:
+        """Store everything ``load_from_checkpoint`` needs to rebuild the task, as plain containers:
+        the model's config nodes, the class count and the settings :class:`BaseTask` holds,
+        plus the subclass's own ``extra`` arguments."""
+        self.save_hyperparameters(
+            {
+                "backbone": plain(backbone),
+                "rnn": plain(rnn),
+                "head": plain(head),
+                "num_classes": num_classes,
+                "input_shape": list(self.input_shape),
+                "optimizer": self.optimizer_cfg,
+                "scheduler": self.scheduler_cfg,
+                "monitor": self.monitor,
+                "monitor_mode": self.monitor_mode,
+                **extra,
+            }
+        )
+
     def complexity_inputs(self) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
         """The module and batch-1 inputs whose params and MACs describe this model."""
         return self.net, (torch.zeros(1, *self.input_shape),)

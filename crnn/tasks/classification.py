@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from crnn.builders import build_classifier
-from crnn.tasks.base import BaseTask, plain
+from crnn.tasks.base import BaseTask
 
 
 class ClassificationTask(BaseTask):
@@ -34,20 +34,7 @@ class ClassificationTask(BaseTask):
         monitor_mode: str = "max",
     ):
         super().__init__(optimizer, scheduler, input_shape, monitor, monitor_mode)
-        self.save_hyperparameters(
-            {
-                "backbone": plain(backbone),
-                "rnn": plain(rnn),
-                "head": plain(head),
-                "num_classes": num_classes,
-                "input_shape": list(input_shape),
-                "optimizer": plain(optimizer),
-                "scheduler": plain(scheduler),
-                "label_smoothing": label_smoothing,
-                "monitor": monitor,
-                "monitor_mode": monitor_mode,
-            }
-        )
+        self.save_task_hyperparameters(backbone, rnn, head, num_classes, label_smoothing=label_smoothing)
         self.net = build_classifier(
             self.hparams.backbone, self.hparams.rnn, self.hparams.head, num_classes, input_shape
         )

@@ -65,20 +65,7 @@ class DetectionTask(BaseTask):
             raise ValueError(
                 f"task.evaluation: unknown keys {sorted(unknown)}; valid: {sorted(EVAL_DEFAULTS)}"
             )
-        self.save_hyperparameters(
-            {
-                "backbone": plain(backbone),
-                "rnn": plain(rnn),
-                "head": plain(head),
-                "num_classes": num_classes,
-                "input_shape": list(input_shape),
-                "optimizer": plain(optimizer),
-                "scheduler": plain(scheduler),
-                "monitor": monitor,
-                "monitor_mode": monitor_mode,
-                "evaluation": evaluation,
-            }
-        )
+        self.save_task_hyperparameters(backbone, rnn, head, num_classes, evaluation=evaluation)
         self.evaluation = EVAL_DEFAULTS | evaluation
         self.image_size = max(int(s) for s in input_shape[1:])
         self.net = build_detector(

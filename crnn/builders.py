@@ -15,11 +15,8 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from crnn.errors import ConfigError
 from crnn.models import Classifier, LayerFactory
-
-
-class ConfigError(ValueError):
-    """A composed configuration that cannot be built; the message names the config keys."""
 
 
 def instantiate_node(node: Mapping[str, Any], key: str, **kwargs: Any) -> Any:
@@ -96,3 +93,15 @@ def build_classifier(
     except (TypeError, ValueError) as err:
         raise ConfigError(f"head ({head.get('_target_')}): {err}") from err
     return Classifier(trunk, classifier_head)
+
+
+def build_datamodule(cfg: Mapping[str, Any]):
+    """``cfg.data`` -> its LightningDataModule; construction errors become :class:`ConfigError`."""
+    return instantiate_node(cfg["data"], "data")
+
+
+def build_task(cfg: Mapping[str, Any], datamodule):
+    """Instantiate ``cfg.task`` for this data; construction errors become :class:`ConfigError`."""
+    return instantiate_node(
+        cfg["task"], "task", num_classes=datamodule.num_classes, input_shape=tuple(datamodule.input_shape)
+    )

@@ -21,8 +21,8 @@ from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 
 from crnn import complexity
+from crnn.errors import USER_ERRORS
 from crnn.runtime import CONFIG_KEY, MetricsFile, git_commit, progress_bar_enabled
-from crnn.train import USER_ERRORS
 
 log = logging.getLogger("crnn.eval")
 

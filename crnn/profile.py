@@ -6,7 +6,7 @@
 
 Same config groups as ``crnn-train`` (``conf/profile.yaml`` = ``train`` + profile settings). The
 model is built exactly as training builds it (``instantiate(cfg.data)``, whose constructor touches
-no files, then :func:`crnn.train.build_task`, then ``task.complexity_inputs()``) and measured:
+no files, then :func:`crnn.builders.build_task`, then ``task.complexity_inputs()``) and measured:
 
 * ``params`` and ``macs``: :func:`crnn.complexity.count_params` and
   :func:`crnn.complexity.mac_analysis` (the analysis behind ``count_macs``, same number);
@@ -41,9 +41,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from crnn import complexity
+from crnn.builders import build_task
 from crnn.complexity import activation_memory, cpu_latency, module_table
+from crnn.errors import USER_ERRORS
 from crnn.runtime import choices, git_commit, print_config, write_json_atomic
-from crnn.train import USER_ERRORS, build_task
 
 log = logging.getLogger("crnn.profile")
 

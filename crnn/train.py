@@ -19,8 +19,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from crnn import complexity
-from crnn.builders import ConfigError, instantiate_node
-from crnn.data.errors import CorruptDatasetError, DatasetNotFoundError
+from crnn.builders import build_datamodule, build_task
+from crnn.errors import USER_ERRORS, ConfigError
 from crnn.runtime import (
     MetricsFile,
     StoreConfig,
@@ -37,9 +37,6 @@ log = logging.getLogger("crnn.train")
 
 CONF_DIR = project_root() / "conf"
 """Absolute, so that Hydra finds it from a console script run in any folder."""
-
-USER_ERRORS = (ConfigError, DatasetNotFoundError, CorruptDatasetError)
-"""Errors caused by the user's config or files: reported as one message, without a traceback."""
 
 
 def resolve_resume(cfg: DictConfig, output_dir: Path) -> tuple[Path | None, Path]:
@@ -58,13 +55,6 @@ def resolve_resume(cfg: DictConfig, output_dir: Path) -> tuple[Path | None, Path
         return ckpt, run_dir
     last = output_dir / "checkpoints" / "last.ckpt"
     return (last if cfg.resume and last.is_file() else None), output_dir
-
-
-def build_task(cfg: DictConfig, datamodule) -> L.LightningModule:
-    """Instantiate ``cfg.task`` for this data; construction errors become :class:`ConfigError`."""
-    return instantiate_node(
-        cfg.task, "task", num_classes=datamodule.num_classes, input_shape=tuple(datamodule.input_shape)
-    )
 
 
 def build_loggers(
@@ -145,7 +135,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     picked = choices(cfg)
     name = run_name(picked, cfg.get("seed"))
-    datamodule = instantiate_node(cfg.data, "data")
+    datamodule = build_datamodule(cfg)
     task = build_task(cfg, datamodule)
     module, inputs = task.complexity_inputs()
     params, macs = complexity.count_params(module), complexity.count_macs(module, *inputs)

@@ -19,8 +19,8 @@ from crnn.analysis.receptive_field import (
     radius_for_mass,
     save_heatmaps,
 )
+from crnn.builders import build_task
 from crnn.export import check_onnx, export_and_check, export_onnx, load_checkpoint, load_config
-from crnn.train import build_task
 
 # ----------------------------------------------------------------------- receptive field
 

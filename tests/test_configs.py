@@ -9,8 +9,7 @@ from conftest import CONF, cifar_overrides, compose
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
-from crnn.builders import ConfigError, instantiate_node
-from crnn.train import build_task
+from crnn.builders import ConfigError, build_task, instantiate_node
 
 
 def options(group: str) -> list[str]:

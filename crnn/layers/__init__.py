@@ -13,7 +13,17 @@ which the tests check against :mod:`crnn.complexity`.
 from .cells import CELLS, CellSpec, get_cell, rnn_macs_per_token, rnn_params
 from .conv import ConvLayer, DSConvLayer
 from .ds_rnn import DSRNN
-from .registry import LAYERS, Layer2d, build_layer, layer_kwargs, register_layer
+from .registry import (
+    LAYERS,
+    NO_LAYER,
+    Layer2d,
+    LayerInfo,
+    build_layer,
+    layer_info,
+    layer_kwargs,
+    list_layers,
+    register_layer,
+)
 from .rnn2d import RNN2D, RNN2D4Way
 from .separable import SRNN, SBiRNNCat, SBiRNNSum, SWSBiRNN, WSBiRNN
 from .sequencer import Sequencer2d
@@ -28,6 +38,8 @@ __all__ = [
     "ConvLayer",
     "DSConvLayer",
     "Layer2d",
+    "LayerInfo",
+    "NO_LAYER",
     "RNN2D4Way",
     "SBiRNNCat",
     "SBiRNNSum",
@@ -36,7 +48,9 @@ __all__ = [
     "WSBiRNN",
     "build_layer",
     "get_cell",
+    "layer_info",
     "layer_kwargs",
+    "list_layers",
     "register_layer",
     "rnn_macs_per_token",
     "rnn_params",

@@ -20,7 +20,7 @@ def _check_kernel(kernel_size: int) -> None:
         raise ValueError(f"kernel_size must be odd to keep the spatial size, got {kernel_size}")
 
 
-@register_layer("conv")
+@register_layer("conv", family="conv", order=1, marker="s")
 class ConvLayer(Layer2d):
     """``k x k`` convolution, stride 1, padding ``k // 2``, no bias.
 
@@ -47,7 +47,7 @@ class ConvLayer(Layer2d):
         return height * width * self.closed_form_params()
 
 
-@register_layer("dsconv")
+@register_layer("dsconv", family="conv", order=2, marker="D")
 class DSConvLayer(Layer2d):
     """Depthwise-separable convolution: ``k x k`` depthwise, then ``1 x 1`` pointwise; no biases.
 

@@ -37,7 +37,7 @@ def diagonal_birnn(x: Tensor, w: Tensor, u: Tensor, b: Tensor, activation: str) 
     return (y[:, 0] + y[:, 1].flip(0)).view(L, *batch, x.shape[-1])
 
 
-@register_layer("ds_rnn")
+@register_layer("ds_rnn", family="diagonal_rnn", order=8, marker="P", cells=VANILLA_CELLS, python_loop=True)
 class DSRNN(Layer2d):
     """Depthwise-separable RNN: per-channel bidirectional recurrences along rows, then columns,
     then a pointwise ``1 x 1`` mixing to ``C_out``.

@@ -4,10 +4,47 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from torch import nn
 
-__all__ = ["LAYERS", "Layer2d", "build_layer", "layer_kwargs", "register_layer"]
+from .cells import CELLS
+
+__all__ = [
+    "LAYERS",
+    "NO_LAYER",
+    "Layer2d",
+    "LayerInfo",
+    "build_layer",
+    "layer_info",
+    "layer_kwargs",
+    "list_layers",
+    "register_layer",
+]
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """What tools and tests need to know about a registered layer, kept beside its class.
+
+    * ``cells``: the recurrent cells it takes (``()`` for a layer without a ``cell`` argument);
+    * ``python_loop``: its forward loops over steps in Python, so an export trace unrolls it for
+      the traced input size;
+    * ``family``: ``"baseline"`` (the plain CNN), ``"conv"``, ``"separable_rnn"``,
+      ``"sequencer"``, ``"diagonal_rnn"`` or ``"rnn2d"``;
+    * ``order``: position in the paper's tables (smaller first);
+    * ``marker``: its matplotlib marker in the accuracy-vs-cost plots.
+    """
+
+    name: str
+    family: str
+    order: int
+    marker: str
+    cells: tuple[str, ...] = ()
+    python_loop: bool = False
+
+    def takes_cell(self, cell: str) -> bool:
+        return cell in self.cells
 
 
 class Layer2d(nn.Module):
@@ -34,18 +71,47 @@ class Layer2d(nn.Module):
 
 LAYERS: dict[str, type[Layer2d]] = {}
 
+NO_LAYER = LayerInfo(name="none", family="baseline", order=0, marker="o")
+"""``rnn=none``: the plain CNN (no block replaced); listed first in tables, never built."""
 
-def register_layer(name: str) -> Callable[[type[Layer2d]], type[Layer2d]]:
-    """Class decorator: make a layer buildable as ``build_layer(name, ...)``."""
+ALL_CELLS: tuple[str, ...] = tuple(CELLS)
+
+
+def register_layer(
+    name: str,
+    *,
+    family: str,
+    order: int,
+    marker: str,
+    cells: tuple[str, ...] = (),
+    python_loop: bool = False,
+) -> Callable[[type[Layer2d]], type[Layer2d]]:
+    """Class decorator: make a layer buildable as ``build_layer(name, ...)`` and record its
+    :class:`LayerInfo` as ``cls.info``."""
+    info = LayerInfo(name, family, order, marker, tuple(cells), python_loop)
 
     def deco(cls: type[Layer2d]) -> type[Layer2d]:
-        if name in LAYERS:
-            raise ValueError(f"layer {name!r} is already registered ({LAYERS[name].__name__})")
+        if name in LAYERS or name == NO_LAYER.name:
+            raise ValueError(f"layer {name!r} is already registered")
         LAYERS[name] = cls
         cls.layer_name = name
+        cls.info = info
         return cls
 
     return deco
+
+
+def layer_info(name: str) -> LayerInfo:
+    """The :class:`LayerInfo` of a registered layer (or of ``"none"``, the plain CNN)."""
+    return NO_LAYER if name == NO_LAYER.name else _lookup(name).info
+
+
+def list_layers(*, cell: str | None = None, include_none: bool = False) -> list[str]:
+    """Registered layer names in paper order; with ``cell``, only those taking that cell (a
+    layer without a ``cell`` argument is kept: it has no cell to choose)."""
+    infos = sorted((cls.info for cls in LAYERS.values()), key=lambda i: (i.order, i.name))
+    names = [i.name for i in infos if cell is None or not i.cells or i.takes_cell(cell)]
+    return ([NO_LAYER.name] if include_none else []) + names
 
 
 def layer_kwargs(name: str) -> tuple[str, ...]:

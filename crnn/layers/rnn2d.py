@@ -141,7 +141,7 @@ class _RNN2DBase(Layer2d):
         )
 
 
-@register_layer("rnn2d")
+@register_layer("rnn2d", family="rnn2d", order=9, marker="X", cells=VANILLA_CELLS, python_loop=True)
 class RNN2D(_RNN2DBase):
     """2-D recurrence from the top-left corner::
 
@@ -171,7 +171,7 @@ class RNN2D(_RNN2DBase):
         return self._output(h, sched, x.shape)
 
 
-@register_layer("rnn2d_4way")
+@register_layer("rnn2d_4way", family="rnn2d", order=10, marker="h", cells=VANILLA_CELLS, python_loop=True)
 class RNN2D4Way(_RNN2DBase):
     """:class:`RNN2D` run from all four corners with shared weights, summed::
 

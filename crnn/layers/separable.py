@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .cells import get_cell, rnn_macs_per_token, rnn_params
-from .registry import Layer2d, check_positive, register_layer
+from .registry import ALL_CELLS, Layer2d, check_positive, register_layer
 
 __all__ = ["SRNN", "SWSBiRNN", "SBiRNNCat", "SBiRNNSum", "WSBiRNN"]
 
@@ -187,7 +187,7 @@ class _SeparableRNN2d(Layer2d):
         )
 
 
-@register_layer("srnn")
+@register_layer("srnn", family="separable_rnn", order=3, marker="^", cells=ALL_CELLS)
 class SRNN(_SeparableRNN2d):
     """Separable RNN: a unidirectional RNN along every row, then one along every column.
 
@@ -207,7 +207,7 @@ class SRNN(_SeparableRNN2d):
         self.col = RNNPass(self.hidden_channels, out_channels, cell)
 
 
-@register_layer("sws_birnn")
+@register_layer("sws_birnn", family="separable_rnn", order=4, marker="*", cells=ALL_CELLS)
 class SWSBiRNN(_SeparableRNN2d):
     """Separable weight-shared BiRNN (the paper's layer): SRNN whose passes are :class:`WSBiRNN`.
 
@@ -226,7 +226,7 @@ class SWSBiRNN(_SeparableRNN2d):
         self.col = WSBiRNN(self.hidden_channels, out_channels, cell)
 
 
-@register_layer("sbirnn_sum")
+@register_layer("sbirnn_sum", family="separable_rnn", order=5, marker="v", cells=ALL_CELLS)
 class SBiRNNSum(_SeparableRNN2d):
     """Separable BiRNN with separate forward/backward weights, directions **summed** (ablation).
 
@@ -245,7 +245,7 @@ class SBiRNNSum(_SeparableRNN2d):
         self.col = BiRNNPass(self.hidden_channels, out_channels, cell, merge="sum")
 
 
-@register_layer("sbirnn_cat")
+@register_layer("sbirnn_cat", family="separable_rnn", order=6, marker="<", cells=ALL_CELLS)
 class SBiRNNCat(_SeparableRNN2d):
     """Separable BiRNN with separate forward/backward weights, directions **concatenated** (ablation).
 

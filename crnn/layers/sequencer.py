@@ -6,13 +6,13 @@ import torch
 from torch import Tensor, nn
 
 from .cells import get_cell
-from .registry import Layer2d, check_positive, register_layer
+from .registry import ALL_CELLS, Layer2d, check_positive, register_layer
 from .separable import BiRNNPass
 
 __all__ = ["Sequencer2d"]
 
 
-@register_layer("sequencer")
+@register_layer("sequencer", family="sequencer", order=7, marker=">", cells=ALL_CELLS)
 class Sequencer2d(Layer2d):
     """Row and column BiRNNs read the **same** input in parallel; concat; ``1 x 1`` projection.
 

@@ -1,5 +1,6 @@
 """crnn-tables on multirun folders made here: fake-but-realistic jobs (a failed one, a job folder
-without metrics.json, a planned job never started, a running one) and a real 2-job sweep."""
+without metrics.json, a planned job never started, a running one) and a real 2-job sweep; each run
+counted once; the sweep status mode."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import pytest
 from conftest import cifar_overrides, compose
 from omegaconf import OmegaConf, open_dict
 
-from crnn.tables import TablesError, main, make_tables, pareto_front, read_wandb
+from crnn.results import TablesError, make_tables, metric_value, pareto_front, read_wandb
+from crnn.results.cli import main
+from crnn.results.read import planned_jobs
 
 # Complexity of the real models (crnn-profile), so the fake jobs carry realistic numbers.
 COMPLEXITY = {
@@ -105,6 +108,12 @@ def write_job(
     return folder
 
 
+def table_rows(md: str) -> list[list[str]]:
+    """The cells of the first Markdown table in ``md`` (header and rule lines dropped)."""
+    lines = [ln for ln in md.split("## Incomplete jobs")[0].splitlines() if ln.startswith("|")]
+    return [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]]
+
+
 @pytest.fixture(scope="module")
 def fake_sweep(tmp_path_factory) -> Path:
     """rnn=none,srnn,sws_birnn x seed=0,1: none complete; srnn seed 1 failed; sws_birnn seed 0
@@ -159,8 +168,11 @@ def test_incomplete_jobs_are_listed_with_reasons(fake_sweep, tmp_path):
         assert text in incomplete, text
     assert "67.10" not in incomplete
     # the main table: mean ± std in %, seeds, status; best of the group in bold
-    assert "| resnet20 | none | 0.28M | 40.82M | 66.80 ± 0.42 | 2 | 2 completed |" in md
-    assert "**68.40**" in md
+    rows = table_rows(md)
+    assert rows[0] == ["resnet20", "none", "0.28M", "40.82M", "66.80 ± 0.42", "2", "2 completed"]
+    assert rows[2][1:] == ["sws_birnn", "0.22M", "38.20M", "**68.40**", "1", "1 completed, 1 running"]
+    assert rows[3] == ["", "sbirnn_cat", "-", "-", "-", "0", "1 no-metrics, 1 pending"]
+    assert "partial: 4 not completed" in md and "best checkpoint" in md  # partial sweep, caption
     statuses = [row["status"] for row in csv.DictReader(result.files["jobs"].open())]
     assert sorted(statuses) == sorted(["completed"] * 4 + ["failed", "running", "no-metrics", "pending"])
 
@@ -176,6 +188,7 @@ def test_csv_latex_and_plots(fake_sweep, tmp_path):
     )
     tex = result.files["latex"].read_text()
     assert "\\toprule" in tex and "sws\\_birnn" in tex and "66.80 $\\pm$ 0.42" in tex
+    assert "\\textbf{68.40}" in tex and "best checkpoint" in tex
     for key in ("plot_macs", "plot_params"):
         png = result.files[key]
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
@@ -218,7 +231,8 @@ def test_varying_settings_become_columns(tmp_path):
     result = make_tables([sweep], out_dir=tmp_path / "t")
     assert [r["settings"]["rnn.cell"] for r in result.rows] == ["gru", "lstm"]
     assert all(r["n"] == 2 for r in result.rows)
-    assert "| backbone | rnn | rnn.cell |" in result.markdown
+    header = next(ln for ln in result.markdown.splitlines() if ln.startswith("|"))
+    assert [c.strip() for c in header.strip("|").split("|")][:3] == ["backbone", "rnn", "rnn.cell"]
     assert "None: every job completed." in result.markdown
 
 
@@ -317,3 +331,122 @@ def test_real_two_job_sweep(tmp_path, cifar_root, monkeypatch):
         assert (rows[rnn]["params"], rows[rnn]["macs"]) == (m["params"], m["macs"])
     assert "None: every job completed." in result.markdown
     assert result.files["plot_macs"].is_file()
+
+
+# ------------------------------------------------------------------ each run once, failures, status
+
+
+def test_each_run_counted_once_whatever_folders_are_given(fake_sweep, tmp_path):
+    link = tmp_path / "outer" / "link"
+    link.parent.mkdir()
+    link.symlink_to(fake_sweep, target_is_directory=True)
+    once = make_tables([fake_sweep], out_dir=tmp_path / "once", plots=False)
+    for sources in (
+        [fake_sweep, fake_sweep],  # the same sweep twice
+        [fake_sweep, fake_sweep / "0_job", fake_sweep / "1_job"],  # a sweep and some of its jobs
+        [link, fake_sweep],  # through a symlink
+        [link.parent, fake_sweep],  # a folder above the sweep (overlapping)
+    ):
+        result = make_tables(sources, out_dir=tmp_path / "t", plots=False)
+        none = next(r for r in result.rows if r["rnn"] == "none")
+        assert (none["n"], none["std"]) == (2, pytest.approx(statistics.stdev([0.671, 0.665]))), sources
+        assert len(result.jobs) == len(once.jobs) == 8, sources
+
+
+def test_a_copied_run_folder_is_the_same_run(tmp_path):
+    """Two folders carrying the same run id (a copy, a re-read) are one run; other ids are not."""
+    sweep = tmp_path / "sweep"
+    write_multirun_yaml(sweep, ["rnn=none", "seed=0,1"])
+    for num in range(2):
+        folder = write_job(sweep, num, ["rnn=none", f"seed={num}"], acc=0.6 + num / 10)
+        metrics = json.loads((folder / "metrics.json").read_text())
+        (folder / "metrics.json").write_text(json.dumps({**metrics, "wandb_id": f"id{num}"}))
+    copy = tmp_path / "elsewhere" / "0_copy"
+    copy.parent.mkdir()
+    import shutil
+
+    shutil.copytree(sweep / "0_job", copy)
+    result = make_tables([sweep, copy.parent], out_dir=tmp_path / "t", plots=False)
+    assert [(r["n"], r["seeds"]) for r in result.rows] == [(2, [0, 1])]
+
+
+def _failed_sweep(tmp_path: Path) -> Path:
+    """3 jobs: completed, failed (metrics.json with error_type / error / traceback), queued."""
+    sweep = tmp_path / "failing"
+    write_multirun_yaml(sweep, ["rnn=none,srnn,sws_birnn"])
+    write_job(sweep, 0, ["rnn=none"], acc=0.6)
+    folder = write_job(sweep, 1, ["rnn=srnn"], status="failed")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics.update(
+        error_type="FloatingPointError",
+        error="non-finite loss\nat epoch 2, step 7",
+        traceback=str(folder / "traceback.txt"),
+    )
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    return sweep
+
+
+def test_failed_jobs_shown_as_failed(tmp_path):
+    sweep = _failed_sweep(tmp_path)
+    result = make_tables([sweep], out_dir=tmp_path / "t", plots=False)
+    rows = {r["rnn"]: r for r in result.rows}
+    assert rows["srnn"]["status"] == "1 failed" and rows["srnn"]["mean"] is None
+    assert rows["sws_birnn"]["status"] == "1 pending"
+    incomplete = result.markdown.split("## Incomplete jobs")[1]
+    assert "FloatingPointError: non-finite loss at epoch 2, step 7" in incomplete  # one line
+    assert f"traceback: {sweep / '1_job' / 'traceback.txt'}" in incomplete
+    assert "partial: 2 not completed" in result.markdown
+
+
+def test_status_mode(tmp_path, capsys):
+    sweep = _failed_sweep(tmp_path)
+    with pytest.raises(SystemExit) as err:
+        main(["--status", str(sweep), str(sweep)])
+    assert err.value.code == 1  # a job failed
+    out = capsys.readouterr().out
+    assert f"{sweep}: 3 jobs: 1 completed, 0 running, 1 queued, 1 failed" in out
+    failed = out.split("Failed jobs:")[1]
+    assert "resnet20-srnn-linear" in failed and "FloatingPointError: non-finite loss" in failed
+    assert not (sweep / "tables").exists()  # status writes nothing
+
+
+def test_status_mode_of_a_running_sweep(fake_sweep, capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["--status", str(fake_sweep)])
+    assert err.value.code == 1
+    out = capsys.readouterr().out
+    # the job folder without metrics.json whose log holds an error counts as failed
+    assert ": 8 jobs: 4 completed, 1 running, 1 queued, 2 failed" in out
+    assert "NaN loss at step 3" in out and "out of memory" in out
+
+
+def test_status_mode_all_completed_exits_zero(tmp_path, capsys):
+    sweep = tmp_path / "ok"
+    write_multirun_yaml(sweep, ["rnn=none"])
+    write_job(sweep, 0, ["rnn=none"], acc=0.5)
+    with pytest.raises(SystemExit) as err:
+        main(["--status", str(sweep)])
+    assert err.value.code == 0
+    assert "1 jobs: 1 completed, 0 running, 0 queued, 0 failed" in capsys.readouterr().out
+
+
+def test_best_and_last_metrics_read_tolerantly():
+    assert metric_value({"test/acc1": 0.5}, "test/acc1") == 0.5
+    assert metric_value({"val/acc1": 0.4, "val/acc1_best": 0.6}, "val/acc1") == 0.6
+    assert metric_value({"best": {"val/AP": 0.3}, "last": {"val/AP": 0.2}, "val/AP": 0.2}, "val/AP") == 0.3
+    assert metric_value({"test/acc1": None, "test/acc1_note": "non-finite"}, "test/acc1") is None
+    assert metric_value({"test/acc1": float("nan")}, "test/acc1") is None
+    assert metric_value({"test/acc1": True}, "test/acc1") is None
+
+
+def test_planned_jobs_are_the_basic_sweepers_product(tmp_path):
+    sweep = tmp_path / "plan"
+    write_multirun_yaml(sweep, ["seed=0,1", "trainer.max_epochs=3"], params={"rnn": "none,srnn"})
+    assert planned_jobs(sweep) == [
+        ["rnn=none", "seed=0", "trainer.max_epochs=3"],
+        ["rnn=none", "seed=1", "trainer.max_epochs=3"],
+        ["rnn=srnn", "seed=0", "trainer.max_epochs=3"],
+        ["rnn=srnn", "seed=1", "trainer.max_epochs=3"],
+    ]
+    OmegaConf.save(OmegaConf.create({"hydra": {"sweeper": {"_target_": "optuna"}}}), sweep / "multirun.yaml")
+    assert planned_jobs(sweep) is None  # another sweeper: the plan is unknown

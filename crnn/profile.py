@@ -18,14 +18,12 @@ no files, then :func:`crnn.builders.build_task`, then ``task.complexity_inputs()
 
 Each job prints one summary row (plus the module table in a single run) and writes
 ``profile.json`` in its run folder; after a multirun :class:`SweepTable` prints the table of all
-jobs and writes ``profile_table.md`` / ``profile_table.csv`` in the sweep folder.
+jobs and writes ``profile_table.md`` / ``profile_table.csv`` in the sweep folder (read and rendered
+by :mod:`crnn.results`, which ``crnn-tables`` uses too).
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
 import os
 import platform
@@ -35,13 +33,13 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import pandas as pd
 import torch
 from hydra.experimental.callback import Callback
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from crnn import complexity
-from crnn.builders import build_task
+from crnn.builders import build_datamodule, build_task
 from crnn.complexity import activation_memory, cpu_latency, module_table
 from crnn.errors import USER_ERRORS
 from crnn.runtime import choices, git_commit, print_config, write_json_atomic
@@ -92,7 +90,7 @@ def build_model(cfg: DictConfig):
     """``(task, module, inputs)`` exactly as ``crnn-train`` builds them, without loading data."""
     if cfg.get("seed") is not None:
         torch.manual_seed(int(cfg.seed))
-    datamodule = instantiate(cfg.data)  # constructors check settings only: no disk access
+    datamodule = build_datamodule(cfg)  # constructors check settings only: no disk access
     task = build_task(cfg, datamodule)
     module, inputs = task.complexity_inputs()
     return task, module, inputs
@@ -155,7 +153,7 @@ def _is_multirun() -> bool:
 def profile(cfg: DictConfig) -> dict[str, Any]:
     """Profile the model of ``cfg`` (one job); writes and returns ``profile.json``'s content.
 
-    Raises what building the model raises (:data:`crnn.train.USER_ERRORS` for bad configs) after
+    Raises what building the model raises (:data:`crnn.errors.USER_ERRORS` for bad configs) after
     writing ``profile.json`` with ``status: failed`` and the error.
     """
     output_dir = Path(cfg.paths.output_dir)
@@ -212,34 +210,25 @@ def profile(cfg: DictConfig) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 
 
-def _si(n: float | None, unit: str = "") -> str:
-    if n is None:
-        return "-"
-    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{suffix}{unit}"
-    return f"{n:.0f}{unit}"
-
-
 def _kib(n: int | None) -> str:
     return "-" if n is None else f"{n / 1024:.1f} KiB"
 
 
 def module_rows_text(rows: list[dict[str, Any]], max_depth: int | None = 3) -> str:
-    """The per-module table as aligned text (rows down to ``max_depth``)."""
+    """The per-module table as aligned text (rows down to ``max_depth``, named by their full path)."""
     keep = [r for r in rows if max_depth is None or r["depth"] <= max_depth]
-    cells = [("module", "type", "params", "MACs", "output shape")]
-    for r in keep:
-        label = ("  " * r["depth"]) + (r["name"].rsplit(".", 1)[-1] if r["name"] else "(model)")
-        shape = r["output_shape"]
-        cells.append(
-            (label, r["type"], f"{r['params']:,}", f"{r['macs']:,}", "-" if shape is None else str(shape))
-        )
-    widths = [max(len(c[i]) for c in cells) for i in range(5)]
-    align = ["<", "<", ">", ">", "<"]
-    lines = ["  ".join(f"{c:{a}{w}}" for c, a, w in zip(row, align, widths, strict=True)) for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    table = pd.DataFrame(
+        {
+            "module": [r["name"] or "(model)" for r in keep],
+            "type": [r["type"] for r in keep],
+            "params": [f"{r['params']:,}" for r in keep],
+            "MACs": [f"{r['macs']:,}" for r in keep],
+            "output shape": ["-" if r["output_shape"] is None else str(r["output_shape"]) for r in keep],
+        }
+    )
+    return table.to_markdown(
+        index=False, tablefmt="simple", colalign=("left", "left", "right", "right", "left")
+    )
 
 
 def summary_line(record: dict[str, Any]) -> str:
@@ -258,105 +247,27 @@ def summary_line(record: dict[str, Any]) -> str:
     )
 
 
-TABLE_COLUMNS = (
-    "job",
-    "backbone",
-    "rnn",
-    "head",
-    "cell",
-    "overrides",
-    "params",
-    "macs",
-    "peak_act_kib",
-    "latency_ms",
-    "status",
-)
+class SweepTable(Callback):
+    """Hydra callback (``conf/profile.yaml``): after a multirun, print and save the table of all
+    jobs (``profile_table.md`` / ``.csv`` in the sweep folder), read back by :mod:`crnn.results`."""
 
-
-def table_rows(records: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Flat rows (``TABLE_COLUMNS``) of ``(job, profile record)`` pairs, for the sweep table."""
-    rows = []
-    for job, r in records:
-        extra = _extra_overrides(r.get("overrides", []))
-        peak = r.get("peak_activation_bytes")
-        rows.append(
-            {
-                "job": job,
-                "backbone": r.get("backbone"),
-                "rnn": r.get("rnn"),
-                "head": r.get("head"),
-                "cell": r.get("cell"),
-                "overrides": " ".join(extra),
-                "params": r.get("params"),
-                "macs": r.get("macs"),
-                "peak_act_kib": None if peak is None else round(peak / 1024, 1),
-                "latency_ms": None if r.get("latency_ms") is None else round(r["latency_ms"], 3),
-                "status": r.get("status")
-                if r.get("status") == "completed"
-                else f"{r.get('status')}: {r.get('error', '')}",
-            }
-        )
-    return rows
-
-
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    def fmt(key: str, v: Any) -> str:
-        if v is None or v == "":
-            return "-" if key not in ("overrides",) else ""
-        if key in ("params", "macs"):
-            return f"{v:,}"
-        return str(v)
-
-    header = "| " + " | ".join(TABLE_COLUMNS) + " |"
-    sep = (
-        "|"
-        + "|".join(
-            "---:" if c in ("params", "macs", "peak_act_kib", "latency_ms") else "---" for c in TABLE_COLUMNS
-        )
-        + "|"
-    )
-    body = ["| " + " | ".join(fmt(c, r[c]) for c in TABLE_COLUMNS) + " |" for r in rows]
-    return "\n".join([header, sep, *body])
-
-
-def read_sweep(sweep_dir: Path) -> list[tuple[str, dict[str, Any]]]:
-    """``(job folder name, profile.json)`` of every job under ``sweep_dir``, in job order."""
-
-    def order(p: Path) -> tuple[int, str]:
-        head = p.parent.name.split("_", 1)[0]
-        return (int(head) if head.isdigit() else 1 << 30, p.parent.name)
-
-    out = []
-    for path in sorted(Path(sweep_dir).glob("*/profile.json"), key=order):
-        try:
-            out.append((path.parent.name, json.loads(path.read_text())))
-        except (OSError, json.JSONDecodeError) as err:
-            out.append((path.parent.name, {"status": "unreadable", "error": str(err)}))
-    return out
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if sweep_dir.is_dir():
+            text = write_sweep_table(sweep_dir)
+            print(f"\nComplexity of {sweep_dir} (profile_table.md / .csv):\n{text}", flush=True)
 
 
 def write_sweep_table(sweep_dir: Path) -> str:
     """Write ``profile_table.md`` and ``profile_table.csv`` in ``sweep_dir``; returns the Markdown."""
-    rows = table_rows(read_sweep(sweep_dir))
-    text = markdown_table(rows)
-    (Path(sweep_dir) / "profile_table.md").write_text(text + "\n")
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(TABLE_COLUMNS))
-    writer.writeheader()
-    writer.writerows(rows)
-    (Path(sweep_dir) / "profile_table.csv").write_text(buf.getvalue())
+    from crnn.results import dedupe, read_sweep
+    from crnn.results.render import profile_markdown, profile_table
+
+    jobs = [j for j in dedupe(read_sweep(sweep_dir)) if j.kind == "profile"]
+    text = profile_markdown(jobs)
+    (sweep_dir / "profile_table.md").write_text(text + "\n")
+    profile_table(jobs).to_csv(sweep_dir / "profile_table.csv", index=False)
     return text
-
-
-class SweepTable(Callback):
-    """Hydra callback (``conf/profile.yaml``): after a multirun, print and save the table of all jobs."""
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        if not sweep_dir.is_dir():
-            return
-        text = write_sweep_table(sweep_dir)
-        print(f"\nComplexity of {sweep_dir} (profile_table.md / .csv):\n{text}", flush=True)
 
 
 # ----------------------------------------------------------------------------------------------

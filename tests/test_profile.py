@@ -18,7 +18,8 @@ from torch import nn
 from crnn import complexity
 from crnn.builders import build_task
 from crnn.complexity import activation_memory, cpu_latency, module_table
-from crnn.profile import build_model, profile
+from crnn.profile import build_model, module_rows_text, profile, write_sweep_table
+from crnn.results.read import expand_sweep
 
 FAST = ["profile.latency.repeats=3", "profile.latency.warmup=1"]
 
@@ -148,6 +149,56 @@ def test_profile_multirun_in_process(tmp_path, monkeypatch):
     table = (sweep / "profile_table.md").read_text()
     assert all(f"{r['macs']:,}" in table for r in records)
     assert not (tmp_path / "no_data").exists()
+    lines = [ln.split("|")[1:-1] for ln in table.splitlines()[2:]]
+    assert [[c.strip() for c in ln][1:4] for ln in lines] == [
+        ["resnet20", "none", "linear"],
+        ["resnet20", "sws_birnn", "linear"],
+    ]
+
+
+def test_sweep_table_lists_a_failed_job(tmp_path):
+    """The table of a profile sweep (read by crnn.results) shows a failed job with its error."""
+    sweep = tmp_path / "sweep"
+    for num, rnn in enumerate(["none", "srnn"]):
+        overrides = [f"rnn={rnn}"] + (["rnn.cell=transformer"] if rnn == "srnn" else [])
+        cfg, _ = _profile_cfg(sweep / f"{num}_job", *overrides)
+        from omegaconf import open_dict
+
+        from crnn.errors import ConfigError
+
+        with open_dict(cfg):
+            cfg.profile = {"batch_size": 1, "memory": False, "latency": {"enabled": False}}
+        if rnn == "srnn":
+            with pytest.raises(ConfigError):
+                profile(cfg)
+        else:
+            profile(cfg)
+    table = write_sweep_table(sweep)
+    rows = [[c.strip() for c in ln.split("|")[1:-1]] for ln in table.splitlines()[2:]]
+    assert [r[2] for r in rows] == ["none", "srnn"]
+    assert (
+        rows[0][-1] == "completed" and rows[1][-1].startswith("failed: ConfigError") and "cell" in rows[1][-1]
+    )
+    assert (sweep / "profile_table.csv").read_text().count("\n") == 3
+
+
+def test_module_table_text():
+    rows = [
+        {"depth": 0, "name": "", "type": "Sequential", "params": 1234, "macs": 56789, "output_shape": [1, 4]},
+        {"depth": 1, "name": "0", "type": "Conv2d", "params": 1234, "macs": 56789, "output_shape": [1, 4]},
+        {"depth": 4, "name": "0.a.b.c", "type": "ReLU", "params": 0, "macs": 0, "output_shape": None},
+    ]
+    lines = module_rows_text(rows, max_depth=3).splitlines()
+    assert lines[0].split() == ["module", "type", "params", "MACs", "output", "shape"]
+    assert lines[2].split() == ["(model)", "Sequential", "1,234", "56,789", "[1,", "4]"]
+    assert len(lines) == 4  # the depth-4 row is cut
+
+
+def test_profile_imports_no_other_entry_point():
+    code = "import sys, crnn.profile; print(sorted(m for m in sys.modules if m.startswith('crnn.')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    for entry in ("crnn.train", "crnn.eval", "crnn.export", "crnn.results.cli"):
+        assert f"'{entry}'" not in out, out
 
 
 @pytest.mark.slow
@@ -185,18 +236,8 @@ PRESETS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
 def planned(preset: str, tmp_path: Path, cfg=None) -> list[list[str]]:
     """The job override lists `crnn-train -m experiment=<preset>` launches (basic sweeper)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     cfg = cfg if cfg is not None else compose([f"experiment={preset}"], tmp_path)
-    params = cfg.hydra.sweeper.params
-    args = [f"{k}={v}" for k, v in params.items()]
-    parsed = OverridesParser.create().parse_overrides(args)
-    return [
-        job + [f"experiment={preset}"]
-        for batch in BasicSweeper.split_arguments(parsed, None)
-        for job in batch
-    ]
+    return [job + [f"experiment={preset}"] for job in expand_sweep(cfg.hydra.sweeper.params)]
 
 
 def test_six_presets_with_their_own_sweeps(tmp_path):

@@ -19,7 +19,17 @@ from typing import Any
 
 import yaml
 
-__all__ = ["BASE", "Job", "TablesError", "dedupe", "metric_value", "planned_jobs", "read_job", "read_sweep"]
+__all__ = [
+    "BASE",
+    "Job",
+    "TablesError",
+    "dedupe",
+    "expand_sweep",
+    "metric_value",
+    "planned_jobs",
+    "read_job",
+    "read_sweep",
+]
 
 BASE = ("data", "backbone", "rnn", "head")
 """The group choices that name a model in the tables."""
@@ -240,9 +250,8 @@ def _key_of(override: str) -> str:
 
 
 def planned_jobs(sweep: Path) -> list[list[str]] | None:
-    """The override lists of every job the sweep planned, in launch order, from ``multirun.yaml``
-    (Hydra's basic sweeper: the cartesian product of its params and the command-line overrides);
-    ``None`` when that cannot be known (another sweeper, an unreadable file)."""
+    """The override lists of every job the sweep planned, in launch order, from ``multirun.yaml``;
+    ``None`` when that cannot be known (another sweeper than the basic one, an unreadable file)."""
     cfg = _load_yaml(sweep / "multirun.yaml")
     hydra_cfg = (cfg or {}).get("hydra") if isinstance(cfg, Mapping) else None
     if not isinstance(hydra_cfg, Mapping):
@@ -250,22 +259,27 @@ def planned_jobs(sweep: Path) -> list[list[str]] | None:
     sweeper = hydra_cfg.get("sweeper") or {}
     if not str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
         return None
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    params = sweeper.get("params") or {}
     task = (hydra_cfg.get("overrides") or {}).get("task") or []
-    args = [f"{k}={v}" for k, v in params.items()] + list(task)
     try:
-        parsed = OverridesParser.create().parse_overrides(args)
+        return expand_sweep(sweeper.get("params") or {}, task)
     except Exception:  # noqa: BLE001 - an unreadable plan only loses the "pending" rows
         return None
-    choices: dict[str, list[str]] = {}  # the same key twice: the last value, at the first place
-    for override in parsed:
+
+
+def expand_sweep(params: Mapping[str, Any], overrides: Sequence[str] = ()) -> list[list[str]]:
+    """The jobs Hydra's basic sweeper launches for sweeper ``params`` and command-line
+    ``overrides``: the cartesian product of every ``key=a,b,c`` (a key given twice keeps its
+    first place and its last value), through Hydra's public override parser."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    args = [f"{k}={v}" for k, v in params.items()] + list(overrides)
+    choices: dict[str, list[str]] = {}
+    for override in OverridesParser.create().parse_overrides(args):
         key = override.get_key_element()
         if override.is_discrete_sweep():
             choices[key] = [f"{key}={v}" for v in override.sweep_string_iterator()]
         elif override.is_sweep_override():
-            return None  # ranges / intervals: not a plan the basic sweeper runs
+            raise ValueError(f"{key}: the basic sweeper takes only lists of values")
         else:
             choices[key] = [f"{key}={override.get_value_element_as_str()}"]
     return [list(job) for job in itertools.product(*choices.values())]

@@ -297,6 +297,15 @@ def test_wandb_runs_become_rows(tmp_path):
     assert [(r["rnn"], r["n"]) for r in result.rows] == [("none", 2), ("srnn", 0)]
     assert "failed" in result.rows[1]["status"] and "W&B state crashed" in result.markdown
 
+    # the run folder of W&B run "run0" given too: the same run, counted once (the folder's record)
+    sweep = tmp_path / "sweep"
+    folder = write_job(sweep, 0, ["rnn=none", "seed=0"], acc=0.6)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    (folder / "metrics.json").write_text(json.dumps({**metrics, "wandb_id": "run0"}))
+    both = make_tables([sweep], out_dir=tmp_path / "t2", wandb_project="me/crnn", wandb_group="g", api=Api())
+    assert len(both.jobs) == 3 and both.jobs[0].source == str(folder)
+    assert sum(r["n"] for r in both.rows if r["rnn"] == "none") == 2  # not 3
+
 
 def test_real_two_job_sweep(tmp_path, cifar_root, monkeypatch):
     """``crnn-train -m rnn=none,srnn`` on the fixture data (in process), then the tables."""
@@ -418,6 +427,9 @@ def test_status_mode_of_a_running_sweep(fake_sweep, capsys):
     # the job folder without metrics.json whose log holds an error counts as failed
     assert ": 8 jobs: 4 completed, 1 running, 1 queued, 2 failed" in out
     assert "NaN loss at step 3" in out and "out of memory" in out
+    running = out.split("Running jobs:")[1]
+    assert "5_job [resnet20-sws_birnn-linear" in running and "last wrote" in running
+    assert "6_job" not in running  # counted as failed (its log holds an error)
 
 
 def test_status_mode_all_completed_exits_zero(tmp_path, capsys):
@@ -427,7 +439,7 @@ def test_status_mode_all_completed_exits_zero(tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
         main(["--status", str(sweep)])
     assert err.value.code == 0
-    assert "1 jobs: 1 completed, 0 running, 0 queued, 0 failed" in capsys.readouterr().out
+    assert "1 job: 1 completed, 0 running, 0 queued, 0 failed" in capsys.readouterr().out
 
 
 def test_best_and_last_metrics_read_tolerantly():

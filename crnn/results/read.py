@@ -62,6 +62,7 @@ class Job:
     error: str | None = None  # one line: "ErrorType: message"
     traceback: str | None = None  # where the traceback is (a file), when the run says so
     kind: str = "train"  # train | profile
+    updated: float | None = None  # when its folder was last written to (seconds since the epoch)
 
     def label(self, common: frozenset[str] = frozenset()) -> str:
         """``backbone-rnn-head [other overrides]``, without the seed and the ``common`` overrides."""
@@ -242,7 +243,15 @@ def read_job(folder: Path) -> Job:
         # a path (short) is shown; a whole traceback text stays in the file
         traceback=str(trace) if isinstance(trace, str) and "\n" not in trace.strip() else None,
         kind=kind,
+        updated=_last_write(folder),
     )
+
+
+def _last_write(folder: Path) -> float | None:
+    """The newest modification time of the job's records and logs (a running job writes them)."""
+    times = [p.stat().st_mtime for p in (folder / "metrics.json", folder / "profile.json") if p.exists()]
+    times += [p.stat().st_mtime for p in folder.glob("*.log")]
+    return max(times, default=None)
 
 
 def _key_of(override: str) -> str:

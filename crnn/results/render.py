@@ -3,6 +3,7 @@ incomplete-jobs section, a sweep's status summary and the per-job complexity tab
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -235,11 +236,12 @@ def status_counts(jobs: Sequence[Job]) -> dict[str, int]:
     return {b: int(counts.get(b, 0)) for b in BUCKETS}
 
 
-def status_report(jobs: Sequence[Job], title: str) -> str:
-    """A sweep's state: the counts, then the failed (and interrupted) jobs with their message."""
+def status_report(jobs: Sequence[Job], title: str, now: float | None = None) -> str:
+    """A sweep's state: the counts; the failed (and interrupted) jobs with their message; the
+    running ones with the time since they last wrote (a long silence: killed without a status)."""
     counts = status_counts(jobs)
     shown = [f"{counts[b]} {b}" for b in BUCKETS if counts[b] or b in BUCKETS[:4]]
-    lines = [f"{title}: {len(jobs)} jobs: " + ", ".join(shown)]
+    lines = [f"{title}: {len(jobs)} job{'s' if len(jobs) != 1 else ''}: " + ", ".join(shown)]
     for bucket in ("failed", "interrupted"):
         bad = [j for j in jobs if _bucket(j) == bucket]
         if bad:
@@ -247,7 +249,21 @@ def status_report(jobs: Sequence[Job], title: str) -> str:
             for j in bad:
                 where = f" (traceback: {j.traceback})" if j.traceback else ""
                 lines.append(f"  {j.source} [{j.label()}, seed {j.seed}]: {j.error or 'no message'}{where}")
+    running = [j for j in jobs if _bucket(j) == "running"]
+    if running:
+        now = time.time() if now is None else now
+        lines += ["", "Running jobs:"]
+        for j in running:
+            age = "" if j.updated is None else f": last wrote {_ago(now - j.updated)} ago"
+            lines.append(f"  {j.source} [{j.label()}, seed {j.seed}]{age}")
     return "\n".join(lines) + "\n"
+
+
+def _ago(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{max(seconds, 0):.0f} s"
 
 
 def profile_table(jobs: Sequence[Job]) -> pd.DataFrame:

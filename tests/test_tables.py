@@ -462,3 +462,35 @@ def test_planned_jobs_are_the_basic_sweepers_product(tmp_path):
     ]
     OmegaConf.save(OmegaConf.create({"hydra": {"sweeper": {"_target_": "optuna"}}}), sweep / "multirun.yaml")
     assert planned_jobs(sweep) is None  # another sweeper: the plan is unknown
+
+
+def test_groups_by_backbone_in_paper_order():
+    """Rows sorted by backbone then paper layer order (registry), a rule between backbone groups."""
+    from crnn.results import Job, build_rows
+    from crnn.results.render import latex, markdown
+
+    def job(i, backbone, rnn, acc):
+        choices = {"data": "cifar100", "backbone": backbone, "rnn": rnn, "head": "linear"}
+        metrics = {"status": "completed", "test/acc1": acc, "params": 200_000, "macs": 4e7}
+        return Job(f"j{i}", "completed", f"id{i}", choices, 0, dict(choices), {}, metrics)
+
+    jobs = [job(0, "resnet56", "sws_birnn", 0.7), job(1, "resnet20", "sws_birnn", 0.6)]
+    jobs += [
+        job(2, "resnet20", "none", 0.5),
+        job(3, "resnet56", "none", 0.72),
+        job(4, "resnet20", "xyz", 0.1),
+    ]
+    rows, varying = build_rows(jobs, "test/acc1")
+    assert [(r["backbone"], r["rnn"]) for r in rows] == [
+        ("resnet20", "none"),
+        ("resnet20", "sws_birnn"),
+        ("resnet20", "xyz"),  # unknown to the registry: after the known layers
+        ("resnet56", "none"),
+        ("resnet56", "sws_birnn"),
+    ]
+    tex = latex(rows, varying, "test/acc1", 100).splitlines()
+    body = tex[tex.index("\\midrule") + 1 : tex.index("\\bottomrule")]
+    assert body[3] == "\\midrule" and body[4].startswith("resnet56 & none") and "\\textbf{72.00}" in body[4]
+    assert body[0].startswith("resnet20 & none") and body[1].startswith(" & sws\\_birnn")
+    md = markdown(rows, varying, "test/acc1", 100)
+    assert "**60.00**" in md and "**72.00**" in md

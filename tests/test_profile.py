@@ -223,7 +223,8 @@ def test_profile_multirun_cli(tmp_path):
     records = [json.loads(p.read_text()) for p in jobs]
     assert all(r["status"] == "completed" for r in records)
     table = (sweep / "profile_table.md").read_text()
-    assert all(f"| {r['rnn']} |" in table and f"{r['macs']:,}" in table for r in records)
+    cells = [[c.strip() for c in ln.split("|")[1:-1]] for ln in table.splitlines()[2:]]
+    assert [(c[2], c[7]) for c in cells] == [(r["rnn"], f"{r['macs']:,}") for r in records]
     out = proc.stdout + proc.stderr
     assert out.count("peak activations") == 3  # one summary row per job
     assert not (tmp_path / "no_data").exists()

@@ -61,7 +61,7 @@ def jobs_frame(jobs: Sequence[Job], metric: str) -> pd.DataFrame:
                 "config_id": _frozen({**j.model, **j.recipe}),
             }
         )
-    frame = pd.DataFrame(lines)
+    frame = pd.DataFrame(lines, dtype=object)  # object: seeds, params and MACs stay ints (or None)
     frame["value"] = pd.to_numeric(frame["value"], errors="coerce")
     return frame
 

@@ -494,3 +494,14 @@ def test_groups_by_backbone_in_paper_order():
     assert body[0].startswith("resnet20 & none") and body[1].startswith(" & sws\\_birnn")
     md = markdown(rows, varying, "test/acc1", 100)
     assert "**60.00**" in md and "**72.00**" in md
+
+
+def test_console_scripts_resolve():
+    """``crnn-tables`` and ``crnn-profile`` in pyproject point at functions that exist."""
+    import importlib
+    import tomllib
+
+    scripts = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
+    for name in ("crnn-tables", "crnn-profile"):
+        module, func = scripts[name].split(":")
+        assert callable(getattr(importlib.import_module(module), func)), name

@@ -76,10 +76,11 @@ def _display(
     cols = _columns(rows, varying)
     has_prof = any(r["peak_activation_bytes"] is not None for r in rows)
     frame = pd.DataFrame(rows)
-    group = (frame["data"].astype(str) + "\0" + frame["backbone"].astype(str)).rename("group")
-    starts = [i for i in range(len(frame)) if i == 0 or group.iloc[i] != group.iloc[i - 1]]
-    best = frame.groupby(group.ne(group.shift()).cumsum())["mean"].transform("max")
-    size = group.groupby(group.ne(group.shift()).cumsum()).transform("size")
+    group = frame["data"].astype(str) + "\0" + frame["backbone"].astype(str)
+    block = group.ne(group.shift()).cumsum()  # rows are sorted: a group is a run of equal keys
+    starts = list(block.drop_duplicates().index)
+    best = frame.groupby(block)["mean"].transform("max")
+    size = block.map(block.value_counts())
     table = pd.DataFrame(index=frame.index)
     for c in cols:
         values = frame[c] if c in BASE else frame["settings"].map(lambda s, c=c: s.get(c))

@@ -527,6 +527,9 @@ def test_training_batch_depends_only_on_seed_epoch_and_index(cifar_fixture_ro):
     fresh.setup()
     torch.manual_seed(99)  # another global RNG state: must not matter
     resumed = _train_batches(fresh, epoch=2, first=5)
+    after = torch.random.get_rng_state()  # and loading drew nothing from it
+    torch.manual_seed(99)
+    assert torch.equal(after, torch.random.get_rng_state())
     assert len(full) == 150 // 16 and len(resumed) == len(full) - 5
     for (x, y), (x2, y2) in zip(full[5:], resumed, strict=True):
         assert torch.equal(x, x2) and torch.equal(y, y2)

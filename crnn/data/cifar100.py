@@ -39,7 +39,13 @@ from torch.utils.data import Dataset
 
 from crnn.data.augment import BatchAugment
 from crnn.data.cifar100_files import CIFAR100_FILES, CIFAR100Files, read_cifar100
-from crnn.data.sampling import EpochBatchSampler, EpochLoader, EpochShuffleSampler, SeededBatch
+from crnn.data.sampling import (
+    EpochBatchSampler,
+    EpochLoader,
+    EpochShuffleSampler,
+    SeededBatch,
+    next_training_batch,
+)
 
 __all__ = ["CIFAR100_MEAN", "CIFAR100_STD", "CIFAR100DataModule", "TensorBatchDataset", "collate_batch"]
 
@@ -278,13 +284,6 @@ class CIFAR100DataModule(LightningDataModule):
         """Seed of the epoch orders and the augmentation: ``shuffle_seed``, else ``torch.initial_seed()``."""
         return self.shuffle_seed if self.shuffle_seed is not None else torch.initial_seed()
 
-    def _next_training_batch(self) -> int:
-        """The batch index Lightning gives the next training batch of the epoch (0 unless resumed)."""
-        trainer = self.trainer
-        if trainer is None or not trainer.training:
-            return 0
-        return trainer.fit_loop.epoch_loop.batch_progress.current.ready
-
     def _loader(self, dataset: TensorBatchDataset | None, what: str, train: bool = False) -> EpochLoader:
         if dataset is None:
             raise RuntimeError(f"call setup() before {what}_dataloader()")
@@ -299,7 +298,7 @@ class CIFAR100DataModule(LightningDataModule):
         return EpochLoader(
             dataset,
             batches,
-            first_batch=self._next_training_batch if train else None,
+            first_batch=(lambda: next_training_batch(self.trainer)) if train else None,
             collate_fn=collate_batch,
             num_workers=self.num_workers,
             pin_memory=pin,

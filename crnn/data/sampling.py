@@ -22,6 +22,7 @@ epoch continues with exactly the batches, and the augmentation, of the uninterru
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from collections.abc import Callable, Iterator
@@ -33,13 +34,17 @@ from torch.utils.data import DataLoader, Sampler
 
 from crnn.data.errors import CorruptDatasetError, DatasetNotFoundError
 
+log = logging.getLogger("crnn")
+
 __all__ = [
     "DataErrorValue",
     "EpochBatchSampler",
     "EpochLoader",
     "EpochShuffleSampler",
     "SeededBatch",
+    "SkippedSamples",
     "derive_seed",
+    "next_training_batch",
 ]
 
 # Leading tags keep the streams apart (SeedSequence pads entropy with zeros: [s, e] == [s, e, 0]).
@@ -73,6 +78,23 @@ class DataErrorValue(NamedTuple):
 
     def exception(self) -> Exception:
         return (DatasetNotFoundError if self.kind == "not_found" else CorruptDatasetError)(self.message)
+
+
+class SkippedSamples(NamedTuple):
+    """A batch without the samples its dataset had to leave out, and the message of each;
+    :class:`EpochLoader` counts and reports them in the main process (workers included)."""
+
+    batch: Any
+    skipped: list[str]
+
+
+def next_training_batch(trainer: Any) -> int:
+    """The index Lightning gives the next training batch of the epoch: the batches completed before
+    the checkpoint in an epoch resumed mid-way, else 0 (also outside training and without a trainer).
+    Read when an :class:`EpochLoader` iteration starts, after Lightning's loop reset."""
+    if trainer is None or not trainer.training:
+        return 0
+    return trainer.fit_loop.epoch_loop.batch_progress.current.ready
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -138,7 +160,8 @@ class EpochLoader(DataLoader):
 
     Each iteration starts at batch ``first_batch()`` of the sampler's epoch (``None``: 0), read when
     the iteration starts (at the first ``next()``, so after Lightning has restored and reset its loop
-    counters; see the module docstring). Batches that are :class:`DataErrorValue` are raised here.
+    counters; see the module docstring). Batches that are :class:`DataErrorValue` are raised here;
+    :class:`SkippedSamples` are unwrapped, their messages logged and kept in :attr:`skipped`.
 
     ``state_dict()`` holds the order's seed (the position itself is Lightning's batch counter, already
     in its checkpoint); implementing it also tells Lightning the loader resumes mid-epoch.
@@ -152,8 +175,12 @@ class EpochLoader(DataLoader):
         first_batch: Callable[[], int] | None = None,
         **kw: Any,
     ):
+        # DataLoader draws each iterator's worker base seed from `generator`; its own generator keeps
+        # that draw off torch's global one (whose state the model's dropout depends on).
+        kw.setdefault("generator", torch.Generator().manual_seed(batch_sampler.sampler.seed))
         super().__init__(dataset, batch_sampler=batch_sampler, **kw)
         self.first_batch = first_batch
+        self.skipped: list[str] = []
 
     def set_epoch(self, epoch: int) -> None:
         self.batch_sampler.sampler.set_epoch(epoch)
@@ -178,4 +205,9 @@ class EpochLoader(DataLoader):
         for batch in super().__iter__():
             if isinstance(batch, DataErrorValue):
                 raise batch.exception()
+            if isinstance(batch, SkippedSamples):
+                for message in batch.skipped:
+                    self.skipped.append(message)
+                    log.warning("left out of its batch (%d so far): %s", len(self.skipped), message)
+                batch = batch.batch
             yield batch

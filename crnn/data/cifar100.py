@@ -131,6 +131,11 @@ class CIFAR100DataModule(LightningDataModule):
         train_set, val_set, test_set (TensorBatchDataset | None): after :meth:`setup`.
         train_indices, val_indices (Tensor | None): indices into the official train file.
 
+    Exact resume: Lightning resumes a mid-epoch checkpoint by iterating the epoch's train loader
+    afresh while numbering batches from the checkpoint's count; the train loader starts at that
+    batch, and batch ``i`` of epoch ``e`` (order, crops, flips) depends only on ``(seed, e, i)``, so
+    the resumed run trains on the uninterrupted run's batches (:mod:`crnn.data.sampling`).
+
     The constructor checks the settings only (no disk access); problems are reported together in one
     :class:`ValueError` naming the ``data.*`` keys.
     """

@@ -84,7 +84,8 @@ def _check_pickle(path: Path) -> None:
                 named = op.name in ("GLOBAL", "INST")
                 if op.name in _INDIRECT_GLOBALS or (named and arg not in _PICKLE_GLOBALS):
                     raise CorruptDatasetError(
-                        f"{path}: global '{arg or op.name}' is not allowed in a CIFAR-100 pickle; "
+                        f"{path}: {f'global {arg!r}' if named else f'an indirect global ({op.name})'} is not "
+                        "allowed in a CIFAR-100 pickle; "
                         "this is not an official file: delete it and download the data set again"
                     )
     except CorruptDatasetError:

@@ -350,7 +350,9 @@ class COCODataModule(L.LightningDataModule):
     split to its first N image ids (quick runs); ``val_split: train2017`` evaluates on the training
     images (overfit checks). ``shuffle_seed``: seed of the epoch orders and the augmentation
     (``None``: ``torch.initial_seed()``, the run's seed); ``skip_bad_images``, ``strict_annotations``:
-    see the module docstring.
+    see the module docstring. Exact resume: as :class:`~crnn.data.CIFAR100DataModule` (the train
+    loader starts at the batch Lightning numbers next; :mod:`crnn.data.sampling`), with each sample's
+    transforms drawn from ``(seed, epoch, batch, position in batch)``.
     """
 
     categories: tuple[tuple[int, str], ...] = COCO_CATEGORIES

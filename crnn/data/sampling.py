@@ -17,7 +17,12 @@ the batches from ``epoch_loop.batch_progress.current.ready`` (the batches comple
 checkpoint). A plain DataLoader would start the epoch over, so the resumed epoch would see its first
 batches again (Lightning warns "dataloader is not resumable"). The data modules pass that counter as
 ``first_batch``; it is read at the first ``next()`` (after Lightning's loop reset), so the resumed
-epoch continues with exactly the batches, and the augmentation, of the uninterrupted run.
+epoch continues with exactly the batches, and the augmentation, of the uninterrupted run, whether
+the checkpoint was saved after a batch (``every_n_train_steps``) or inside one (``on_exception``:
+Lightning redoes that batch, and so does the loader). The DataLoader iterator, and with it any
+worker's index queue, is created at that first ``next()`` too, and its worker base seed comes from
+the loader's own generator, not from torch's global one (which dropout draws from).
+Tests: ``tests/test_data_cifar100.py::test_lightning_resume_mid_epoch_sees_the_uninterrupted_batches``.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from crnn.data import (
     CIFAR100DataModule,
     CorruptDatasetError,
     DatasetNotFoundError,
+    EpochBatchSampler,
     EpochShuffleSampler,
     crop_flip,
     random_crop_flip,
@@ -214,6 +215,20 @@ def test_sampler_orders_depend_on_seed_and_epoch_and_seed_comes_from_torch(cifar
     small = make_dm(cifar_fixture_ro, val_size=0.9, batch_size=64)
     small.setup("fit")
     assert [len(y) for _, y, _ in small.train_dataloader()] == [20]
+
+
+def test_sampler_shards_each_epoch_across_processes():
+    """DDP: process r of w takes every w-th index of the epoch's order (padded to equal lengths), so
+    the shards cover the order once; batch seeds differ between processes."""
+    full = EpochShuffleSampler(10, seed=3).permutation(4)
+    shards = [EpochShuffleSampler(10, seed=3, rank=r, world_size=3) for r in range(3)]
+    for s in shards:
+        s.set_epoch(4)
+    assert [len(s) for s in shards] == [4, 4, 4]
+    merged = torch.stack([torch.tensor(list(s)) for s in shards], 1).reshape(-1)
+    assert torch.equal(merged[:10], full) and torch.equal(merged[10:], full[:2])
+    seeds = {EpochBatchSampler(s, 2, drop_last=False, seeded=True).batch(4, 0).seed for s in shards}
+    assert len(seeds) == 3
 
 
 # ------------------------------------------------------------------------------------- augmentation

@@ -45,6 +45,7 @@ from crnn.data.sampling import (
     EpochShuffleSampler,
     SeededBatch,
     next_training_batch,
+    process_rank,
 )
 
 __all__ = ["CIFAR100_MEAN", "CIFAR100_STD", "CIFAR100DataModule", "TensorBatchDataset", "collate_batch"]
@@ -293,8 +294,11 @@ class CIFAR100DataModule(LightningDataModule):
         if dataset is None:
             raise RuntimeError(f"call setup() before {what}_dataloader()")
         batch_size = self.batch_size if train else self.eval_batch_size
+        # DDP: each process trains on its shard of the epoch; evaluation reads the whole split everywhere.
         batches = EpochBatchSampler(
-            EpochShuffleSampler(len(dataset), seed=self.seed, shuffle=train),
+            EpochShuffleSampler(
+                len(dataset), self.seed, train, *process_rank(self.trainer if train else None)
+            ),
             batch_size,
             drop_last=train and self.drop_last and len(dataset) >= batch_size,
             seeded=train,

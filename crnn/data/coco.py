@@ -63,6 +63,7 @@ from crnn.data.sampling import (
     SkippedSamples,
     derive_seed,
     next_training_batch,
+    process_rank,
 )
 
 log = logging.getLogger("crnn")
@@ -439,8 +440,12 @@ class COCODataModule(L.LightningDataModule):
 
     def _loader(self, dataset: CocoDetectionDataset, batch_size: int, train: bool) -> EpochLoader:
         seed = self.shuffle_seed if self.shuffle_seed is not None else torch.initial_seed()
+        # DDP: each process trains on its shard of the epoch; evaluation reads the whole split everywhere.
         batches = EpochBatchSampler(
-            EpochShuffleSampler(len(dataset), seed, shuffle=train), batch_size, drop_last=False, seeded=train
+            EpochShuffleSampler(len(dataset), seed, train, *process_rank(self.trainer if train else None)),
+            batch_size,
+            drop_last=False,
+            seeded=train,
         )
         loader = EpochLoader(
             dataset,

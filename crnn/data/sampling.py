@@ -7,8 +7,10 @@ the epoch is iterated from its start or from batch ``i`` (as after a resume), on
 
 - :class:`EpochShuffleSampler`: the indices of epoch ``e`` (``set_epoch``, called by Lightning).
 - :class:`EpochBatchSampler`: its batches as :class:`SeededBatch` ``(indices, seed)``, from ``start_batch``.
-- :class:`EpochLoader`: a :class:`~torch.utils.data.DataLoader` over them that asks ``first_batch()``
-  where to start when an iteration begins, and raises data errors that a worker returned as values.
+- :class:`EpochLoader`: an iterable over a :class:`~torch.utils.data.DataLoader` of those batches that
+  asks ``first_batch()`` where to start when an iteration begins, and raises data errors that a
+  worker returned as values. It is not a DataLoader subclass on purpose: Lightning then leaves it
+  as it is (no sampler injection); under DDP the sampler shards each epoch's order itself.
 
 How this reproduces under Lightning (2.x, read in ``loops/fit_loop.py``, ``loops/training_epoch_loop.py``):
 a run resumed from a mid-epoch checkpoint restores the loop counters, calls ``set_epoch(e)`` on
@@ -50,6 +52,7 @@ __all__ = [
     "SkippedSamples",
     "derive_seed",
     "next_training_batch",
+    "process_rank",
 ]
 
 # Leading tags keep the streams apart (SeedSequence pads entropy with zeros: [s, e] == [s, e, 0]).
@@ -102,37 +105,50 @@ def next_training_batch(trainer: Any) -> int:
     return trainer.fit_loop.epoch_loop.batch_progress.current.ready
 
 
+def process_rank(trainer: Any) -> tuple[int, int]:
+    """``(rank, world_size)`` of this process in the trainer's run; ``(0, 1)`` without a trainer."""
+    return (0, 1) if trainer is None else (int(trainer.global_rank), int(trainer.world_size))
+
+
 class EpochShuffleSampler(Sampler[int]):
     """The indices of one epoch: a permutation of ``range(n)`` that is a pure function of ``(seed, epoch)``.
 
     ``set_epoch(e)`` selects epoch ``e`` (Lightning calls it before every training epoch, also when it
-    resumes one). ``shuffle=False``: ``0..n-1`` every epoch.
+    resumes one). ``shuffle=False``: ``0..n-1`` every epoch. With ``world_size > 1`` (DDP) process
+    ``rank`` takes every ``world_size``-th index of the order, padded from its start to equal lengths
+    (as :class:`~torch.utils.data.DistributedSampler` does).
     """
 
-    def __init__(self, n: int, seed: int, shuffle: bool = True):
+    def __init__(self, n: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1):
         self.n, self.seed, self.shuffle, self.epoch = int(n), int(seed), bool(shuffle), 0
+        self.rank, self.world_size = int(rank), int(world_size)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def permutation(self, epoch: int) -> torch.Tensor:
-        """The order of epoch ``epoch``: ``int64 (n,)``."""
-        if not self.shuffle:
-            return torch.arange(self.n)
-        generator = torch.Generator().manual_seed(derive_seed(ORDER, self.seed, epoch))
-        return torch.randperm(self.n, generator=generator)
+        """This process's order of epoch ``epoch``: ``int64 (len(self),)``."""
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(derive_seed(ORDER, self.seed, epoch))
+            order = torch.randperm(self.n, generator=generator)
+        else:
+            order = torch.arange(self.n)
+        if self.world_size == 1:
+            return order
+        order = torch.cat([order, order[: len(self) * self.world_size - self.n]])
+        return order[self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.permutation(self.epoch).tolist())
 
     def __len__(self) -> int:
-        return self.n
+        return math.ceil(self.n / self.world_size)
 
 
 class EpochBatchSampler(Sampler[SeededBatch]):
     """Batches of ``batch_size`` consecutive indices of ``sampler``'s epoch, from batch ``start_batch``.
 
-    Batch ``i`` of epoch ``e`` is ``SeededBatch(order[i*B:(i+1)*B], derive_seed(BATCH, seed, e, i))``
+    Batch ``i`` of epoch ``e`` is ``SeededBatch(order[i*B:(i+1)*B], derive_seed(BATCH, seed, e, i, rank))``
     (seed ``None`` when ``seeded=False``). ``drop_last`` drops the last incomplete batch.
     ``sampler`` keeps its name so that Lightning finds ``batch_sampler.sampler.set_epoch``.
     """
@@ -146,7 +162,7 @@ class EpochBatchSampler(Sampler[SeededBatch]):
         """Batch ``index`` of epoch ``epoch`` (``order``: that epoch's permutation, if already drawn)."""
         order = self.sampler.permutation(epoch) if order is None else order
         indices = order[index * self.batch_size : (index + 1) * self.batch_size].tolist()
-        seed = derive_seed(BATCH, self.sampler.seed, epoch, index) if self.seeded else None
+        seed = derive_seed(BATCH, self.sampler.seed, epoch, index, self.sampler.rank) if self.seeded else None
         return SeededBatch(indices, seed)
 
     def __iter__(self) -> Iterator[SeededBatch]:
@@ -160,17 +176,19 @@ class EpochBatchSampler(Sampler[SeededBatch]):
         return n // b if self.drop_last else math.ceil(n / b)
 
 
-class EpochLoader(DataLoader):
-    """A :class:`~torch.utils.data.DataLoader` over an :class:`EpochBatchSampler`.
+class EpochLoader:
+    """Iterable over a :class:`~torch.utils.data.DataLoader` whose ``batch_sampler`` is ``batch_sampler``.
 
     Each iteration starts at batch ``first_batch()`` of the sampler's epoch (``None``: 0), read when
     the iteration starts (at the first ``next()``, so after Lightning has restored and reset its loop
     counters; see the module docstring). Batches that are :class:`DataErrorValue` are raised here;
     :class:`SkippedSamples` are unwrapped, their messages logged and kept in :attr:`skipped`.
+    ``dataloader_kwargs`` go to the DataLoader (workers, pinning, ``collate_fn``).
 
-    ``state_dict()`` holds the order's seed (the position itself is Lightning's batch counter, already
-    in its checkpoint); implementing it also tells Lightning the loader resumes mid-epoch.
-    ``load_state_dict`` warns when the checkpoint was made with another seed (the order then differs).
+    ``sampler`` is the epoch sampler, where Lightning calls ``set_epoch``. ``state_dict()`` holds the
+    order's seed (the position itself is Lightning's batch counter, already in its checkpoint);
+    having it also tells Lightning the loader resumes mid-epoch. ``load_state_dict`` warns when the
+    checkpoint was made with another seed (the order then differs).
     """
 
     def __init__(
@@ -178,23 +196,29 @@ class EpochLoader(DataLoader):
         dataset: Any,
         batch_sampler: EpochBatchSampler,
         first_batch: Callable[[], int] | None = None,
-        **kw: Any,
+        **dataloader_kwargs: Any,
     ):
-        # DataLoader draws each iterator's worker base seed from `generator`; its own generator keeps
-        # that draw off torch's global one (whose state the model's dropout depends on).
-        kw.setdefault("generator", torch.Generator().manual_seed(batch_sampler.sampler.seed))
-        super().__init__(dataset, batch_sampler=batch_sampler, **kw)
+        self.dataset, self.batch_sampler, self.sampler = dataset, batch_sampler, batch_sampler.sampler
         self.first_batch = first_batch
         self.skipped: list[str] = []
+        # DataLoader draws each iterator's worker base seed from `generator`; its own generator keeps
+        # that draw off torch's global one (whose state the model's dropout depends on).
+        generator = torch.Generator().manual_seed(self.sampler.seed)
+        self.loader = DataLoader(
+            dataset, batch_sampler=batch_sampler, generator=generator, **dataloader_kwargs
+        )
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
 
     def set_epoch(self, epoch: int) -> None:
-        self.batch_sampler.sampler.set_epoch(epoch)
+        self.sampler.set_epoch(epoch)
 
     def state_dict(self) -> dict[str, int]:
-        return {"seed": self.batch_sampler.sampler.seed}
+        return {"seed": self.sampler.seed}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        saved, now = state.get("seed"), self.batch_sampler.sampler.seed
+        saved, now = state.get("seed"), self.sampler.seed
         if saved is not None and saved != now:
             warnings.warn(
                 f"resuming with data seed {now}, but the checkpoint was made with {saved}: the batch order "
@@ -203,11 +227,8 @@ class EpochLoader(DataLoader):
             )
 
     def __iter__(self) -> Iterator[Any]:
-        return self._batches()
-
-    def _batches(self) -> Iterator[Any]:
         self.batch_sampler.start_batch = int(self.first_batch()) if self.first_batch is not None else 0
-        for batch in super().__iter__():
+        for batch in self.loader:
             if isinstance(batch, DataErrorValue):
                 raise batch.exception()
             if isinstance(batch, SkippedSamples):

@@ -141,6 +141,11 @@ def test_missing_files_name_the_file(tmp_path, coco_root):
         ('{"images": [', "not a valid JSON"),
         ('{"images": []}', "not a COCO instances file"),
         ('{"images": [{"id": 1}], "annotations": [], "categories": []}', "malformed"),
+        (
+            '{"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [{"id": 7, "image_id": 1, '
+            '"category_id": 1, "bbox": [0, 0, "w", 2]}], "categories": []}',
+            "annotation 7: bbox",
+        ),
         ('{"images": [], "annotations": [], "categories": [{"id": 1, "name": "person"}]}', "categories"),
     ],
 )

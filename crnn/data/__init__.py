@@ -1,6 +1,9 @@
 """crnn.data: data sets as Lightning DataModules, with the errors and batch transforms they share.
 
-- :class:`CIFAR100DataModule`: CIFAR-100 as in-memory uint8 tensors, augmented per batch on device.
+- :class:`CIFAR100DataModule`: CIFAR-100 as in-memory uint8 tensors, augmented per batch on device;
+  :mod:`crnn.data.cifar100_files` fetches, checks and decodes its files with torchvision's code.
+- :class:`COCODataModule` (and :class:`SyntheticShapesDataModule`): COCO-layout detection data,
+  checked at set-up.
 - :mod:`crnn.data.errors`: :class:`DatasetNotFoundError`, :class:`CorruptDatasetError`,
   :class:`ChecksumMismatchError`, :class:`ChecksumMismatchWarning`.
 - :mod:`crnn.data.augment`: vectorised batch crop/flip and normalisation.

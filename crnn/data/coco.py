@@ -95,7 +95,7 @@ def load_coco_json(path: str | Path) -> COCO:
         image_ids = {int(im["id"]) for im in data["images"]}
         orphans = []
         for ann in data["annotations"]:
-            if len(ann["bbox"]) != 4:
+            if len(ann["bbox"]) != 4 or not all(isinstance(v, (int, float)) for v in ann["bbox"]):
                 raise ValueError(f"annotation {ann.get('id')}: bbox {ann['bbox']} is not [x, y, w, h]")
             int(ann["category_id"])
             if int(ann["image_id"]) not in image_ids:

@@ -4,7 +4,8 @@
 Measures, on the real files under ``--root`` (default: ``../shared/data/cifar100_partial`` when
 present, else ``data/``) or on ``--synthetic N`` random images:
 
-- ``decode``: :meth:`CIFAR100DataModule.setup` (pickles -> uint8 tensors, incl. md5 checks), once;
+- ``decode``: :meth:`CIFAR100DataModule.setup` (train and test pickles -> uint8 tensors, incl. md5
+  checks), once;
 - ``loader``: iterating the train DataLoader for whole epochs (uint8 batches, CPU);
 - ``augment train`` / ``normalise eval``: the batch transform alone on each device (crop + flip +
   normalise / normalise only), timed on resident batches;
@@ -95,14 +96,14 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter()
             dm.setup("fit")
             decode_s = time.perf_counter() - start
-        n_file = len(dm.train_set) + len(dm.val_set)
-        rows.append(("decode train file (setup, md5 incl.)", "cpu", n_file / decode_s))
-        source = f"{dm.folder} ({n_file} train records)"
+        n_file = len(dm.train_set) + len(dm.val_set) + len(dm.test_set)
+        rows.append(("decode train+test files (setup, md5 incl.)", "cpu", n_file / decode_s))
+        source = f"{dm.folder} ({n_file} train + test records)"
     n_train = len(dm.train_set)
     loader = dm.train_dataloader()
 
     def loader_epoch() -> int:
-        return sum(len(y) for _, y in loader)
+        return sum(len(y) for _, y, _ in loader)
 
     rows.append(
         (
@@ -113,12 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     for dev in devices:
-        batches = [x.to(dev) for x, _ in loader]
+        batches = [(x.to(dev), seed) for x, _, seed in loader]
 
         def augment_epoch(train: bool, batches=batches) -> int:
-            for x in batches:
-                dm.transform_batch(x, train=train)
-            return sum(len(x) for x in batches)
+            for x, seed in batches:
+                dm.transform_batch(x, seed=seed if train else None)
+            return sum(len(x) for x, _ in batches)
 
         rows.append(
             (
@@ -133,10 +134,10 @@ def main(argv: list[str] | None = None) -> int:
 
         def full_epoch(dev=dev) -> int:
             n = 0
-            for x, y in loader:
+            for x, y, seed in loader:
                 x = x.to(dev, non_blocking=True)
                 y = y.to(dev, non_blocking=True)
-                dm.transform_batch(x, train=True)
+                dm.transform_batch(x, seed=seed)
                 n += len(y)
             return n
 

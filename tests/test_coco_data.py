@@ -124,14 +124,15 @@ def test_missing_files_name_the_file(tmp_path, coco_root):
         dm.prepare_data()
     with pytest.raises(DatasetNotFoundError, match=r"instances_val2017\.json"):
         dm.setup("validate")
-    # an image listed in the JSON but absent on disk
+    # an image listed in the JSON but absent on disk: found at set-up (fit reads val too)
     root = write_coco_fixture(tmp_path / "holes")
-    missing = next((root / "val2017").glob("*.jpg"))
+    missing = root / "val2017" / "000000002003.jpg"
     missing.unlink()
-    dm = COCODataModule(root=str(root), num_workers=0)
-    dm.setup("validate")
-    with pytest.raises(DatasetNotFoundError, match=missing.name):
-        [dm.val_set[i] for i in range(len(dm.val_set))]
+    with pytest.raises(DatasetNotFoundError) as err:
+        COCODataModule(root=str(root), num_workers=0).setup("fit")
+    msg = str(err.value)
+    assert str(missing) in msg and "(id 2003)" in msg and "instances_val2017.json" in msg
+    assert "data.skip_bad_images=true" in msg
 
 
 @pytest.mark.parametrize(
@@ -140,6 +141,11 @@ def test_missing_files_name_the_file(tmp_path, coco_root):
         ('{"images": [', "not a valid JSON"),
         ('{"images": []}', "not a COCO instances file"),
         ('{"images": [{"id": 1}], "annotations": [], "categories": []}', "malformed"),
+        (
+            '{"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [{"id": 7, "image_id": 1, '
+            '"category_id": 1, "bbox": [0, 0, "w", 2]}], "categories": []}',
+            "annotation 7: bbox",
+        ),
         ('{"images": [], "annotations": [], "categories": [{"id": 1, "name": "person"}]}', "categories"),
     ],
 )
@@ -231,3 +237,108 @@ def test_reads_genuine_coco_tiny():
     assert modes <= {"RGB", "L", "CMYK"}
     for i in range(len(dm.val_set)):
         assert dm.val_set[i][0].shape[0] == 3
+
+
+# ------------------------------------------------------------------------------------- bad input
+def _edit_annotations(root: Path, split: str, edit) -> Path:
+    path = root / "annotations" / f"instances_{split}.json"
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_missing_image_left_out_with_skip_bad_images(tmp_path, caplog):
+    root = write_coco_fixture(tmp_path / "holes")
+    (root / "val2017" / "000000002001.jpg").unlink()
+    dm = COCODataModule(root=str(root), num_workers=0, skip_bad_images=True)
+    with caplog.at_level("WARNING", logger="crnn"):
+        dm.setup("fit")
+    assert dm.val_set.ids == [2000, 2002, 2003] and len(dm.train_set) == 6
+    lines = [r.getMessage() for r in caplog.records if "missing" in r.getMessage()]
+    assert len(lines) == 1 and "000000002001.jpg (id 2001)" in lines[0] and "left out" in lines[0]
+
+
+def test_annotation_of_an_unknown_image_id_is_an_error(tmp_path):
+    root = write_coco_fixture(tmp_path / "c")
+    path = _edit_annotations(root, "train2017", lambda d: d["annotations"][2].update(image_id=999))
+    with pytest.raises(CorruptDatasetError) as err:
+        COCODataModule(root=str(root), num_workers=0).setup("fit")
+    assert str(path) in str(err.value) and "annotation 3 -> image_id 999" in str(err.value)
+
+
+def _unusable(data):
+    data["annotations"][0]["bbox"][2] = 0.0  # zero width
+    data["annotations"][1]["bbox"][3] = -5.0  # negative height
+    data["annotations"][4]["category_id"] = 999  # not in 'categories'
+
+
+def test_unusable_annotations_counted_in_one_warning_per_split_or_an_error(tmp_path, caplog):
+    root = write_coco_fixture(tmp_path / "c")
+    path = _edit_annotations(root, "train2017", _unusable)
+    with caplog.at_level("WARNING", logger="crnn"):
+        dm = COCODataModule(root=str(root), num_workers=0, hflip=0.0)
+        dm.setup("fit")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1, lines  # one line for train, none for the clean val split
+    assert str(path) in lines[0]
+    assert (
+        "2 with zero or negative box size (annotation 1: bbox [10.0, 8.0, 0.0, 40.0], annotation 2:"
+        in lines[0]
+    )
+    assert "1 with a category id not in 'categories' (annotation 5: category_id 999)" in lines[0]
+    # they do not reach the training targets: image 1000 kept no box (dog and person both degenerate)
+    targets = {t["image_id"]: t for _, t in (dm.train_set[i] for i in range(len(dm.train_set)))}
+    assert targets[1000]["labels"].numel() == 0 and targets[1002]["labels"].numel() == 0
+    with pytest.raises(CorruptDatasetError, match=r"data.strict_annotations=true") as err:
+        COCODataModule(root=str(root), num_workers=0, strict_annotations=True).setup("fit")
+    assert str(path) in str(err.value) and "category_id 999" in str(err.value)
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_undecodable_image_named_in_one_line_or_skipped_and_counted(tmp_path, num_workers, caplog):
+    root = write_coco_fixture(tmp_path / "c")
+    bad = root / "train2017" / "000000001002.jpg"
+    bad.write_bytes(b"not a jpeg")
+    dm = COCODataModule(root=str(root), num_workers=num_workers, batch_size=3, shuffle_seed=0)
+    dm.setup("fit")  # files exist: found while loading
+    with pytest.raises(CorruptDatasetError) as err:
+        list(dm.train_dataloader())
+    msg = str(err.value)
+    assert msg.startswith(f"{bad}: cannot decode the image (image id 1002")
+    assert "Traceback" not in msg and "data.skip_bad_images=true" in msg
+    dm = COCODataModule(root=str(root), num_workers=num_workers, batch_size=3, skip_bad_images=True)
+    dm.setup("fit")
+    with caplog.at_level("WARNING", logger="crnn"):
+        batches = list(dm.train_dataloader())
+    assert sorted(len(images) for images, _ in batches) == [2, 3]
+    assert len(dm.skipped_images) == 1 and str(bad) in dm.skipped_images[0]
+    assert any("left out of its batch (1 so far)" in r.getMessage() for r in caplog.records)
+
+
+def test_training_batches_depend_only_on_seed_epoch_and_index(coco_root):
+    """Detection batches (order, flips, IoU crops) are a function of (seed, epoch, batch): the same from
+    a fresh loader started at batch 1 (as after a resume), whatever the global RNG state."""
+
+    def batches(epoch, first, global_seed):
+        dm = COCODataModule(
+            root=str(coco_root), image_size=64, batch_size=2, num_workers=0, hflip=0.5, iou_crop=0.7,
+            shuffle_seed=5,
+        )  # fmt: skip
+        dm.setup("fit")
+        loader = dm.train_dataloader()
+        loader.set_epoch(epoch)
+        loader.first_batch = lambda: first
+        torch.manual_seed(global_seed)
+        return [(torch.stack([im.sum((1, 2)) for im in ims]), [t["boxes"] for t in ts]) for ims, ts in loader]
+
+    full = batches(epoch=1, first=0, global_seed=0)
+    resumed = batches(epoch=1, first=1, global_seed=123)
+    assert len(full) == 3 and len(resumed) == 2
+    for (x, boxes), (x2, boxes2) in zip(full[1:], resumed, strict=True):
+        assert torch.equal(x, x2) and all(torch.equal(a, b) for a, b in zip(boxes, boxes2, strict=True))
+    assert any(not torch.equal(a[0], b[0]) for a, b in zip(full, batches(2, 0, 0), strict=True))
+    batches(epoch=1, first=0, global_seed=7)  # loading a whole epoch draws nothing from the global RNG:
+    after = torch.random.get_rng_state()
+    torch.manual_seed(7)
+    assert torch.equal(after, torch.random.get_rng_state())

@@ -12,7 +12,6 @@ import tarfile
 import urllib.error
 import warnings
 from pathlib import Path
-from types import SimpleNamespace
 
 import lightning as L
 import numpy as np
@@ -31,11 +30,12 @@ from crnn.data import (
     CIFAR100DataModule,
     CorruptDatasetError,
     DatasetNotFoundError,
+    EpochBatchSampler,
     EpochShuffleSampler,
     crop_flip,
     random_crop_flip,
 )
-from crnn.data import cifar100 as cifar_mod
+from crnn.data import cifar100_files as files_mod
 
 SHARED_CIFAR = Path(__file__).resolve().parents[1].parent / "shared/data/cifar100_partial"
 needs_shared = pytest.mark.skipif(
@@ -141,9 +141,7 @@ def test_setup_sizes(cifar_fixture_ro, val_size, n_val):
     dm = make_dm(cifar_fixture_ro, val_size=val_size)
     dm.setup("fit")
     assert len(dm.train_set) == N_TRAIN - n_val and len(dm.val_set) == n_val
-    assert dm.test_set is None  # fit does not read the test file
-    dm.setup("test")
-    assert len(dm.test_set) == N_TEST
+    assert len(dm.test_set) == N_TEST  # fit checks and reads the test file too
     assert dm.class_names == FINE_LABEL_NAMES
     assert dm.train_set.images.dtype == torch.uint8 and dm.train_set.images.shape[1:] == (3, 32, 32)
     assert dm.train_set.labels.dtype == torch.int64
@@ -179,14 +177,15 @@ def test_loaders_yield_uint8_batches_with_seeded_epoch_shuffles(cifar_fixture_ro
     dm.setup()
     train = dm.train_dataloader()
     assert len(train) == 150 // 32  # drop_last: 4 full batches
-    x, y = next(iter(train))
+    x, y, seed = next(iter(train))
     assert (
         x.dtype == torch.uint8 and x.shape == (32, 3, 32, 32) and y.dtype == torch.int64 and y.shape == (32,)
     )
+    assert isinstance(seed, int)
 
     def epoch_labels(loader, epoch):
-        loader.sampler.set_epoch(epoch)
-        return torch.cat([y for _, y in loader])
+        loader.set_epoch(epoch)
+        return torch.cat([y for _, y, _ in loader])
 
     e0, e1 = epoch_labels(train, 0), epoch_labels(train, 1)
     assert not torch.equal(e0, e1)  # a new order each epoch
@@ -201,19 +200,35 @@ def test_loaders_yield_uint8_batches_with_seeded_epoch_shuffles(cifar_fixture_ro
     assert [len(y) for _, y in dm.test_dataloader()] == [32, 32, 32, 4]
 
 
-def test_sampler_without_set_epoch_advances_and_seed_comes_from_torch(cifar_fixture_ro):
+def test_sampler_orders_depend_on_seed_and_epoch_and_seed_comes_from_torch(cifar_fixture_ro):
     s = EpochShuffleSampler(50, seed=3)
-    first, second = list(s), list(s)
-    assert sorted(first) == list(range(50)) and first != second
+    first = list(s)
+    s.set_epoch(1)
+    assert sorted(first) == list(range(50)) and list(s) != first
     assert list(EpochShuffleSampler(50, seed=3)) == first
+    assert list(EpochShuffleSampler(50, seed=4)) != first
     dm = make_dm(cifar_fixture_ro, val_size=50, batch_size=32)  # shuffle_seed=None
     dm.setup("fit")
     L.seed_everything(123, verbose=False)
-    assert dm.train_dataloader().sampler.seed == 123
+    assert dm.train_dataloader().batch_sampler.sampler.seed == 123
     # A batch smaller than batch_size still trains (no full batch -> nothing dropped).
     small = make_dm(cifar_fixture_ro, val_size=0.9, batch_size=64)
     small.setup("fit")
-    assert [len(y) for _, y in small.train_dataloader()] == [20]
+    assert [len(y) for _, y, _ in small.train_dataloader()] == [20]
+
+
+def test_sampler_shards_each_epoch_across_processes():
+    """DDP: process r of w takes every w-th index of the epoch's order (padded to equal lengths), so
+    the shards cover the order once; batch seeds differ between processes."""
+    full = EpochShuffleSampler(10, seed=3).permutation(4)
+    shards = [EpochShuffleSampler(10, seed=3, rank=r, world_size=3) for r in range(3)]
+    for s in shards:
+        s.set_epoch(4)
+    assert [len(s) for s in shards] == [4, 4, 4]
+    merged = torch.stack([torch.tensor(list(s)) for s in shards], 1).reshape(-1)
+    assert torch.equal(merged[:10], full) and torch.equal(merged[10:], full[:2])
+    seeds = {EpochBatchSampler(s, 2, drop_last=False, seeded=True).batch(4, 0).seed for s in shards}
+    assert len(seeds) == 3
 
 
 # ------------------------------------------------------------------------------------- augmentation
@@ -266,10 +281,10 @@ def test_random_crop_flip_is_per_sample_seeded_and_keeps_dtype():
 def test_transform_batch_train_augments_eval_only_normalises():
     dm = CIFAR100DataModule(root="unused")
     x = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
-    ev = dm.transform_batch(x, train=False)
+    ev = dm.transform_batch(x)
     assert ev.dtype == torch.float32 and ev.shape == x.shape
     torch.testing.assert_close(ev, normalised(x), rtol=0, atol=1e-5)
-    tr = dm.transform_batch(x, train=True)
+    tr = dm.transform_batch(x, seed=0)
     assert tr.dtype == torch.float32 and tr.shape == x.shape
     assert not torch.allclose(tr, ev)
     lo = (0 - torch.tensor(CIFAR100_MEAN)) / torch.tensor(CIFAR100_STD)
@@ -277,23 +292,24 @@ def test_transform_batch_train_augments_eval_only_normalises():
     per_channel = tr.transpose(0, 1).reshape(3, -1)
     assert (per_channel.min(1).values >= lo - 1e-5).all() and (per_channel.max(1).values <= hi + 1e-5).all()
     with pytest.raises(TypeError, match="uint8"):
-        dm.transform_batch(x.float(), train=False)
+        dm.transform_batch(x.float())
     off = CIFAR100DataModule(root="unused", random_crop=False, horizontal_flip=False, normalize=False)
-    assert torch.equal(off.transform_batch(x, train=True), x.float() / 255)
+    assert torch.equal(off.transform_batch(x, seed=0), x.float() / 255)
+    assert torch.equal(dm.transform_batch(x, seed=5), dm.transform_batch(x, seed=5))
+    assert not torch.equal(dm.transform_batch(x, seed=5), dm.transform_batch(x, seed=6))
 
 
-def test_hook_augments_only_while_trainer_trains():
+def test_hook_augments_only_batches_that_carry_a_seed():
     dm = CIFAR100DataModule(root="unused")
     x = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8)
     y = torch.arange(32)
     plain = normalised(x)
-    out, labels = dm.on_after_batch_transfer((x, y), 0)  # no trainer attached
+    out, labels = dm.on_after_batch_transfer((x, y), 0)  # evaluation batch
     torch.testing.assert_close(out, plain, rtol=0, atol=1e-5)
     assert labels is y
-    dm.trainer = SimpleNamespace(training=False)
-    torch.testing.assert_close(dm.on_after_batch_transfer((x, y), 0)[0], plain, rtol=0, atol=1e-5)
-    dm.trainer = SimpleNamespace(training=True)
-    assert not torch.allclose(dm.on_after_batch_transfer((x, y), 0)[0], plain)
+    out, labels = dm.on_after_batch_transfer((x, y, 1234), 0)  # training batch
+    assert not torch.allclose(out, plain) and labels is y
+    torch.testing.assert_close(out, dm.transform_batch(x, seed=1234), rtol=0, atol=0)
 
 
 class _Recorder(L.LightningModule):
@@ -386,7 +402,7 @@ def test_missing_folder_offline_download_fails_fast_and_cleanly(tmp_path, monkey
         Path(download_root, filename).write_bytes(b"partial")  # a partial tarball must not survive
         raise urllib.error.URLError("[Errno -2] Name or service not known")
 
-    monkeypatch.setattr(cifar_mod._tv_utils, "download_and_extract_archive", offline)
+    monkeypatch.setattr(files_mod._tv_utils, "download_and_extract_archive", offline)
     root = tmp_path / "data"
     dm = make_dm(root, download=True, download_timeout=3.0)
     with pytest.raises(DatasetNotFoundError) as err:
@@ -394,18 +410,18 @@ def test_missing_folder_offline_download_fails_fast_and_cleanly(tmp_path, monkey
     msg = str(err.value)
     _assert_names_folder_and_files(msg, root)
     assert "URLError" in msg and "offline" in msg
-    assert calls == [(cifar_mod.CIFAR100_URL, 3.0)]  # short socket timeout during the attempt
+    assert calls == [(files_mod.CIFAR100_URL, 3.0)]  # short socket timeout during the attempt
     assert socket.getdefaulttimeout() is None  # and restored after
     assert not root.exists()  # no tarball, no temporary folder, no empty root left behind
 
 
 def test_download_installs_files_and_leaves_no_temporary_files(tmp_path, monkeypatch):
     def fake_download(url, download_root, filename=None, md5=None, **kw):
-        assert md5 == cifar_mod.CIFAR100_TGZ_MD5
+        assert md5 == files_mod.CIFAR100_TGZ_MD5
         Path(download_root, filename).write_bytes(b"tarball")
         write_cifar100_fixture(download_root, n_train=20, n_test=10)  # what extraction produces
 
-    monkeypatch.setattr(cifar_mod._tv_utils, "download_and_extract_archive", fake_download)
+    monkeypatch.setattr(files_mod._tv_utils, "download_and_extract_archive", fake_download)
     root = tmp_path / "data"
     make_dm(root, download=True).prepare_data()
     assert sorted(os.listdir(root)) == ["cifar-100-python"]
@@ -446,7 +462,7 @@ def test_checksum_mismatch_warns_when_verification_off(cifar_fixture_rw):
 def test_matching_checksums_pass_silently(cifar_fixture_rw, monkeypatch):
     folder = cifar_fixture_rw / "cifar-100-python"
     md5s = {n: hashlib.md5((folder / n).read_bytes()).hexdigest() for n in ("train", "test", "meta")}
-    monkeypatch.setattr(cifar_mod, "CIFAR100_FILES", md5s)
+    monkeypatch.setattr(files_mod, "CIFAR100_FILES", md5s)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         dm = CIFAR100DataModule(root=cifar_fixture_rw, download=False, val_size=0)
@@ -465,8 +481,10 @@ def _rewrite(path: Path, obj):
     [
         ("train", lambda p: p.write_bytes(p.read_bytes()[:5000]), "not a readable CIFAR-100 pickle"),
         ("test", lambda p: p.write_bytes(b"not a pickle at all"), "not a readable CIFAR-100 pickle"),
-        ("train", lambda p: _rewrite(p, {"data": np.zeros((2, 3072), np.uint8), "labels": [0, 1]}),
-         "lacks key"),
+        ("train", lambda p: _rewrite(p, {"data": np.zeros((2, 3072), np.uint8), "coarse_labels": [0, 1]}),
+         "lacks key 'fine_labels'"),
+        ("test", lambda p: _rewrite(p, {"fine_labels": [0, 1]}), "lacks key 'data'"),
+        ("meta", lambda p: _rewrite(p, {"coarse_label_names": ["a"]}), "lacks key 'fine_label_names'"),
         ("train", lambda p: _rewrite(p, {"data": np.zeros((2, 1024), np.uint8), "fine_labels": [0, 1]}),
          r"\(N, 3072\)"),
         ("train", lambda p: _rewrite(p, {"data": np.zeros((2, 3072), np.uint8), "fine_labels": [0]}),
@@ -502,5 +520,105 @@ def test_real_partial_cifar100_loads_with_verification_off():
     assert dm.train_set.labels[:3].tolist() == raw["fine_labels"][:3] == [19, 29, 0]
     assert np.array_equal(dm.train_set.images[5].numpy().reshape(-1), raw["data"][5])
     # Real photos normalise to roughly zero mean, unit variance per channel.
-    x = dm.transform_batch(dm.train_set.images, train=False)
+    x = dm.transform_batch(dm.train_set.images)
     assert x.mean((0, 2, 3)).abs().max() < 0.15 and (x.std((0, 2, 3)) - 1).abs().max() < 0.15
+
+
+# ------------------------------------------------------------------------------------- exact resume
+def _train_batches(dm, epoch, first=0):
+    """Model inputs of the training batches ``first..`` of ``epoch``, from a fresh train loader."""
+    loader = dm.train_dataloader()
+    loader.set_epoch(epoch)
+    loader.first_batch = lambda: first
+    return [(dm.transform_batch(x, seed=seed), y) for x, y, seed in loader]
+
+
+def test_training_batch_depends_only_on_seed_epoch_and_index(cifar_fixture_ro):
+    dm = make_dm(cifar_fixture_ro, val_size=50, batch_size=16, shuffle_seed=3)
+    dm.setup()
+    torch.manual_seed(0)
+    full = _train_batches(dm, epoch=2)
+    fresh = make_dm(cifar_fixture_ro, val_size=50, batch_size=16, shuffle_seed=3)  # as after a resume
+    fresh.setup()
+    torch.manual_seed(99)  # another global RNG state: must not matter
+    resumed = _train_batches(fresh, epoch=2, first=5)
+    after = torch.random.get_rng_state()  # and loading drew nothing from it
+    torch.manual_seed(99)
+    assert torch.equal(after, torch.random.get_rng_state())
+    assert len(full) == 150 // 16 and len(resumed) == len(full) - 5
+    for (x, y), (x2, y2) in zip(full[5:], resumed, strict=True):
+        assert torch.equal(x, x2) and torch.equal(y, y2)
+    assert not torch.equal(full[0][0], _train_batches(dm, epoch=3)[0][0])  # epochs differ
+    other_seed = make_dm(cifar_fixture_ro, val_size=50, batch_size=16, shuffle_seed=4)
+    other_seed.setup()
+    assert not torch.equal(full[0][1], _train_batches(other_seed, epoch=2)[0][1])
+
+
+class _IndexRecorder(_Recorder):
+    """Records each training batch by (epoch, batch_idx); can fail once at a given global step."""
+
+    def __init__(self, fail_at_step: int | None = None):
+        super().__init__()
+        self.by_index: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self.fail_at_step = fail_at_step
+
+    def training_step(self, batch, batch_idx):
+        if self.global_step == self.fail_at_step:
+            raise RuntimeError("simulated crash")
+        self.by_index[(self.current_epoch, batch_idx)] = (batch[0].clone(), batch[1].clone())
+        return super().training_step(batch, batch_idx)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("saved_at", ["batch_end", "exception"])
+def test_lightning_resume_mid_epoch_sees_the_uninterrupted_batches(cifar_fixture_ro, tmp_path, saved_at):
+    """A run resumed from a mid-epoch checkpoint gets, for every (epoch, batch_idx) it trains, the batch
+    of the uninterrupted run: order and augmentation (fails if the resumed epoch starts over, or if the
+    augmentation draws from the global generator, whose state differs after a resume)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
+
+    def fit(model, callbacks=(), ckpt_path=None):
+        L.seed_everything(0, verbose=False)
+        dm = make_dm(cifar_fixture_ro, val_size=50, batch_size=32)  # 4 batches per epoch
+        trainer = L.Trainer(
+            accelerator="cpu", max_epochs=3, logger=False, enable_progress_bar=False,
+            enable_model_summary=False, num_sanity_val_steps=0, callbacks=list(callbacks),
+            default_root_dir=tmp_path,
+        )  # fmt: skip
+        try:
+            trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+        except RuntimeError as e:
+            assert "simulated crash" in str(e)
+
+    whole = _IndexRecorder()
+    fit(whole)
+    assert len(whole.by_index) == 12
+    if saved_at == "batch_end":  # saved after global step 6 = epoch 1, batch_idx 1
+        fit(_IndexRecorder(), [ModelCheckpoint(tmp_path / "ck", every_n_train_steps=6, save_top_k=-1)])
+        ckpt = next(p for p in (tmp_path / "ck").iterdir() if "step=6" in p.name)
+    else:  # crash inside training step 6 (epoch 1, batch_idx 2), checkpoint saved by on_exception
+        fit(_IndexRecorder(fail_at_step=6), [OnExceptionCheckpoint(tmp_path / "ex")])
+        ckpt = tmp_path / "ex" / "on_exception.ckpt"
+    resumed = _IndexRecorder()
+    torch.manual_seed(12345)  # the resumed process's global RNG differs from the interrupted one's
+    fit(resumed, ckpt_path=ckpt)
+    first = (1, 2)
+    assert sorted(resumed.by_index) == [k for k in sorted(whole.by_index) if k >= first]
+    for key, (x, y) in resumed.by_index.items():
+        assert torch.equal(y, whole.by_index[key][1]) and torch.equal(x, whole.by_index[key][0]), key
+
+
+# ------------------------------------------------------------------------------------- checked at set-up
+def test_corrupt_test_file_stops_fit_at_setup(cifar_fixture_rw):
+    path = cifar_fixture_rw / "cifar-100-python" / "test"
+    path.write_bytes(path.read_bytes()[:1000])
+    dm = make_dm(cifar_fixture_rw, val_size=8, batch_size=8)
+    model = _Recorder()
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0,
+    )  # fmt: skip
+    with pytest.raises(CorruptDatasetError, match="not a readable CIFAR-100 pickle") as err:
+        trainer.fit(model, datamodule=dm)
+    assert str(path) in str(err.value)
+    assert model.seen["train"] == []  # before the first training step

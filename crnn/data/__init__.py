@@ -1,9 +1,13 @@
 """crnn.data: data sets as Lightning DataModules, with the errors and batch transforms they share.
 
-- :class:`CIFAR100DataModule`: CIFAR-100 as in-memory uint8 tensors, augmented per batch on device.
+- :class:`CIFAR100DataModule`: CIFAR-100 as in-memory uint8 tensors, augmented per batch on device;
+  :mod:`crnn.data.cifar100_files` fetches, checks and decodes its files with torchvision's code.
+- :class:`COCODataModule` (and :class:`SyntheticShapesDataModule`): COCO-layout detection data,
+  checked at set-up.
 - :mod:`crnn.data.errors`: :class:`DatasetNotFoundError`, :class:`CorruptDatasetError`,
   :class:`ChecksumMismatchError`, :class:`ChecksumMismatchWarning`.
 - :mod:`crnn.data.augment`: vectorised batch crop/flip and normalisation.
+- :mod:`crnn.data.sampling`: batch order and random draws from ``(seed, epoch, batch)``, exact resume.
 """
 
 from crnn.data.augment import BatchAugment, crop_flip, random_crop_flip, to_float_normalized
@@ -11,17 +15,16 @@ from crnn.data.cifar100 import (
     CIFAR100_MEAN,
     CIFAR100_STD,
     CIFAR100DataModule,
-    EpochShuffleSampler,
     TensorBatchDataset,
-    load_cifar100_meta,
-    load_cifar100_split,
 )
+from crnn.data.cifar100_files import read_cifar100
 from crnn.data.errors import (
     ChecksumMismatchError,
     ChecksumMismatchWarning,
     CorruptDatasetError,
     DatasetNotFoundError,
 )
+from crnn.data.sampling import EpochBatchSampler, EpochLoader, EpochShuffleSampler
 
 __all__ = [
     "CIFAR100_MEAN",
@@ -32,11 +35,12 @@ __all__ = [
     "ChecksumMismatchWarning",
     "CorruptDatasetError",
     "DatasetNotFoundError",
+    "EpochBatchSampler",
+    "EpochLoader",
     "EpochShuffleSampler",
     "TensorBatchDataset",
     "crop_flip",
-    "load_cifar100_meta",
-    "load_cifar100_split",
+    "read_cifar100",
     "random_crop_flip",
     "to_float_normalized",
 ]

@@ -5,9 +5,10 @@ dtype (use them on ``uint8`` before conversion, so the padding is black exactly 
 ``torchvision.transforms.RandomCrop(padding=p)`` on a PIL image, fill 0); :func:`to_float_normalized`
 turns ``uint8`` in ``[0, 255]`` into normalised ``float32``.
 
-Randomness comes from ``generator`` when given (it must live on the batch's device), else from
-torch's global RNG for the batch's device (which :func:`lightning.seed_everything` seeds), so a seeded
-run draws the same crops and flips every time.
+Randomness comes from a CPU ``generator``: the few numbers a batch needs (``3 B``) are drawn on the
+CPU and moved to the batch's device, so a seed gives the same crops and flips on every device.
+:class:`BatchAugment` seeds one generator per batch from the batch's seed (see
+:mod:`crnn.data.sampling`) and never touches torch's global generator.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def random_crop_flip(
         padding: pixels of zero padding per side for the crop.
         crop: draw random crops (else offsets are ``padding``: the identity).
         flip: draw random flips.
-        generator: optional generator on ``images.device``; default: torch's global RNG.
+        generator: a CPU generator; ``None``: torch's global CPU generator.
 
     Returns:
         ``(B, C, H, W)``, same dtype and device.
@@ -91,14 +92,14 @@ def random_crop_flip(
     if not crop:
         padding = 0
     if padding > 0:
-        oy = torch.randint(0, 2 * padding + 1, (b,), device=dev, generator=generator)
-        ox = torch.randint(0, 2 * padding + 1, (b,), device=dev, generator=generator)
+        oy = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
+        ox = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
     else:
-        oy = ox = torch.zeros(b, dtype=torch.long, device=dev)
-    f = torch.rand(b, device=dev, generator=generator) < 0.5 if flip else None
+        oy = ox = torch.zeros(b, dtype=torch.long)
+    f = torch.rand(b, generator=generator) < 0.5 if flip else None
     if padding == 0 and f is None:
         return images
-    return crop_flip(images, oy, ox, f, padding)
+    return crop_flip(images, oy.to(dev), ox.to(dev), None if f is None else f.to(dev), padding)
 
 
 def to_float_normalized(
@@ -126,9 +127,10 @@ def to_float_normalized(
 class BatchAugment:
     """Training/evaluation batch transform: ``uint8 (B, C, H, W)`` -> normalised ``float32 (B, C, H, W)``.
 
-    ``train=True``: random crop (``crop_padding`` zero pixels per side) and horizontal flip, each per
-    sample and switchable, then normalisation. ``train=False``: normalisation only. Per-channel
-    ``mean``/``std`` tensors are cached per device.
+    With a ``seed`` (training batches): random crop (``crop_padding`` zero pixels per side) and
+    horizontal flip, each per sample and switchable, drawn from ``torch.Generator().manual_seed(seed)``,
+    then normalisation. ``seed=None``: normalisation only. Per-channel ``mean``/``std`` tensors are
+    cached per device.
     """
 
     def __init__(
@@ -157,16 +159,14 @@ class BatchAugment:
             self._stats[device] = (1.0 / (255.0 * std), -mean / std)
         return self._stats[device]
 
-    def __call__(
-        self, images: torch.Tensor, train: bool, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        if train and (self.random_crop or self.horizontal_flip):
+    def __call__(self, images: torch.Tensor, seed: int | None = None) -> torch.Tensor:
+        if seed is not None and (self.random_crop or self.horizontal_flip):
             images = random_crop_flip(
                 images,
                 padding=self.crop_padding,
                 crop=self.random_crop,
                 flip=self.horizontal_flip,
-                generator=generator,
+                generator=torch.Generator().manual_seed(int(seed)),
             )
         if not self.normalize:
             return to_float_normalized(images, None, None)

@@ -16,8 +16,19 @@ transform (flip, IoU crop, resize).
 - Samples are ``(image float (3, h, w) in [0, 1], target)``, the longer side resized to
   ``image_size``; ``target``: ``boxes`` (N, 4) xyxy float in those pixels, ``labels`` (N,) int64,
   ``image_id`` int, ``orig_size`` (2,) = (H, W) of the file. Batches are lists (``collate``).
-- A missing file raises :class:`~crnn.data.errors.DatasetNotFoundError`, a broken annotation file
-  :class:`~crnn.data.errors.CorruptDatasetError`; both name the file.
+- Checked at set-up (:meth:`COCODataModule.setup`, before any training step), one message naming
+  the file or id: the annotation file parses and has the COCO lists; every annotation's image id is
+  in ``images`` (error); every listed image file exists (error, or with ``skip_bad_images`` the
+  image is left out, with one warning); annotations with zero or negative box size and category ids
+  not in ``categories`` are counted and dropped with one warning line per split (an error with
+  ``strict_annotations``).
+- An image that does not decode during training or evaluation raises
+  :class:`~crnn.data.errors.CorruptDatasetError` naming the file (also from a worker process); with
+  ``skip_bad_images`` it is left out of its batch, with a warning naming it and the running count
+  (:attr:`COCODataModule.skipped_images`).
+- Training order and augmentation come from ``(seed, epoch, batch, position)``
+  (:mod:`crnn.data.sampling`): each sample's random transforms run on torch's CPU generator seeded
+  for that sample (and restored after), so a run resumed mid-epoch sees the uninterrupted batches.
 """
 
 from __future__ import annotations
@@ -26,20 +37,34 @@ import contextlib
 import io
 import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from PIL import Image
 from pycocotools.coco import COCO
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.datasets import CocoDetection, wrap_dataset_for_transforms_v2
 from torchvision.transforms import v2
 
 from crnn.data.coco_categories import COCO_CATEGORIES, select_categories
 from crnn.data.errors import CorruptDatasetError, DatasetNotFoundError
+from crnn.data.sampling import (
+    SAMPLE,
+    DataErrorValue,
+    EpochBatchSampler,
+    EpochLoader,
+    EpochShuffleSampler,
+    SeededBatch,
+    SkippedSamples,
+    derive_seed,
+    next_training_batch,
+    process_rank,
+)
 
 log = logging.getLogger("crnn")
 
@@ -68,18 +93,22 @@ def load_coco_json(path: str | Path) -> COCO:
         )
     try:
         image_ids = {int(im["id"]) for im in data["images"]}
+        orphans = []
         for ann in data["annotations"]:
-            bbox = ann["bbox"]
-            if len(bbox) != 4 or int(ann["image_id"]) not in image_ids:
-                raise ValueError(
-                    f"annotation {ann.get('id')}: bad bbox or unknown image_id {ann['image_id']}"
-                )
+            if len(ann["bbox"]) != 4 or not all(isinstance(v, (int, float)) for v in ann["bbox"]):
+                raise ValueError(f"annotation {ann.get('id')}: bbox {ann['bbox']} is not [x, y, w, h]")
             int(ann["category_id"])
+            if int(ann["image_id"]) not in image_ids:
+                orphans.append(f"annotation {ann.get('id')} -> image_id {ann['image_id']}")
         for im in data["images"]:
             if not isinstance(im["file_name"], str):
                 raise ValueError(f"image {im['id']}: file_name is not a string")
     except (KeyError, TypeError, ValueError) as err:
         raise CorruptDatasetError(f"{path}: malformed COCO entry ({type(err).__name__}: {err})") from err
+    if orphans:
+        raise CorruptDatasetError(
+            f"{path}: {len(orphans)} annotation(s) refer to image ids not in 'images': {_first(orphans)}"
+        )
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
@@ -87,8 +116,28 @@ def load_coco_json(path: str | Path) -> COCO:
     return coco
 
 
+def _first(items: list[str], n: int = 3) -> str:
+    """``a, b, c`` or ``a, b, c, ... (N in all)``: the first items of a list for a message."""
+    return ", ".join(items[:n]) + (f", ... ({len(items)} in all)" if len(items) > n else "")
+
+
+def _unusable_annotations(coco: COCO) -> tuple[list[str], list[str]]:
+    """Annotations training cannot use: ``(zero or negative box size, category id not in 'categories')``,
+    each as ``"annotation <id>: <why>"``."""
+    listed = set(coco.getCatIds())
+    degenerate, unknown = [], []
+    for ann in coco.dataset["annotations"]:
+        w, h = ann["bbox"][2:]
+        if w <= 0 or h <= 0:
+            degenerate.append(f"annotation {ann.get('id')}: bbox {ann['bbox']}")
+        if ann["category_id"] not in listed:
+            unknown.append(f"annotation {ann.get('id')}: category_id {ann['category_id']}")
+    return degenerate, unknown
+
+
 class _CocoDetection(CocoDetection):
-    """torchvision ``CocoDetection`` on an already loaded ``COCO``, keeping only wanted annotations."""
+    """torchvision ``CocoDetection`` on an already loaded ``COCO``, keeping only usable annotations
+    (wanted categories, box of positive size, crowd boxes dropped when ``drop_crowd``)."""
 
     def __init__(self, image_dir: str, coco: COCO, ids: list[int], cat_ids: set[int], drop_crowd: bool):
         # VisionDataset.__init__ only; CocoDetection.__init__ would reload the JSON
@@ -104,17 +153,23 @@ class _CocoDetection(CocoDetection):
             return super()._load_image(id)
         except FileNotFoundError as err:
             raise DatasetNotFoundError(
-                f"COCO image not found: {path} (listed in the annotation file)"
+                f"COCO image not found: {path} (image id {id}, listed in the annotation file); "
+                "data.skip_bad_images=true leaves such images out"
             ) from err
-        except OSError as err:
-            raise CorruptDatasetError(f"{path}: unreadable image ({err})") from err
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            raise CorruptDatasetError(
+                f"{path}: cannot decode the image (image id {id}: {type(err).__name__}: {err}); "
+                "data.skip_bad_images=true leaves such images out"
+            ) from err
 
     def _load_target(self, id: int) -> list[Any]:
-        anns = super()._load_target(id)
         return [
             a
-            for a in anns
-            if a["category_id"] in self.cat_ids and not (self.drop_crowd and a.get("iscrowd", 0))
+            for a in super()._load_target(id)
+            if a["category_id"] in self.cat_ids
+            and a["bbox"][2] > 0
+            and a["bbox"][3] > 0
+            and not (self.drop_crowd and a.get("iscrowd", 0))
         ]
 
 
@@ -123,6 +178,9 @@ class CocoDetectionDataset(Dataset):
 
     ``coco`` (the pycocotools object of the split, all annotations, crowd included),
     ``ids`` (image ids in sample order) and ``label_to_cat_id`` are what evaluation needs.
+    The set-up checks of the module docstring run here; ``skip_bad_images`` leaves out listed images
+    that are missing (here) or do not decode (in :meth:`__getitems__`), ``strict_annotations`` makes
+    unusable annotations an error.
     """
 
     def __init__(
@@ -133,8 +191,11 @@ class CocoDetectionDataset(Dataset):
         transforms: Any = None,
         drop_crowd: bool = True,
         max_images: int | None = None,
+        skip_bad_images: bool = False,
+        strict_annotations: bool = False,
     ):
         self.image_dir, self.ann_file = Path(image_dir), Path(ann_file)
+        self.skip_bad_images = skip_bad_images
         self.coco = load_coco_json(self.ann_file)
         if not self.image_dir.is_dir():
             raise DatasetNotFoundError(
@@ -146,15 +207,48 @@ class CocoDetectionDataset(Dataset):
             raise CorruptDatasetError(
                 f"{self.ann_file}: categories {missing} are not in its 'categories' list"
             )
+        self._report_unusable_annotations(strict_annotations)
         self.categories = tuple(categories)
         self.label_to_cat_id = [c for c, _ in self.categories]
         self.class_names = [n for _, n in self.categories]
         self.cat_id_to_label = {c: i for i, c in enumerate(self.label_to_cat_id)}
         ids = sorted(self.coco.imgs)
-        self.ids = ids[:max_images] if max_images else ids
+        self.ids = self._with_files(ids[:max_images] if max_images else ids)
         base = _CocoDetection(str(self.image_dir), self.coco, self.ids, set(self.label_to_cat_id), drop_crowd)
         self._ds = wrap_dataset_for_transforms_v2(base, target_keys={"image_id", "boxes", "labels"})
         self.transforms = transforms
+
+    def _report_unusable_annotations(self, strict: bool) -> None:
+        degenerate, unknown = _unusable_annotations(self.coco)
+        if not degenerate and not unknown:
+            return
+        parts = [
+            f"{len(found)} {what} ({_first(found)})"
+            for found, what in (
+                (degenerate, "with zero or negative box size"),
+                (unknown, "with a category id not in 'categories'"),
+            )
+            if found
+        ]
+        message = f"{self.ann_file}: annotations {' and '.join(parts)}"
+        if strict:
+            raise CorruptDatasetError(f"{message} (data.strict_annotations=true)")
+        log.warning("%s: dropped from training (data.strict_annotations=true makes this an error)", message)
+
+    def _with_files(self, ids: list[int]) -> list[int]:
+        """``ids`` whose listed file exists; a missing one is an error (``skip_bad_images``: left out)."""
+        on_disk = set(os.listdir(self.image_dir))  # one listing, not one stat per image
+        names = {i: self.coco.imgs[i]["file_name"] for i in ids}
+        missing = [i for i in ids if names[i] not in on_disk and not (self.image_dir / names[i]).is_file()]
+        if not missing:
+            return ids
+        listed = [f"{self.image_dir / names[i]} (id {i})" for i in missing]
+        message = f"{len(missing)} image file(s) listed in {self.ann_file} are missing: {_first(listed)}"
+        if not self.skip_bad_images:
+            raise DatasetNotFoundError(f"{message}; data.skip_bad_images=true leaves them out")
+        log.warning("%s; left out (data.skip_bad_images=true)", message)
+        gone = set(missing)
+        return [i for i in ids if i not in gone]
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -178,11 +272,42 @@ class CocoDetectionDataset(Dataset):
             "orig_size": torch.tensor([height, width]),
         }
 
+    def _seeded_item(self, index: int, seed: int | None) -> tuple[torch.Tensor, dict[str, Any]]:
+        """``self[index]`` with the random transforms drawn from ``seed`` (torch's CPU generator is
+        seeded for this sample and restored after, so nothing else's draws move)."""
+        if seed is None:
+            return self[index]
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)
+            return self[index]
 
-def collate(
-    batch: list[tuple[torch.Tensor, dict[str, Any]]],
-) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
-    """``[(image, target), ...] -> ([images], [targets])`` (torchvision detection models take lists)."""
+    def __getitems__(self, batch: Sequence[int] | SeededBatch) -> Any:
+        """A batch as a list of samples; sample ``j`` of a seeded batch draws from
+        ``derive_seed(SAMPLE, batch.seed, j)``. Unreadable images: a :class:`DataErrorValue`, or with
+        ``skip_bad_images`` the batch without them, as :class:`SkippedSamples`."""
+        indices, seed = batch if isinstance(batch, SeededBatch) else (batch, None)
+        samples, skipped = [], []
+        for j, index in enumerate(indices):
+            try:
+                samples.append(
+                    self._seeded_item(index, None if seed is None else derive_seed(SAMPLE, seed, j))
+                )
+            except (DatasetNotFoundError, CorruptDatasetError) as err:
+                if not self.skip_bad_images:
+                    return DataErrorValue.of(err)
+                skipped.append(str(err))
+        if skipped and not samples:
+            return DataErrorValue("corrupt", f"every image of a batch is unreadable: {_first(skipped)}")
+        return SkippedSamples(samples, skipped) if skipped else samples
+
+
+def collate(batch: Any) -> Any:
+    """``[(image, target), ...] -> ([images], [targets])`` (torchvision detection models take lists);
+    a :class:`DataErrorValue` passes through, a :class:`SkippedSamples` keeps its wrapper."""
+    if isinstance(batch, DataErrorValue):
+        return batch
+    if isinstance(batch, SkippedSamples):
+        return SkippedSamples(collate(batch.batch), batch.skipped)
     images, targets = zip(*batch, strict=False) if batch else ((), ())
     return list(images), list(targets)
 
@@ -221,9 +346,14 @@ class COCODataModule(L.LightningDataModule):
     """COCO 2017 detection (``data=coco``); see the module docstring.
 
     ``num_classes`` and ``input_shape = (3, image_size, image_size)`` are known at construction
-    (no disk I/O); :meth:`setup` reads the JSON files. ``val`` is also the ``test`` split (COCO's
-    test-dev has no public annotations). ``{train,val}_max_images`` cut a split to its first N
-    image ids (quick runs); ``val_split: train2017`` evaluates on the training images (overfit checks).
+    (no disk I/O); :meth:`setup` reads and checks both splits (whatever the stage). ``val`` is also
+    the ``test`` split (COCO's test-dev has no public annotations). ``{train,val}_max_images`` cut a
+    split to its first N image ids (quick runs); ``val_split: train2017`` evaluates on the training
+    images (overfit checks). ``shuffle_seed``: seed of the epoch orders and the augmentation
+    (``None``: ``torch.initial_seed()``, the run's seed); ``skip_bad_images``, ``strict_annotations``:
+    see the module docstring. Exact resume: as :class:`~crnn.data.CIFAR100DataModule` (the train
+    loader starts at the batch Lightning numbers next; :mod:`crnn.data.sampling`), with each sample's
+    transforms drawn from ``(seed, epoch, batch, position in batch)``.
     """
 
     categories: tuple[tuple[int, str], ...] = COCO_CATEGORIES
@@ -243,6 +373,9 @@ class COCODataModule(L.LightningDataModule):
         hflip: float = 0.5,
         iou_crop: float = 0.0,
         pin_memory: bool = False,
+        shuffle_seed: int | None = None,
+        skip_bad_images: bool = False,
+        strict_annotations: bool = False,
     ):
         super().__init__()
         self.root = Path(root).expanduser()
@@ -255,11 +388,14 @@ class COCODataModule(L.LightningDataModule):
         self.train_max_images, self.val_max_images = train_max_images, val_max_images
         self.hflip, self.iou_crop = hflip, iou_crop
         self.pin_memory = pin_memory
+        self.shuffle_seed = shuffle_seed
+        self.skip_bad_images, self.strict_annotations = bool(skip_bad_images), bool(strict_annotations)
         self.num_classes = len(self.selected)
         self.class_names = [n for _, n in self.selected]
         self.input_shape = (3, self.image_size, self.image_size)
         self.train_set: CocoDetectionDataset | None = None
         self.val_set: CocoDetectionDataset | None = None
+        self._loaders: list[EpochLoader] = []
 
     def split_paths(self, split: str) -> tuple[Path, Path]:
         """``(image folder, annotation file)`` of a split such as ``train2017``."""
@@ -267,9 +403,15 @@ class COCODataModule(L.LightningDataModule):
 
     def _dataset(self, split: str, train: bool, max_images: int | None) -> CocoDetectionDataset:
         image_dir, ann_file = self.split_paths(split)
-        transforms = build_transforms(self.image_size, train, self.hflip, self.iou_crop)
         return CocoDetectionDataset(
-            image_dir, ann_file, self.selected, transforms, drop_crowd=True, max_images=max_images
+            image_dir,
+            ann_file,
+            self.selected,
+            build_transforms(self.image_size, train, self.hflip, self.iou_crop),
+            drop_crowd=True,
+            max_images=max_images,
+            skip_bad_images=self.skip_bad_images,
+            strict_annotations=self.strict_annotations,
         )
 
     def prepare_data(self) -> None:
@@ -284,32 +426,49 @@ class COCODataModule(L.LightningDataModule):
                     )
 
     def setup(self, stage: str | None = None) -> None:
-        if stage in (None, "fit") and self.train_set is None:
-            self.train_set = self._dataset(self.train_split, True, self.train_max_images)
-        if stage in (None, "fit", "validate", "test", "predict") and self.val_set is None:
+        """Read and check both splits (once, whatever ``stage``): a bad validation file stops
+        ``fit`` here, before the first training step."""
+        if self.val_set is None:
             self.val_set = self._dataset(self.val_split, False, self.val_max_images)
+        if self.train_set is None and stage in (None, "fit"):
+            self.train_set = self._dataset(self.train_split, True, self.train_max_images)
 
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(
+    @property
+    def skipped_images(self) -> list[str]:
+        """Messages of the images left out of batches so far (``skip_bad_images``), all loaders."""
+        return [m for loader in self._loaders for m in loader.skipped]
+
+    def _loader(self, dataset: CocoDetectionDataset, batch_size: int, train: bool) -> EpochLoader:
+        seed = self.shuffle_seed if self.shuffle_seed is not None else torch.initial_seed()
+        # DDP: each process trains on its shard of the epoch; evaluation reads the whole split everywhere.
+        batches = EpochBatchSampler(
+            EpochShuffleSampler(len(dataset), seed, train, *process_rank(self.trainer if train else None)),
+            batch_size,
+            drop_last=False,
+            seeded=train,
+        )
+        loader = EpochLoader(
             dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
+            batches,
+            first_batch=(lambda: next_training_batch(self.trainer)) if train else None,
             num_workers=self.num_workers,
             collate_fn=collate,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
-            drop_last=False,
         )
+        self._loaders.append(loader)
+        return loader
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> EpochLoader:
+        """Shuffled batches ``([image (3, h, w)], [target])``; see :mod:`crnn.data.sampling`."""
         if self.train_set is None:
             self.setup("fit")
-        return self._loader(self.train_set, self.batch_size, shuffle=True)
+        return self._loader(self.train_set, self.batch_size, train=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> EpochLoader:
         if self.val_set is None:
             self.setup("validate")
-        return self._loader(self.val_set, self.val_batch_size, shuffle=False)
+        return self._loader(self.val_set, self.val_batch_size, train=False)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> EpochLoader:
         return self.val_dataloader()

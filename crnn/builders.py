@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from crnn.data import COCODataModule
 from crnn.errors import ConfigError
@@ -111,12 +111,18 @@ def _type_hints(target: Any) -> dict[str, Any]:
 
 def _check_value(hint: Any, value: Any, key: str) -> None:
     try:
-        adapter = TypeAdapter(hint)
-    except Exception:  # an annotation pydantic has no schema for (torch.Tensor, a callable, ...)
+        adapter = TypeAdapter(hint, config=ConfigDict(arbitrary_types_allowed=True))
+    except Exception:  # an annotation pydantic has no schema for (a callable, ...): keys only
         return
     try:
         adapter.validate_python(value, strict=True)
     except ValidationError as err:
+        if isinstance(value, list):  # YAML has no tuples: a list stands for one
+            try:
+                adapter.validate_python(tuple(value), strict=True)
+                return
+            except ValidationError:
+                pass
         raise ConfigError(f"{key} must be {_expected(err, value)}, got {value!r}") from None
 
 
@@ -382,10 +388,28 @@ def task_from_config(
     settings = {k: v for k, v in task_node.items() if not k.startswith("_")}
     settings["optimizer"] = instantiate_node(task_node["optimizer"], "task.optimizer", _partial_=True)
     settings["scheduler"] = instantiate_node(task_node["scheduler"], "task.scheduler", _partial_=True)
+    _try_schedule(settings["optimizer"], settings["scheduler"], net)
     try:
         return task_cls(**settings, **injected)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"task ({task_node['_target_']}): {err}") from err
+
+
+def _try_schedule(optimizer: Callable, scheduler: Callable, net: torch.nn.Module) -> None:
+    """Build the optimiser and the schedule once, on a copy-free throwaway optimiser, so that a
+    bad setting (``task.optimizer.lr=fast``) fails now, naming the key, not after data loading."""
+    try:
+        trial = optimizer(net.parameters())
+    except (TypeError, ValueError) as err:
+        raise ConfigError(
+            f"task.optimizer ({optimizer.func.__module__}.{optimizer.func.__name__}): {err}"
+        ) from None
+    try:
+        scheduler(trial, total_steps=2, steps_per_epoch=1)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(
+            f"task.scheduler ({scheduler.func.__module__}.{scheduler.func.__name__}): {err}"
+        ) from None
 
 
 def load_task(checkpoint_path: str | Path, map_location: Any = None, strict: bool = True) -> BaseTask:

@@ -10,32 +10,28 @@
 - ``task`` (its ``optimizer`` and ``scheduler`` are ``_partial_`` nodes) -> the LightningModule
   (:func:`build_task`); ``data`` -> the LightningDataModule (:func:`build_datamodule`).
 
-Every node is checked against its target's signature before it is built: an unknown key, a
-value of the wrong type (the signature's annotations, e.g. ``PositiveInt``) or a choice that does
-not fit the task is one :class:`ConfigError` naming the key. :func:`run_labels` names what was
+Every node is checked against its target's signature before it is built
+(:func:`crnn.config.check_node`: an unknown key, a value of the wrong type, e.g. a ``PositiveInt``
+that is not) and the choices against the task (:func:`crnn.config.check_fit`); each problem is one
+:class:`ConfigError` naming the key. :func:`run_labels` names what was
 built (``backbone``, ``rnn``, ``cell``, ``head``), read from the built modules.
 """
 
 from __future__ import annotations
 
 import inspect
-import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import get_object, instantiate
-from omegaconf import DictConfig, ListConfig, OmegaConf
-from pydantic import ConfigDict, TypeAdapter, ValidationError
 
-from crnn.data import COCODataModule
+from crnn.config import check_fit, check_node, instantiate_node, plain, target_of
 from crnn.errors import ConfigError
 from crnn.layers import LAYERS, Layer2d, list_layers
 from crnn.models import Classifier, LayerFactory
-from crnn.models.detection import FCOSDetector, FPNBackbone
-from crnn.runtime import project_root
-from crnn.tasks import BaseTask, ClassificationTask, DetectionTask
+from crnn.models.detection import FCOSDetector
+from crnn.tasks import BaseTask, DetectionTask
 
 __all__ = [
     "ConfigError",
@@ -43,8 +39,6 @@ __all__ = [
     "build_datamodule",
     "build_detector",
     "build_task",
-    "check_node",
-    "instantiate_node",
     "layer_factory",
     "load_task",
     "run_labels",
@@ -53,111 +47,6 @@ __all__ = [
 
 MODEL_NODES = ("task", "backbone", "rnn", "head")
 """The config nodes a task is built from (and stored in its checkpoint)."""
-
-
-# --------------------------------------------------------------------------------------------
-# One node
-# --------------------------------------------------------------------------------------------
-def plain(node: Any) -> Any:
-    """A config node as plain containers, interpolations resolved."""
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, (DictConfig, ListConfig)) else node
-
-
-def target_of(node: Mapping[str, Any], key: str) -> Any:
-    """The callable a node's ``_target_`` names; :class:`ConfigError` if it cannot be imported."""
-    if not isinstance(node, Mapping) or not node.get("_target_"):
-        raise ConfigError(f"{key}: a config node with a _target_ is needed, got {node!r}")
-    try:
-        return get_object(node["_target_"])
-    except Exception as err:
-        raise ConfigError(f"{key}._target_={node['_target_']}: cannot be imported ({err})") from None
-
-
-def check_node(node: Mapping[str, Any], key: str, injected: Iterable[str] = ()) -> None:
-    """Check a node's keys and values against its target's signature, before building it.
-
-    Every key must be a parameter of the target (unless it takes ``**kwargs``) and not one of
-    ``injected`` (the arguments crnn supplies: sizes from the data, the layer factory, ...); every
-    value must fit the parameter's annotation, checked by pydantic in strict mode
-    (``PositiveInt``: ``backbone.width=-16`` -> "backbone.width must be a positive int, got -16").
-    """
-    target = target_of(node, key)
-    params = inspect.signature(target).parameters
-    injected = set(injected)
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
-    settable = [n for n, p in params.items() if n not in injected and p.kind not in variadic]
-    hints = _type_hints(target)
-    for name, value in node.items():
-        if name.startswith("_"):
-            continue
-        if name in injected:
-            raise ConfigError(f"{key}.{name} is set by crnn, not by the config: remove it")
-        if name not in params and not takes_any:
-            raise ConfigError(
-                f"{key}.{name}: not a setting of {node['_target_']}; its settings are: {', '.join(settable)}"
-            )
-        if name in hints and not (isinstance(value, Mapping) and "_target_" in value):
-            _check_value(hints[name], value, f"{key}.{name}")
-
-
-def _type_hints(target: Any) -> dict[str, Any]:
-    function = target.__init__ if isinstance(target, type) else target
-    try:
-        return typing.get_type_hints(function, include_extras=True)
-    except Exception:  # annotations that name types not importable here: check the keys only
-        return {}
-
-
-def _check_value(hint: Any, value: Any, key: str) -> None:
-    try:
-        adapter = TypeAdapter(hint, config=ConfigDict(arbitrary_types_allowed=True))
-    except Exception:  # an annotation pydantic has no schema for (a callable, ...): keys only
-        return
-    try:
-        adapter.validate_python(value, strict=True)
-    except ValidationError as err:
-        if isinstance(value, list):  # YAML has no tuples: a list stands for one
-            try:
-                adapter.validate_python(tuple(value), strict=True)
-                return
-            except ValidationError:
-                pass
-        raise ConfigError(f"{key} must be {_expected(err, value)}, got {value!r}") from None
-
-
-def _expected(err: ValidationError, value: Any) -> str:
-    """pydantic's errors as the words after "must be"."""
-    kind = "int" if isinstance(value, int) and not isinstance(value, bool) else "number"
-    words = []
-    for e in err.errors():
-        ctx = e.get("ctx") or {}
-        if e["type"] == "greater_than" and ctx.get("gt") == 0:
-            words.append(f"a positive {kind}")
-        elif e["type"] == "greater_than_equal" and ctx.get("ge") == 0:
-            words.append(f"a non-negative {kind}")
-        elif e["type"] == "literal_error":
-            words.append(f"{ctx['expected']}")
-        else:
-            words.append(e["msg"].removeprefix("Input should be ").replace("None", "null"))
-    return " or ".join(dict.fromkeys(words))
-
-
-def instantiate_node(node: Mapping[str, Any], key: str, **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate(node, **kwargs)`` whose construction errors become one
-    :class:`ConfigError` naming ``key`` (Hydra wraps them in its own exception, with a traceback
-    that says nothing to a user). Errors that are not about the config pass through."""
-    try:
-        return instantiate(node, **kwargs)
-    except Exception as err:
-        cause = err
-        while cause.__cause__ is not None and not isinstance(cause, ConfigError):
-            cause = cause.__cause__
-        if isinstance(cause, ConfigError):
-            raise cause from None
-        if isinstance(cause, (TypeError, ValueError)):
-            raise ConfigError(f"{key} ({node.get('_target_')}): {cause}") from err
-        raise
 
 
 # --------------------------------------------------------------------------------------------
@@ -242,101 +131,6 @@ def build_detector(
 # --------------------------------------------------------------------------------------------
 # Which choices fit which task
 # --------------------------------------------------------------------------------------------
-def _accepts(name: str) -> Callable[[Any], bool]:
-    return lambda target: name in inspect.signature(target).parameters
-
-
-def _builds(cls: type) -> Callable[[Any], bool]:
-    def check(target: Any) -> bool:
-        built = target if isinstance(target, type) else _type_hints(target).get("return")
-        return isinstance(built, type) and issubclass(built, cls)
-
-    return check
-
-
-FITS: dict[type[BaseTask], dict[str, Callable[[Any], bool]]] = {
-    ClassificationTask: {
-        "data": lambda target: not _builds(COCODataModule)(target),
-        "backbone": _accepts("layer_factory"),
-        "head": _accepts("feature_shape"),
-    },
-    DetectionTask: {
-        "data": _builds(COCODataModule),
-        "backbone": _builds(FPNBackbone),
-        "head": _builds(FCOSDetector),
-    },
-}
-"""Per task, what a ``data``, ``backbone`` and ``head`` target must be to fit it."""
-
-
-def _choice(group: str, node: Mapping[str, Any]) -> str:
-    from hydra.core.hydra_config import HydraConfig
-
-    if HydraConfig.initialized():
-        picked = HydraConfig.get().runtime.choices.get(group)
-        if picked:
-            return picked
-    return str(node.get("_target_"))
-
-
-def _options(group: str, fits: Callable[[Any], bool]) -> list[str]:
-    """The options of ``conf/<group>/`` whose target fits."""
-    out = []
-    for path in sorted((project_root() / "conf" / group).glob("*.yaml")):
-        target = OmegaConf.load(path).get("_target_")
-        try:
-            if target and fits(get_object(target)):
-                out.append(path.stem)
-        except Exception:
-            continue
-    return out
-
-
-def _presets(data: str, task: str) -> list[str]:
-    """``conf/experiment/`` single-run presets (no sweep) that choose ``task`` (and ``data``, when
-    one does)."""
-    found: dict[str, bool] = {}
-    for path in sorted((project_root() / "conf" / "experiment").glob("*.yaml")):
-        preset = OmegaConf.load(path)
-        if OmegaConf.select(preset, "hydra.sweeper.params"):
-            continue
-        picks = {}
-        for entry in preset.get("defaults") or []:
-            if isinstance(entry, DictConfig):
-                picks.update({str(k).split("/")[-1]: v for k, v in entry.items()})
-        if picks.get("task") == task:
-            found[path.stem] = picks.get("data") == data
-    exact = [name for name, same_data in found.items() if same_data]
-    return exact or list(found)
-
-
-def check_fit(cfg: Mapping[str, Any]) -> None:
-    """:class:`ConfigError` when the ``data``, ``backbone`` or ``head`` choice does not fit the
-    task, naming what to choose instead (read from ``conf/``, never from a list kept here)."""
-    task_cls = target_of(cfg["task"], "task")
-    fits = next((f for cls, f in FITS.items() if issubclass(task_cls, cls)), None)
-    if fits is None:
-        return
-    task = _choice("task", cfg["task"])
-    data = _choice("data", cfg["data"])
-    if not fits["data"](target_of(cfg["data"], "data")):
-        other = next(cls for cls in FITS if not issubclass(task_cls, cls))
-        wanted = other.task_name
-        presets = _presets(data, wanted)
-        raise ConfigError(
-            f"data={data} is {wanted} data but task={task}: add "
-            + (" or ".join(f"experiment={p}" for p in presets) + ", or " if presets else "")
-            + f"task={wanted} backbone={'|'.join(_options('backbone', FITS[other]['backbone']))} "
-            f"head={'|'.join(_options('head', FITS[other]['head']))}"
-        )
-    for group in ("backbone", "head"):
-        if not fits[group](target_of(cfg[group], group)):
-            raise ConfigError(
-                f"{group}={_choice(group, cfg[group])} is not a {task} {group}: task={task} takes "
-                f"{group}={', '.join(_options(group, fits[group]))}"
-            )
-
-
 # --------------------------------------------------------------------------------------------
 # Data and task
 # --------------------------------------------------------------------------------------------

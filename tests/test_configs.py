@@ -84,6 +84,20 @@ def test_trainer_and_callbacks_instantiate(trainer, tmp_path):
         instantiate(node)
 
 
+def test_the_rnn_node_is_instantiated_once(tmp_path, monkeypatch):
+    """One partial of the layer class builds every replaced block's layer."""
+    import crnn.builders
+
+    keys = []
+    real = crnn.builders.instantiate_node
+    monkeypatch.setattr(
+        crnn.builders, "instantiate_node", lambda n, k, **kw: keys.append(k) or real(n, k, **kw)
+    )
+    task = built(["rnn=srnn", "backbone.replace=[block:1,block:4,last]"], tmp_path)
+    assert keys.count("rnn") == 1
+    assert sum(type(b).__name__ == "ReplacementBlock" for b in task.net.backbone.blocks) == 3
+
+
 def test_labels_come_from_what_was_built(tmp_path):
     """The label of a run is read from its model, so it cannot disagree with it."""
     labels = run_labels(built(["rnn=sws_birnn", "rnn._target_=crnn.layers.SRNN", "rnn.cell=gru"], tmp_path))
@@ -122,6 +136,7 @@ def test_labels_come_from_what_was_built(tmp_path):
         (["data.val_size=-3"], "data.val_size"),
         (["data=coco"], "data=coco is detection data but task=classification: add experiment=coco_detection"),
         (["experiment=coco_detection", "data.classes=[unicorn]"], "unicorn"),
+        (["data=synthetic_shapes"], "add experiment=synthetic_shapes_detection"),
     ],
 )
 def test_bad_combinations_fail_before_data_loading(overrides, names, tmp_path):

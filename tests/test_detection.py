@@ -305,19 +305,6 @@ def test_detection_presets_bring_the_detection_defaults(tmp_path):
     assert Path(cfg.data.root).resolve() == COCO_TINY.resolve()
 
 
-@pytest.mark.parametrize(
-    ("data", "preset"), [("coco", "coco_detection"), ("synthetic_shapes", "synthetic_shapes_detection")]
-)
-def test_detection_data_alone_says_what_to_add(data, preset, tmp_path):
-    """A data choice never changes the task or the model: alone, it is one error naming the preset."""
-    cfg = compose([f"data={data}", f"paths.data_dir={tmp_path / 'none'}"], tmp_path)
-    with pytest.raises(
-        ConfigError, match=f"data={data} is detection data but task=classification: add experiment={preset}"
-    ):
-        build_datamodule(cfg)
-    assert not (tmp_path / "none").exists()
-
-
 def coco_overrides(root: Path, *extra: str, size: int = 64) -> list[str]:
     return [
         "experiment=coco_detection",

@@ -129,9 +129,6 @@ def build_detector(
 
 
 # --------------------------------------------------------------------------------------------
-# Which choices fit which task
-# --------------------------------------------------------------------------------------------
-# --------------------------------------------------------------------------------------------
 # Data and task
 # --------------------------------------------------------------------------------------------
 def build_datamodule(cfg: Mapping[str, Any]):
@@ -190,8 +187,8 @@ def task_from_config(
 
 
 def _try_schedule(optimizer: Callable, scheduler: Callable, net: torch.nn.Module) -> None:
-    """Build the optimiser and the schedule once, on a copy-free throwaway optimiser, so that a
-    bad setting (``task.optimizer.lr=fast``) fails now, naming the key, not after data loading."""
+    """Build the optimiser and the schedule once, on a throwaway optimiser, so that a setting
+    torch rejects (``task.optimizer.lr=-1``) fails now, naming the node, not after data loading."""
     try:
         trial = optimizer(net.parameters())
     except (TypeError, ValueError) as err:

@@ -1,107 +1,241 @@
-"""Config nodes -> models: the one bridge between Hydra configs and the pure-torch models.
+"""Config nodes -> objects: the one bridge between the Hydra configs and crnn's objects.
 
-``crnn.layers`` and ``crnn.models`` know nothing of Hydra; tasks call these builders with the
-``backbone``, ``rnn`` and ``head`` nodes of the composed config.
+``crnn.layers``, ``crnn.models`` and ``crnn.tasks`` know nothing of Hydra: they take objects
+(constructor injection). Here, each node of the composed config becomes its object once:
+
+- ``rnn``: a ``_partial_`` of a registered layer class (``_target_: null`` for ``rnn=none``)
+  -> :func:`layer_factory` -> ``factory(in_channels, out_channels)``, handed to the backbone
+  (classification) or to the FCOS towers (detection);
+- ``backbone``, ``head`` -> the network (:func:`build_classifier`, :func:`build_detector`);
+- ``task`` (its ``optimizer`` and ``scheduler`` are ``_partial_`` nodes) -> the LightningModule
+  (:func:`build_task`); ``data`` -> the LightningDataModule (:func:`build_datamodule`).
+
+Every node is checked against its target's signature before it is built
+(:func:`crnn.config.check_node`: an unknown key, a value of the wrong type, e.g. a ``PositiveInt``
+that is not) and the choices against the task (:func:`crnn.config.check_fit`); each problem is one
+:class:`ConfigError` naming the key. :func:`run_labels` names what was
+built (``backbone``, ``rnn``, ``cell``, ``head``), read from the built modules.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import get_object, instantiate
-from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
+from crnn.config import check_fit, check_node, instantiate_node, plain, target_of
 from crnn.errors import ConfigError
+from crnn.layers import LAYERS, Layer2d, list_layers
 from crnn.models import Classifier, LayerFactory
+from crnn.models.detection import FCOSDetector
+from crnn.tasks import BaseTask, DetectionTask
+
+__all__ = [
+    "ConfigError",
+    "build_classifier",
+    "build_datamodule",
+    "build_detector",
+    "build_task",
+    "layer_factory",
+    "load_task",
+    "run_labels",
+    "task_from_config",
+]
+
+MODEL_NODES = ("task", "backbone", "rnn", "head")
+"""The config nodes a task is built from (and stored in its checkpoint)."""
 
 
-def instantiate_node(node: Mapping[str, Any], key: str, **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate(node, **kwargs)`` whose construction errors become one
-    :class:`ConfigError` naming ``key`` (Hydra wraps them in its own exception, with a traceback
-    that says nothing to a user). Errors that are not about the config pass through."""
-    try:
-        return instantiate(node, **kwargs)
-    except Exception as err:
-        cause = err
-        while cause.__cause__ is not None and not isinstance(cause, ConfigError):
-            cause = cause.__cause__
-        if isinstance(cause, ConfigError):
-            raise cause from None
-        if isinstance(cause, (TypeError, ValueError)):
-            raise ConfigError(f"{key} ({node.get('_target_')}): {cause}") from err
-        raise
+# --------------------------------------------------------------------------------------------
+# Networks
+# --------------------------------------------------------------------------------------------
+def layer_factory(rnn: Mapping[str, Any] | None) -> LayerFactory | None:
+    """``rnn`` node -> ``factory(in_channels, out_channels)`` building its layer; ``None`` for
+    ``rnn=none`` (``_target_: null``: the plain CNN, conv towers).
 
-
-def layer_factory(rnn_cfg: Mapping[str, Any] | None) -> LayerFactory | None:
-    """``rnn`` config node -> ``factory(in_channels, out_channels)``, or ``None`` for ``rnn=none``.
-
-    The node is a partial :func:`crnn.layers.build_layer` (``_target_``, ``_partial_: true``,
-    ``name`` and the layer's keyword arguments); ``{name: none}`` means "keep the plain CNN".
+    The node is instantiated once, as a partial of a registered layer class of
+    :mod:`crnn.layers`; a target that builds anything else is a :class:`ConfigError`.
     """
-    if rnn_cfg is None or rnn_cfg.get("name") == "none":
+    rnn = plain(rnn)
+    if rnn is None or rnn.get("_target_") is None:
         return None
-    factory = instantiate(rnn_cfg)
+    check_node(rnn, "rnn", injected=("in_channels", "out_channels"))
+    partial = instantiate_node(rnn, "rnn", _partial_=True)
 
-    def build(in_channels: int, out_channels: int) -> nn.Module:
+    def build(in_channels: int, out_channels: int) -> Layer2d:
         try:
-            return factory(in_channels=in_channels, out_channels=out_channels)
+            layer = partial(in_channels=in_channels, out_channels=out_channels)
         except (TypeError, ValueError) as err:
+            where = f"in {in_channels}, out {out_channels}"
+            raise ConfigError(f"rnn ({rnn['_target_']}, {where}): {err}") from err
+        if type(layer) not in set(LAYERS.values()):
             raise ConfigError(
-                f"rnn={rnn_cfg.get('name')} (in {in_channels}, out {out_channels}): {err}"
-            ) from err
+                f"rnn._target_={rnn['_target_']} is not a registered layer of crnn.layers "
+                f"({', '.join(list_layers())})"
+            )
+        return layer
 
     return build
 
 
-def _as_dict(cfg: Mapping[str, Any] | DictConfig | None) -> dict | None:
-    if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True)
-    return None if cfg is None else dict(cfg)
-
-
 def build_classifier(
     backbone: Mapping[str, Any],
-    rnn: Mapping[str, Any] | None,
     head: Mapping[str, Any],
+    factory: LayerFactory | None,
     num_classes: int,
-    input_shape: tuple[int, int, int] = (3, 32, 32),
+    input_shape: tuple[int, int, int],
 ) -> Classifier:
-    """Build the classifier from the ``backbone``, ``rnn`` and ``head`` config nodes.
-
-    The backbone is instantiated with the layer factory; the head gets the shape of the
-    backbone's feature map, found by one forward pass of a zero image of ``input_shape``.
-    Raises :class:`ConfigError` naming the keys when the combination cannot be built.
-    """
-    backbone, rnn, head = _as_dict(backbone), _as_dict(rnn), _as_dict(head)
-    if "layer_factory" not in inspect.signature(get_object(backbone["_target_"])).parameters:
-        raise ConfigError(
-            f"backbone ({backbone['_target_']}) is not a classification backbone: pick one of "
-            "resnet20, resnet32, resnet44, resnet56, mobilenetv2"
-        )
-    trunk = instantiate_node(backbone, "backbone", layer_factory=layer_factory(rnn))
+    """``head(backbone(x))``: the backbone gets the layer factory; the head gets the shape of the
+    backbone's feature map, found by one forward pass of a zero image of ``input_shape``."""
+    backbone, head = plain(backbone), plain(head)
+    check_node(backbone, "backbone", injected=("layer_factory",))
+    trunk = instantiate_node(backbone, "backbone", layer_factory=factory)
     was_training = trunk.training
     trunk.eval()
     with torch.no_grad():
         feature_shape = tuple(trunk(torch.zeros(1, *input_shape)).shape[1:])
     trunk.train(was_training)
-    try:
-        classifier_head = instantiate(head)(feature_shape=feature_shape, num_classes=num_classes)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"head ({head.get('_target_')}): {err}") from err
+    check_node(head, "head", injected=("feature_shape", "num_classes"))
+    classifier_head = instantiate_node(
+        head, "head", _partial_=False, feature_shape=feature_shape, num_classes=num_classes
+    )
     return Classifier(trunk, classifier_head)
 
 
+def build_detector(
+    backbone: Mapping[str, Any],
+    head: Mapping[str, Any],
+    factory: LayerFactory | None,
+    num_classes: int,
+    image_size: int,
+) -> FCOSDetector:
+    """The FCOS detector (``head``) on the FPN ``backbone``, towers of the layer factory."""
+    backbone, head = plain(backbone), plain(head)
+    check_node(backbone, "backbone")
+    trunk = instantiate_node(backbone, "backbone")
+    check_node(head, "head", injected=("backbone", "num_classes", "image_size", "layer_factory"))
+    return instantiate_node(
+        head,
+        "head",
+        _partial_=False,
+        backbone=trunk,
+        num_classes=num_classes,
+        image_size=image_size,
+        layer_factory=factory,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Data and task
+# --------------------------------------------------------------------------------------------
 def build_datamodule(cfg: Mapping[str, Any]):
-    """``cfg.data`` -> its LightningDataModule; construction errors become :class:`ConfigError`."""
+    """``cfg.data`` -> its LightningDataModule, after checking that the choices fit together
+    (before any file is read); construction errors become :class:`ConfigError`."""
+    check_fit(cfg)
     return instantiate_node(cfg["data"], "data")
 
 
-def build_task(cfg: Mapping[str, Any], datamodule):
-    """Instantiate ``cfg.task`` for this data; construction errors become :class:`ConfigError`."""
-    return instantiate_node(
-        cfg["task"], "task", num_classes=datamodule.num_classes, input_shape=tuple(datamodule.input_shape)
+def build_task(cfg: Mapping[str, Any], datamodule) -> BaseTask:
+    """``cfg.task`` with its network built from ``cfg.backbone``, ``cfg.rnn`` and ``cfg.head``
+    for this data (its class count and input shape)."""
+    check_fit(cfg)
+    return task_from_config(cfg, datamodule.num_classes, tuple(datamodule.input_shape))
+
+
+def task_from_config(
+    config: Mapping[str, Any], num_classes: int, input_shape: tuple[int, int, int]
+) -> BaseTask:
+    """The task of the ``task``, ``backbone``, ``rnn`` and ``head`` nodes of ``config``.
+
+    The ``rnn`` node is instantiated once (:func:`layer_factory`); ``task.optimizer`` and
+    ``task.scheduler`` become partials the task completes. The nodes, the class count and the
+    input shape are stored as the task's hyperparameters (:func:`load_task` reads them back).
+    """
+    nodes = {k: plain(config[k]) for k in MODEL_NODES}
+    task_node = dict(nodes["task"])
+    task_cls = target_of(task_node, "task")
+    factory = layer_factory(nodes["rnn"])
+    if issubclass(task_cls, DetectionTask):
+        net = build_detector(
+            nodes["backbone"], nodes["head"], factory, num_classes, max(int(s) for s in input_shape[1:])
+        )
+    else:
+        net = build_classifier(nodes["backbone"], nodes["head"], factory, num_classes, tuple(input_shape))
+    injected = {
+        "net": net,
+        "input_shape": tuple(input_shape),
+        "config": {**nodes, "num_classes": num_classes, "input_shape": list(input_shape)},
+    }
+    if "num_classes" in inspect.signature(task_cls).parameters:
+        injected["num_classes"] = num_classes
+    check_node(task_node, "task", injected=injected)
+    check_node(task_node["optimizer"], "task.optimizer", injected=("params",))
+    check_node(
+        task_node["scheduler"], "task.scheduler", injected=("optimizer", "total_steps", "steps_per_epoch")
     )
+    settings = {k: v for k, v in task_node.items() if not k.startswith("_")}
+    settings["optimizer"] = instantiate_node(task_node["optimizer"], "task.optimizer", _partial_=True)
+    settings["scheduler"] = instantiate_node(task_node["scheduler"], "task.scheduler", _partial_=True)
+    _try_schedule(settings["optimizer"], settings["scheduler"], net)
+    try:
+        return task_cls(**settings, **injected)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"task ({task_node['_target_']}): {err}") from err
+
+
+def _try_schedule(optimizer: Callable, scheduler: Callable, net: torch.nn.Module) -> None:
+    """Build the optimiser and the schedule once, on a throwaway optimiser, so that a setting
+    torch rejects (``task.optimizer.lr=-1``) fails now, naming the node, not after data loading."""
+    try:
+        trial = optimizer(net.parameters())
+    except (TypeError, ValueError) as err:
+        raise ConfigError(
+            f"task.optimizer ({optimizer.func.__module__}.{optimizer.func.__name__}): {err}"
+        ) from None
+    try:
+        scheduler(trial, total_steps=2, steps_per_epoch=1)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(
+            f"task.scheduler ({scheduler.func.__module__}.{scheduler.func.__name__}): {err}"
+        ) from None
+
+
+def load_task(checkpoint_path: str | Path, map_location: Any = None, strict: bool = True) -> BaseTask:
+    """The task a crnn checkpoint holds: rebuilt from its stored config, then its weights loaded."""
+    checkpoint = torch.load(checkpoint_path, map_location=map_location, weights_only=True)
+    stored = checkpoint.get("hyper_parameters") or {}
+    if not all(k in stored for k in (*MODEL_NODES, "num_classes", "input_shape")):
+        raise ConfigError(f"{checkpoint_path}: not a crnn task checkpoint (no task config in its hparams)")
+    task = task_from_config(stored, stored["num_classes"], tuple(stored["input_shape"]))
+    task.load_state_dict(checkpoint["state_dict"], strict=strict)
+    if isinstance(map_location, (str, torch.device)):
+        task.to(map_location)
+    return task
+
+
+# --------------------------------------------------------------------------------------------
+# Labels
+# --------------------------------------------------------------------------------------------
+def run_labels(task: BaseTask) -> dict[str, str | None]:
+    """What was built, by name: ``{"task", "backbone", "rnn", "cell", "head"}``.
+
+    Read from the built modules (``arch`` of the backbone and head, ``layer_name`` and
+    ``cell_name`` of the 2-D layer; ``rnn="none"``, ``cell=None`` when no layer was built), so the
+    labels of metrics.json, W&B and the tables cannot disagree with the model:
+    ``{"task": "classification", "backbone": "resnet20", "rnn": "sws_birnn", "cell": "rnn_tanh",
+    "head": "linear"}``.
+    """
+    layers = {type(m).layer_name: m for m in task.net.modules() if isinstance(m, Layer2d)}
+    if len(layers) > 1:
+        raise ConfigError(f"the model holds more than one kind of 2-D layer: {', '.join(sorted(layers))}")
+    layer = next(iter(layers.values()), None)
+    return {
+        "task": task.task_name,
+        "backbone": task.net.backbone.arch,
+        "rnn": layer.layer_name if layer is not None else "none",
+        "cell": getattr(layer, "cell_name", None),
+        "head": task.net.head.arch,
+    }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import urllib.error
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -14,25 +15,30 @@ from conftest import compose
 from torch import nn
 
 from crnn import complexity
-from crnn.builders import ConfigError
+from crnn.builders import ConfigError, build_datamodule, build_detector, build_task, load_task, run_labels
 from crnn.data import COCODataModule, SyntheticShapesDataModule, load_coco_json
-from crnn.layers import LAYERS
-from crnn.models.detection import FCOSNetwork, build_detector, mobilenet_v3_fpn
-from crnn.tasks import DetectionTask
+from crnn.layers import LAYERS, build_layer, list_layers
+from crnn.models.detection import FCOSDetector, FCOSNetwork, cifar_trunk_fpn, mobilenet_v3_fpn
+from crnn.tasks import DetectionTask, schedules
 from crnn.tasks.coco_eval import evaluate_detections, gather_detections, to_coco_detections
 
 ROOT = Path(__file__).resolve().parents[1]
 COCO_TINY = ROOT.parent / "shared/data/coco_tiny"
-RNNS = sorted(p.stem for p in (ROOT / "conf" / "rnn").glob("*.yaml"))
-LAYER_RNNS = [r for r in RNNS if r != "none"]
+RNNS = list_layers(include_none=True)
 TRUNK = {"_target_": "crnn.models.detection.cifar_trunk_fpn", "widths": [16, 32, 64], "blocks": [1, 1, 1]}
-HEAD = {"name": "fcos", "tower_depth": 2, "norm_groups": 8}
+HEAD = {
+    "_target_": "crnn.models.detection.FCOSDetector",
+    "_partial_": True,
+    "tower_depth": 2,
+    "norm_groups": 8,
+}
 
 
-def rnn_cfg(name: str) -> dict:
-    if name == "none":
-        return {"name": "none"}
-    return {"_target_": "crnn.layers.build_layer", "_partial_": True, "name": name}
+def detector(rnn: str = "none", num_classes: int = 3, size: int = 64, **head) -> FCOSDetector:
+    """The small test detector, built directly (constructor injection, no config)."""
+    factory = None if rnn == "none" else (lambda c_in, c_out: build_layer(rnn, c_in, c_out))
+    backbone = cifar_trunk_fpn(widths=[16, 32, 64], blocks=[1, 1, 1])
+    return FCOSDetector(backbone, num_classes, size, factory, **{"tower_depth": 2, "norm_groups": 8, **head})
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +157,7 @@ def test_detections_are_gathered_across_processes(coco_root, tmp_path):
 def test_conv_tower_is_torchvisions_standard_tower():
     from torchvision.models.detection.fcos import FCOSClassificationHead
 
-    net = build_detector(TRUNK, {"name": "none"}, {"name": "fcos", "norm_groups": 32}, 3, 64)
+    net = detector(tower_depth=4, norm_groups=32)
     reference = FCOSClassificationHead(64, 1, 3, num_convs=4).conv  # GroupNorm(32), as torchvision
     for tower in (net.head.classification_head.conv, net.head.regression_head.conv):
         assert [type(m) for m in tower] == [type(m) for m in reference]
@@ -161,9 +167,9 @@ def test_conv_tower_is_torchvisions_standard_tower():
         assert sum(isinstance(m, nn.GroupNorm) and m.num_groups == 32 for m in tower) == 4
 
 
-@pytest.mark.parametrize("rnn", LAYER_RNNS)
+@pytest.mark.parametrize("rnn", list_layers())
 def test_recurrent_tower_in_both_branches_shared_across_levels(rnn):
-    net = build_detector(TRUNK, rnn_cfg(rnn), HEAD, 3, 64)
+    net = detector(rnn)
     cls = LAYERS[rnn]
     for tower in (net.head.classification_head.conv, net.head.regression_head.conv):
         assert [type(m) for m in tower] == [cls, nn.GroupNorm, nn.ReLU] * 2
@@ -182,9 +188,9 @@ def test_recurrent_tower_init():
     """``tower_init=fcos`` (default): non-recurrent weight matrices N(0, 0.01), biases 0, recurrent
     matrices untouched; ``tower_init=layer`` keeps the layer's own initialisation."""
     torch.manual_seed(0)
-    own = build_detector(TRUNK, rnn_cfg("sws_birnn"), {**HEAD, "tower_init": "layer"}, 3, 64)
+    own = detector("sws_birnn", tower_init="layer")
     torch.manual_seed(0)
-    fcos = build_detector(TRUNK, rnn_cfg("sws_birnn"), HEAD, 3, 64)
+    fcos = detector("sws_birnn")
     a, b = own.head.classification_head.conv[0], fcos.head.classification_head.conv[0]  # built first
     for (name, p_own), (_, p_fcos) in zip(a.named_parameters(), b.named_parameters(), strict=True):
         if "weight_hh" in name:
@@ -193,13 +199,12 @@ def test_recurrent_tower_init():
             assert float(p_fcos.std()) == pytest.approx(0.01, rel=0.2) and float(p_own.std()) > 0.05
         else:  # biases
             assert not p_fcos.any() and p_own.any(), name
-    with pytest.raises(ConfigError, match="tower_init"):
-        build_detector(TRUNK, rnn_cfg("srnn"), {**HEAD, "tower_init": "xavier"}, 3, 64)
+    with pytest.raises(ConfigError, match="head.tower_init must be 'fcos' or 'layer'"):
+        build_detector(TRUNK, {**HEAD, "tower_init": "xavier"}, None, 3, 64)
 
 
 def test_tower_width_and_depth_are_configurable():
-    head = {"name": "fcos", "tower_depth": 3, "tower_channels": 48, "norm_groups": 16}
-    net = build_detector(TRUNK, rnn_cfg("srnn"), head, 5, 64)
+    net = detector("srnn", num_classes=5, tower_depth=3, tower_channels=48, norm_groups=16)
     tower = net.head.regression_head.conv
     assert len(tower) == 9 and tower[0].in_channels == 64 and tower[0].out_channels == 48
     assert net.head.classification_head.cls_logits.in_channels == 48
@@ -209,16 +214,30 @@ def test_tower_width_and_depth_are_configurable():
 @pytest.mark.parametrize(
     ("backbone", "head", "match"),
     [
-        (TRUNK, {"name": "fcos", "norm_groups": 12}, "head.norm_groups=12"),
-        (TRUNK, {"_target_": "crnn.models.LinearHead", "_partial_": True}, "head=fcos"),
-        ({"_target_": "crnn.models.CifarResNet", "depth": 20}, HEAD, "not a detection backbone"),
-        (TRUNK, {"name": "fcos", "tower_dpth": 2}, "tower_dpth"),
-        ({**TRUNK, "extra_levels": 3}, HEAD, "extra_levels"),
+        (TRUNK, {**HEAD, "norm_groups": 12}, "head.norm_groups=12"),
+        (TRUNK, {**HEAD, "tower_dpth": 2}, "head.tower_dpth: not a setting"),
+        (TRUNK, {**HEAD, "tower_depth": -1}, "head.tower_depth must be a non-negative int"),
+        ({**TRUNK, "extra_levels": 3}, HEAD, "backbone.extra_levels must be 0, 1 or 2"),
+        ({**TRUNK, "widths": [16, -32, 64]}, HEAD, "backbone.widths"),
     ],
 )
 def test_bad_configs_fail_with_a_message_naming_the_key(backbone, head, match):
     with pytest.raises(ConfigError, match=match):
-        build_detector(backbone, {"name": "none"}, head, 3, 64)
+        build_detector(backbone, head, None, 3, 64)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["head=linear"], "head=linear is not a detection head: task=detection takes head=fcos"),
+        (["backbone=resnet20"], "backbone=resnet20 is not a detection backbone: .*cifar_trunk_fpn"),
+        (["data=cifar100"], "data=cifar100 is classification data but task=detection"),
+    ],
+)
+def test_choices_that_do_not_fit_detection_name_the_ones_that_do(overrides, match, tmp_path):
+    cfg = compose(["experiment=synthetic_shapes_detection", *overrides], tmp_path)
+    with pytest.raises(ConfigError, match=match):
+        build_datamodule(cfg)
 
 
 def test_pretrained_weights_unavailable_offline_is_a_clear_error(monkeypatch):
@@ -239,8 +258,8 @@ def test_macs_of_recurrent_towers_follow_the_layers_closed_forms():
     """Whole-detector MACs (backbone + FPN + head, counted by crnn.complexity) change from the conv
     tower to an SRNN tower by exactly the towers' difference: 2 branches x depth x levels."""
     size, channels = 64, 64
-    conv = build_detector(TRUNK, {"name": "none"}, HEAD, 3, size)
-    srnn = build_detector(TRUNK, rnn_cfg("srnn"), HEAD, 3, size)
+    conv = detector("none", size=size)
+    srnn = detector("srnn", size=size)
     macs = {
         k: complexity.count_macs(FCOSNetwork(m), torch.zeros(1, 3, size, size))
         for k, m in (("c", conv), ("s", srnn))
@@ -249,21 +268,21 @@ def test_macs_of_recurrent_towers_follow_the_layers_closed_forms():
     diff = 0
     for stride in srnn.backbone.strides:
         h = w = size // stride
-        diff += 2 * HEAD["tower_depth"] * (layer.closed_form_macs(h, w) - 9 * channels * channels * h * w)
+        diff += 2 * 2 * (layer.closed_form_macs(h, w) - 9 * channels * channels * h * w)
     assert macs["s"] - macs["c"] == diff
     assert complexity.count_params(FCOSNetwork(conv)) == complexity.count_params(conv)
 
 
-def test_default_coco_detector_is_small_and_countable():
-    task = DetectionTask(
-        backbone={"_target_": "crnn.models.detection.mobilenet_v3_fpn"},
-        rnn={"name": "none"},
-        head={"name": "fcos"},
-        num_classes=80,
-        input_shape=(3, 320, 320),
-        optimizer={"name": "adamw", "lr": 1e-3},
-        scheduler={"name": "cosine"},
-    )
+def test_default_coco_detector_is_small_and_countable(tmp_path):
+    cfg = compose(["experiment=coco_detection", "rnn=none", f"paths.data_dir={tmp_path}"], tmp_path)
+    task = build_task(cfg, build_datamodule(cfg))
+    assert run_labels(task) == {
+        "task": "detection",
+        "backbone": "mobilenet_v3_fpn",
+        "rnn": "none",
+        "cell": None,
+        "head": "fcos",
+    }
     module, inputs = task.complexity_inputs()
     assert inputs[0].shape == (1, 3, 320, 320)
     params, macs = complexity.count_params(module), complexity.count_macs(module, *inputs)
@@ -273,21 +292,22 @@ def test_default_coco_detector_is_small_and_countable():
 # ------------------------------------------------------------------------------------------------
 # configs and training runs
 # ------------------------------------------------------------------------------------------------
-def test_data_choice_brings_the_detection_defaults(tmp_path):
-    cfg = compose(["data=coco"], tmp_path)
-    assert cfg.task._target_ == "crnn.tasks.DetectionTask" and cfg.head.name == "fcos"
+def test_detection_presets_bring_the_detection_defaults(tmp_path):
+    cfg = compose(["experiment=coco_detection"], tmp_path)
+    assert cfg.task._target_ == "crnn.tasks.DetectionTask" and cfg.head._target_.endswith("FCOSDetector")
     assert cfg.backbone._target_.endswith("mobilenet_v3_fpn") and cfg.data.image_size == 320
     assert cfg.task.monitor == "val/AP"
-    cfg = compose(["data=coco", "backbone=resnet18_fpn", "rnn=srnn"], tmp_path)
-    assert cfg.backbone._target_.endswith("resnet18_fpn") and cfg.rnn.name == "srnn"
-    cfg = compose(["data=synthetic_shapes"], tmp_path)
+    cfg = compose(["experiment=coco_detection", "backbone=resnet18_fpn", "rnn=srnn"], tmp_path)
+    assert cfg.backbone._target_.endswith("resnet18_fpn") and cfg.rnn._target_ == "crnn.layers.SRNN"
+    cfg = compose(["experiment=synthetic_shapes_detection"], tmp_path)
     assert cfg.backbone._target_.endswith("cifar_trunk_fpn") and cfg.data.image_size == 128
-    cfg = compose(["data=coco_tiny"], tmp_path)
+    cfg = compose(["data=coco_tiny", "experiment=coco_detection"], tmp_path)  # the command line wins
     assert Path(cfg.data.root).resolve() == COCO_TINY.resolve()
 
 
 def coco_overrides(root: Path, *extra: str, size: int = 64) -> list[str]:
     return [
+        "experiment=coco_detection",
         "data=coco",
         f"data.root={root}",
         f"data.image_size={size}",
@@ -322,7 +342,7 @@ def test_fast_dev_run_default_coco_detector(coco_root, tmp_path):
     from crnn.train import train
 
     overrides = [
-        "data=coco",
+        "experiment=coco_detection",
         f"data.root={coco_root}",
         "data.image_size=128",
         "data.num_workers=0",
@@ -363,7 +383,8 @@ def test_train_checkpoint_and_crnn_eval(coco_root, tmp_path):
     assert {d["image_id"] for d in detections} <= {2000, 2001, 2002, 2003}
     ckpt = tmp_path / "checkpoints" / "last.ckpt"
     task = DetectionTask.load_from_checkpoint(ckpt, map_location="cpu")
-    assert task.hparams.rnn["name"] == "srnn" and task.image_size == 64
+    assert run_labels(task)["rnn"] == "srnn" and task.image_size == 64
+    torch.testing.assert_close(load_task(ckpt).state_dict(), task.state_dict())
     evaluated = evaluate(ckpt, output_dir=tmp_path / "eval")
     assert evaluated["val/AP"] == pytest.approx(result["val/AP"], abs=1e-6)
     assert (tmp_path / "eval" / "metrics.json").is_file() and (
@@ -378,13 +399,10 @@ def test_wandb_images_with_predicted_and_true_boxes(coco_root, tmp_path, monkeyp
     monkeypatch.setenv("WANDB_MODE", "offline")
     dm = COCODataModule(root=str(coco_root), image_size=64, batch_size=4, num_workers=0)
     task = DetectionTask(
-        backbone=TRUNK,
-        rnn={"name": "none"},
-        head=HEAD,
-        num_classes=80,
+        detector(num_classes=80),
         input_shape=(3, 64, 64),
-        optimizer={"name": "adamw", "lr": 1e-3},
-        scheduler={"name": "constant"},
+        optimizer=partial(torch.optim.AdamW, lr=1e-3),
+        scheduler=schedules.constant,
         evaluation={"log_images_every_n_epochs": 1, "num_log_images": 2, "log_images_score_thresh": 0.0},
     )
     logged = []
@@ -448,13 +466,10 @@ def test_short_run_on_synthetic_shapes_beats_untrained(tmp_path):
         num_workers=1,
     )
     task = DetectionTask(
-        backbone={"_target_": "crnn.models.detection.cifar_trunk_fpn"},
-        rnn={"name": "none"},
-        head={"name": "fcos"},
-        num_classes=3,
+        FCOSDetector(cifar_trunk_fpn(), 3, 128),
         input_shape=(3, 128, 128),
-        optimizer={"name": "adamw", "lr": 2e-3, "weight_decay": 0.05},
-        scheduler={"name": "cosine", "warmup_epochs": 0.3, "min_lr_ratio": 0.01},
+        optimizer=partial(torch.optim.AdamW, lr=2e-3, weight_decay=0.05),
+        scheduler=partial(schedules.cosine, warmup_epochs=0.3, min_lr_ratio=0.01),
         evaluation={"save_detections": False},
     )
     before, after = _train_and_eval(task, dm, 4, tmp_path, clip=1.0)
@@ -472,13 +487,10 @@ def test_overfit_coco_tiny_train_images(tmp_path):
         root=str(COCO_TINY), image_size=256, batch_size=8, num_workers=1, val_split="train2017", hflip=0.0
     )
     task = DetectionTask(
-        backbone={"_target_": "crnn.models.detection.cifar_trunk_fpn", "extra_levels": 1},
-        rnn={"name": "none"},
-        head={"name": "fcos"},
-        num_classes=80,
+        FCOSDetector(cifar_trunk_fpn(extra_levels=1), 80, 256),
         input_shape=(3, 256, 256),
-        optimizer={"name": "adamw", "lr": 5e-3, "weight_decay": 0.0},
-        scheduler={"name": "cosine", "warmup_epochs": 1, "min_lr_ratio": 0.05},
+        optimizer=partial(torch.optim.AdamW, lr=5e-3, weight_decay=0.0),
+        scheduler=partial(schedules.cosine, warmup_epochs=1, min_lr_ratio=0.05),
         evaluation={"save_detections": False},
     )
     before, after = _train_and_eval(task, dm, int(os.environ.get("CRNN_OVERFIT_EPOCHS", "40")), tmp_path)

@@ -126,3 +126,23 @@ def test_last_readout_is_each_directions_final_state(bidirectional):
 def test_sequence_head_rejects_a_pooled_map():
     with pytest.raises(ValueError, match="spatial feature map"):
         SequenceHead((64, 1, 1), 10)
+
+
+def test_cifar_resnet_starts_from_the_published_recipes_kaiming_init():
+    """Every conv of the ResNet is Kaiming-normal, fan_out: std sqrt(2 / (C_out k k)); an inserted
+    2-D layer keeps its own initialisation (a ConvLayer: PyTorch's, std 1 / sqrt(3 C_in k k))."""
+    torch.manual_seed(0)
+    net = CifarResNet(20, replace="last", layer_factory=factory("conv"))
+    layer = net.blocks[-1].layer
+    own = {id(p) for p in layer.parameters()}
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d) and id(m.weight) not in own]
+    assert len(convs) == 1 + 2 * 8 + 2  # stem, 8 kept basic blocks, 2 projection shortcuts
+    for conv in convs:
+        c_out, c_in, k, _ = conv.weight.shape
+        if conv.weight.numel() >= 2000:  # enough samples for a 10% check
+            assert float(conv.weight.std()) == pytest.approx((2 / (c_out * k * k)) ** 0.5, rel=0.1)
+    weight = layer.conv.weight
+    c_in, k = weight.shape[1], weight.shape[2]
+    assert float(weight.std()) == pytest.approx((1 / (3 * c_in * k * k)) ** 0.5, rel=0.1)
+    for bn in (m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        assert bool((bn.weight == 1).all()) and not bn.bias.any()

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from .cells import VANILLA_CELLS, get_cell
 from .registry import Layer2d, check_positive, register_layer
 
-__all__ = ["RNN2D", "RNN2D4Way", "diagonal_schedule"]
+__all__ = ["RNN2D", "RNN2D4Way"]
 
 
 class _Schedule:
@@ -47,10 +47,6 @@ class _Schedule:
         self.flip_order = torch.as_tensor(flips[order], device=device)  # (P, 4): raster of original
         flip_inverse = inverse[flips] * 4 + np.arange(4)  # (HW, 4): into (P * 4) flattened
         self.flip_inverse = torch.as_tensor(flip_inverse.reshape(-1), device=device)
-
-
-def diagonal_schedule(height: int, width: int, device: torch.device | str = "cpu") -> _Schedule:
-    return _schedule(height, width, torch.device(device))
 
 
 _SCHEDULES: dict[tuple[int, int, torch.device], _Schedule] = {}

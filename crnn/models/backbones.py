@@ -1,9 +1,9 @@
 """Backbones for 32x32 input (CIFAR), each able to swap chosen blocks for a 2-D layer.
 
-Every backbone maps ``(B, 3, 32, 32) -> (B, out_channels, h, w)`` and exposes ``out_channels``
-and ``blocks`` (the replaceable blocks in order). Which blocks are replaced is given by
-``replace`` (see :func:`crnn.models.blocks.parse_replace`); with ``layer_factory=None`` nothing is
-replaced and the backbone is the plain CNN.
+Every backbone maps ``(B, 3, 32, 32) -> (B, out_channels, h, w)`` and exposes ``out_channels``,
+``blocks`` (the replaceable blocks in order) and ``arch`` (its name in run labels: ``resnet20``).
+Which blocks are replaced is given by ``replace`` (see :func:`crnn.models.blocks.parse_replace`);
+with ``layer_factory=None`` nothing is replaced and the backbone is the plain CNN.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from crnn.models.blocks import LayerFactory, ReplacementBlock, parse_replace
+from crnn.models.blocks import LayerFactory, PositiveFloat, PositiveInt, ReplacementBlock, parse_replace
 
 
 def conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1):
@@ -21,6 +21,17 @@ def conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int =
         ),
         nn.BatchNorm2d(out_channels),
     )
+
+
+def kaiming_init_(module: nn.Module) -> nn.Module:
+    """Kaiming-normal (``fan_out``, ReLU gain) convolutions, BatchNorm weight 1 and bias 0."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    return module
 
 
 class BasicBlock(nn.Module):
@@ -52,6 +63,13 @@ class CifarResNet(nn.Module):
     """CIFAR ResNet-(6n+2) of He et al. (2016): a 3x3 stem, three stages of n basic blocks with
     16/32/64 channels (x ``width`` / 16) at 32x32, 16x16 and 8x8.
 
+    Initialisation: every convolution of the ResNet (stem, blocks, projection shortcuts) is
+    Kaiming-normal with ``mode="fan_out"`` (std ``sqrt(2 / (C_out * k * k))``), BatchNorm weight 1
+    and bias 0, the linear classifier PyTorch's default: the from-scratch recipe of the published
+    CIFAR-100 ResNet-20 (68.8% top-1; chenyaofo/pytorch-cifar-models, the torchvision ResNet
+    recipe), with which this network is parameter-for-parameter identical. An inserted 2-D layer
+    keeps its own initialisation.
+
     A replaced basic block becomes :class:`ReplacementBlock` with ``post_activation=True``:
     ``relu(BN(layer(pool(x))) + shortcut(x))``: the two convs and their inner BN-ReLU become the
     layer, the outer BN, the block's own shortcut (identity or strided 1x1 conv + BN) and the ReLU
@@ -62,23 +80,25 @@ class CifarResNet(nn.Module):
 
     def __init__(
         self,
-        depth: int = 20,
-        width: int = 16,
+        depth: PositiveInt = 20,
+        width: PositiveInt = 16,
         replace: str | int | list | None = "last",
         layer_factory: LayerFactory | None = None,
     ):
         super().__init__()
+        self.arch = f"resnet{depth}"
         if (depth - 2) % 6 != 0 or depth < 8:
             raise ValueError(f"backbone.depth={depth}: a CIFAR ResNet has depth 6n+2 (20, 32, 44, 56, ...)")
         n = (depth - 2) // 6
         widths = [width, 2 * width, 4 * width]
         self.stem = nn.Sequential(conv_bn(3, width, 3), nn.ReLU(inplace=True))
+        kaiming_init_(self.stem)
         replaced = parse_replace(replace, [n, n, n]) if layer_factory is not None else set()
         blocks, in_channels = [], width
         for stage, out_channels in enumerate(widths):
             for i in range(n):
                 stride = 2 if stage > 0 and i == 0 else 1
-                block = BasicBlock(in_channels, out_channels, stride)
+                block = kaiming_init_(BasicBlock(in_channels, out_channels, stride))
                 if len(blocks) in replaced:
                     block = ReplacementBlock(
                         layer_factory(in_channels, out_channels),
@@ -148,10 +168,12 @@ class MobileNetV2Cifar(nn.Module):
         (6, 320, 1, 1),
     ]
 
+    arch = "mobilenetv2"
+
     def __init__(
         self,
-        width_mult: float = 1.0,
-        last_channels: int = 1280,
+        width_mult: PositiveFloat = 1.0,
+        last_channels: PositiveInt = 1280,
         replace: str | int | list | None = "last",
         layer_factory: LayerFactory | None = None,
     ):

@@ -11,7 +11,8 @@ are used as they are. This module supplies
   built by :func:`build_tower` (``rnn=none``: the standard ``conv3x3 + GroupNorm + ReLU`` stack;
   otherwise ``layer + GroupNorm + ReLU`` blocks of the chosen 2-D layer). As in FCOS, one tower per
   branch is shared by all pyramid levels;
-- :func:`build_detector`, the bridge from the ``backbone``, ``rnn`` and ``head`` config nodes.
+- :class:`FCOSDetector`: torchvision FCOS on such a backbone with those towers; the layer arrives
+  as a ``layer_factory(in_channels, out_channels)`` (constructor injection: no config here).
 
 Why FCOS: anchor-free (one point per location, so a layer that changes the tower changes nothing
 about anchor design), GroupNorm towers that are shared across levels (exactly the place a
@@ -24,11 +25,12 @@ from __future__ import annotations
 import math
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
+from annotated_types import Ge, Interval
 from torch import nn
 from torchvision.models import get_model_weights
 from torchvision.models._utils import IntermediateLayerGetter
@@ -40,13 +42,16 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-LayerFactory = Callable[[int, int], nn.Module]
+from crnn.models.blocks import LayerFactory, PositiveFloat, PositiveInt
+
+NonNegativeInt = Annotated[int, Ge(0)]
+Probability = Annotated[float, Interval(gt=0, lt=1)]
 
 __all__ = [
+    "FCOSDetector",
     "FCOSNetwork",
     "FCOSTowerHead",
     "FPNBackbone",
-    "build_detector",
     "build_tower",
     "cifar_trunk_fpn",
     "mobilenet_v3_fpn",
@@ -62,7 +67,8 @@ class FPNBackbone(nn.Module):
 
     ``extra_levels``: 0 (P3-P5), 1 (P6 by stride-2 max-pool, torchvision's ``LastLevelMaxPool``)
     or 2 (P6, P7 by stride-2 convs, torchvision's ``LastLevelP6P7`` as in FCOS/RetinaNet).
-    Attributes: ``out_channels`` (all levels), ``strides`` (one per level).
+    Attributes: ``out_channels`` (all levels), ``strides`` (one per level), ``arch`` (its name in
+    run labels).
     """
 
     def __init__(
@@ -72,8 +78,10 @@ class FPNBackbone(nn.Module):
         strides: list[int],
         fpn_channels: int = 64,
         extra_levels: int = 2,
+        arch: str = "fpn",
     ):
         super().__init__()
+        self.arch = arch
         if extra_levels not in (0, 1, 2):
             raise ValueError(f"backbone.extra_levels={extra_levels}: valid values are 0, 1 (P6), 2 (P6, P7)")
         if fpn_channels < 1:
@@ -152,11 +160,11 @@ def _stride_ends(layers: nn.Sequential, probe: int = 64) -> dict[int, int]:
 
 
 def mobilenet_v3_fpn(
-    variant: str = "large",
-    width_mult: float = 1.0,
+    variant: Literal["large", "small"] = "large",
+    width_mult: PositiveFloat = 1.0,
     weights: str | None = None,
-    fpn_channels: int = 64,
-    extra_levels: int = 1,
+    fpn_channels: PositiveInt = 64,
+    extra_levels: Literal[0, 1, 2] = 1,
 ) -> FPNBackbone:
     """torchvision MobileNetV3 (``large`` | ``small``) ``features``; C3, C4, C5 = the last layer at
     strides 8, 16, 32 (for ``large``: 40, 112, 960 channels at width 1) -> FPN."""
@@ -176,13 +184,13 @@ def mobilenet_v3_fpn(
         features.eval()
         chans = [t.shape[1] for t in body(torch.zeros(1, 3, 64, 64)).values()]
         features.train()
-    return FPNBackbone(body, chans, [8, 16, 32], fpn_channels, extra_levels)
+    return FPNBackbone(body, chans, [8, 16, 32], fpn_channels, extra_levels, arch="mobilenet_v3_fpn")
 
 
 def resnet18_fpn(
     weights: str | None = None,
-    fpn_channels: int = 64,
-    extra_levels: int = 1,
+    fpn_channels: PositiveInt = 64,
+    extra_levels: Literal[0, 1, 2] = 1,
 ) -> FPNBackbone:
     """torchvision ResNet-18; C3, C4, C5 = ``layer2``, ``layer3``, ``layer4`` (128, 256, 512 ch) -> FPN.
 
@@ -194,7 +202,7 @@ def resnet18_fpn(
     norm = {"norm_layer": FrozenBatchNorm2d} if weights else {}
     model = _build_classifier_model("resnet18", weights, tvm.resnet18, **norm)
     body = IntermediateLayerGetter(model, {"layer2": "c3", "layer3": "c4", "layer4": "c5"})
-    return FPNBackbone(body, [128, 256, 512], [8, 16, 32], fpn_channels, extra_levels)
+    return FPNBackbone(body, [128, 256, 512], [8, 16, 32], fpn_channels, extra_levels, arch="resnet18_fpn")
 
 
 class CifarTrunk(nn.Sequential):
@@ -239,11 +247,11 @@ class CifarTrunk(nn.Sequential):
 
 
 def cifar_trunk_fpn(
-    widths: list[int] | tuple[int, ...] = (32, 64, 128),
-    blocks: list[int] | tuple[int, ...] = (2, 2, 2),
-    stem_channels: int = 16,
-    fpn_channels: int = 64,
-    extra_levels: int = 0,
+    widths: list[PositiveInt] | tuple[PositiveInt, ...] = (32, 64, 128),
+    blocks: list[PositiveInt] | tuple[PositiveInt, ...] = (2, 2, 2),
+    stem_channels: PositiveInt = 16,
+    fpn_channels: PositiveInt = 64,
+    extra_levels: Literal[0, 1, 2] = 0,
     weights: str | None = None,
 ) -> FPNBackbone:
     """:class:`CifarTrunk` (random init only) -> FPN; for small inputs (``synthetic_shapes``)."""
@@ -251,7 +259,7 @@ def cifar_trunk_fpn(
         raise ValueError(f"backbone.weights={weights!r}: cifar_trunk_fpn has no pretrained weights; use null")
     trunk = CifarTrunk(tuple(widths), tuple(blocks), stem_channels)
     body = IntermediateLayerGetter(trunk, {"stage1": "c3", "stage2": "c4", "stage3": "c5"})
-    return FPNBackbone(body, list(widths), [8, 16, 32], fpn_channels, extra_levels)
+    return FPNBackbone(body, list(widths), [8, 16, 32], fpn_channels, extra_levels, arch="cifar_trunk_fpn")
 
 
 # --------------------------------------------------------------------------------------------
@@ -285,8 +293,8 @@ def build_tower(
     channels: int,
     depth: int,
     norm_groups: int,
-    layer_factory: LayerFactory | None = None,
-    init: str = "fcos",
+    layer_factory: LayerFactory | None,
+    init: str,
 ) -> nn.Sequential:
     """``depth`` blocks of ``layer + GroupNorm(norm_groups) + ReLU``; the first maps
     ``in_channels -> channels``.
@@ -332,18 +340,21 @@ class FCOSTowerHead(FCOSHead):
     level with shared weights) are :func:`build_tower` stacks: the standard conv tower for
     ``layer_factory=None``, a tower of the 2-D layer otherwise. The predictors
     (``cls_logits``, ``bbox_reg``, ``bbox_ctrness``: 3x3 convs) read ``tower_channels``.
+    Built by :class:`FCOSDetector`, where the defaults of its settings live.
     """
+
+    arch = "fcos"
 
     def __init__(
         self,
         in_channels: int,
         num_classes: int,
-        layer_factory: LayerFactory | None = None,
-        tower_depth: int = 4,
-        tower_channels: int | None = None,
-        norm_groups: int = 16,
-        prior_probability: float = 0.01,
-        tower_init: str = "fcos",
+        layer_factory: LayerFactory | None,
+        tower_depth: int,
+        tower_channels: int | None,
+        norm_groups: int,
+        prior_probability: float,
+        tower_init: str,
     ):
         channels = tower_channels or in_channels
         super().__init__(channels, num_anchors=1, num_classes=num_classes, num_convs=0)
@@ -375,107 +386,68 @@ class FCOSNetwork(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
-# Config -> detector
+# Detector
 # --------------------------------------------------------------------------------------------
-_HEAD_KEYS = {
-    "name",
-    "tower_depth",
-    "tower_channels",
-    "norm_groups",
-    "prior_probability",
-    "tower_init",
-    "center_sampling_radius",
-    "score_thresh",
-    "nms_thresh",
-    "detections_per_img",
-    "topk_candidates",
-}
+class FCOSDetector(FCOS):
+    """torchvision :class:`~torchvision.models.detection.FCOS` on ``backbone`` with
+    :class:`FCOSTowerHead` towers of ``layer_factory``'s layer (``None``: conv towers).
 
-
-def _plain(cfg: Any) -> Any:
-    from omegaconf import DictConfig, OmegaConf
-
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
-
-
-def build_detector(
-    backbone: Mapping[str, Any],
-    rnn: Mapping[str, Any] | None,
-    head: Mapping[str, Any],
-    num_classes: int,
-    image_size: int,
-) -> FCOS:
-    """FCOS from the ``backbone``, ``rnn`` and ``head`` config nodes.
-
-    - ``backbone``: ``_target_`` one of this module's ``*_fpn`` builders and its arguments.
-    - ``rnn``: ``{name: none}`` (conv towers) or a partial :func:`crnn.layers.build_layer` node.
-    - ``head``: ``name: fcos``, tower settings (``tower_depth``, ``tower_channels``, ``norm_groups``,
-      ``prior_probability``, ``tower_init``) and FCOS settings (``center_sampling_radius``, ``score_thresh``,
-      ``nms_thresh``, ``detections_per_img``, ``topk_candidates``).
-
-    Images are resized inside the model so the longer side is ``image_size`` (a no-op for the data
-    modules, which already do so) and padded to a multiple of the largest stride. One point per
-    location, of size = the level's stride (torchvision FCOS's convention).
-    Raises :class:`crnn.builders.ConfigError` naming the keys when the combination cannot be built.
+    Every default of the detector lives here, once: the tower settings (``tower_depth``,
+    ``tower_channels`` (``None`` = the FPN width), ``norm_groups``, ``prior_probability``,
+    ``tower_init``) and torchvision FCOS's training and inference settings
+    (``center_sampling_radius``, ``score_thresh``, ``nms_thresh``, ``detections_per_img``,
+    ``topk_candidates``). Images are resized inside the model so the longer side is ``image_size``
+    (a no-op for the data modules, which already do so) and padded to a multiple of the largest
+    stride. One point per location, of size = the level's stride (torchvision FCOS's convention).
+    Input: list of ``(3, h, w)`` images in [0, 1]; output: training, the loss dict; eval, one
+    ``{boxes (N, 4) xyxy, scores (N,), labels (N,)}`` per image.
     """
-    from hydra.utils import instantiate
 
-    from crnn.builders import ConfigError, layer_factory
-
-    backbone, rnn, head = _plain(backbone), _plain(rnn), dict(_plain(head) or {})
-    if head.get("name") != "fcos":
-        raise ConfigError(
-            f"head={head.get('name') or head.get('_target_')} is not a detection head: detection (data=coco, "
-            "data=synthetic_shapes) needs head=fcos"
-        )
-    unknown = set(head) - _HEAD_KEYS
-    if unknown:
-        raise ConfigError(f"head (fcos): unknown keys {sorted(unknown)}; valid: {sorted(_HEAD_KEYS)}")
-    target = str((backbone or {}).get("_target_", ""))
-    if not target.startswith(__name__ + "."):
-        raise ConfigError(
-            f"backbone={target or backbone}: not a detection backbone; use backbone=mobilenet_v3_fpn, "
-            "resnet18_fpn or cifar_trunk_fpn"
-        )
-    try:
-        trunk = instantiate(backbone)
-    except Exception as err:
-        raise ConfigError(f"backbone ({target}): {err.__cause__ or err}") from err
-    factory = layer_factory(rnn)
-    try:
-        fcos_head = FCOSTowerHead(
-            trunk.out_channels,
+    def __init__(
+        self,
+        backbone: FPNBackbone,
+        num_classes: int,
+        image_size: int,
+        layer_factory: LayerFactory | None = None,
+        tower_depth: NonNegativeInt = 4,
+        tower_channels: PositiveInt | None = None,
+        norm_groups: PositiveInt = 16,
+        prior_probability: Probability = 0.01,
+        tower_init: Literal["fcos", "layer"] = "fcos",
+        center_sampling_radius: float = 1.5,
+        score_thresh: Probability = 0.05,
+        nms_thresh: Probability = 0.6,
+        detections_per_img: PositiveInt = 100,
+        topk_candidates: PositiveInt = 1000,
+    ):
+        head = FCOSTowerHead(
+            backbone.out_channels,
             num_classes,
-            layer_factory=factory,
-            tower_depth=head.get("tower_depth", 4),
-            tower_channels=head.get("tower_channels"),
-            norm_groups=head.get("norm_groups", 16),
-            prior_probability=head.get("prior_probability", 0.01),
-            tower_init=head.get("tower_init", "fcos"),
+            layer_factory,
+            tower_depth,
+            tower_channels,
+            norm_groups,
+            prior_probability,
+            tower_init,
         )
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"head (fcos) with rnn={(rnn or {}).get('name')}: {err}") from err
-    strides = trunk.strides
-    if image_size % strides[-1]:
-        warnings.warn(
-            f"image size {image_size} is not a multiple of the largest stride {strides[-1]}: batches are "
-            f"padded up to a multiple of it",
-            stacklevel=2,
+        strides = backbone.strides
+        if image_size % strides[-1]:
+            warnings.warn(
+                f"image size {image_size} is not a multiple of the largest stride {strides[-1]}: batches are "
+                f"padded up to a multiple of it",
+                stacklevel=2,
+            )
+        super().__init__(
+            backbone,
+            num_classes,
+            min_size=image_size,
+            max_size=image_size,
+            anchor_generator=AnchorGenerator(tuple((s,) for s in strides), ((1.0,),) * len(strides)),
+            head=head,
+            center_sampling_radius=center_sampling_radius,
+            score_thresh=score_thresh,
+            nms_thresh=nms_thresh,
+            detections_per_img=detections_per_img,
+            topk_candidates=topk_candidates,
+            size_divisible=strides[-1],
         )
-    anchors = AnchorGenerator(tuple((s,) for s in strides), ((1.0,),) * len(strides))
-    return FCOS(
-        trunk,
-        num_classes,
-        min_size=image_size,
-        max_size=image_size,
-        anchor_generator=anchors,
-        head=fcos_head,
-        center_sampling_radius=head.get("center_sampling_radius", 1.5),
-        score_thresh=head.get("score_thresh", 0.05),
-        nms_thresh=head.get("nms_thresh", 0.6),
-        detections_per_img=head.get("detections_per_img", 100),
-        topk_candidates=head.get("topk_candidates", 1000),
-        size_divisible=strides[-1],
-    )

@@ -1,18 +1,24 @@
 """Classification heads on a backbone feature map ``(B, C, h, w) -> (B, num_classes)``.
 
-Each head is built as ``head(feature_shape=(C, h, w), num_classes=K)``.
+Each head is built as ``head(feature_shape=(C, h, w), num_classes=K)``; ``arch`` is its name in
+run labels.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from torch import nn
 
 from crnn.layers.cells import get_cell
+from crnn.models.blocks import PositiveInt
 
 
 class LinearHead(nn.Module):
     """Global average pool + fully connected layer. ``(B, C, h, w) -> (B, num_classes)``."""
+
+    arch = "linear"
 
     def __init__(self, feature_shape: tuple[int, int, int], num_classes: int, dropout: float = 0.0):
         super().__init__()
@@ -40,6 +46,7 @@ class SequenceHead(nn.Module):
     Shapes: ``(B, C, h, w) -> (B, num_classes)``.
     """
 
+    arch = "sequence"
     SCANS = ("pixels", "rows", "cols")
     DIRECTIONS = ("none", "standard", "shared")
     READOUTS = ("last", "mean")
@@ -49,10 +56,10 @@ class SequenceHead(nn.Module):
         feature_shape: tuple[int, int, int],
         num_classes: int,
         cell: str = "lstm",
-        hidden_size: int = 128,
-        scan: str = "pixels",
-        bidirectional: str = "none",
-        readout: str = "last",
+        hidden_size: PositiveInt = 128,
+        scan: Literal["pixels", "rows", "cols"] = "pixels",
+        bidirectional: Literal["none", "standard", "shared"] = "none",
+        readout: Literal["last", "mean"] = "last",
         dropout: float = 0.0,
     ):
         super().__init__()

@@ -3,41 +3,40 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Interval
+from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from crnn.builders import build_classifier
-from crnn.tasks.base import BaseTask
+from crnn.tasks.base import BaseTask, OptimizerFactory, SchedulerFactory
 
 
 class ClassificationTask(BaseTask):
-    """Trains ``backbone -> (2-D layer in place of chosen blocks) -> head`` with cross-entropy.
+    """Trains ``net`` (``backbone -> (2-D layer in place of chosen blocks) -> head``, a
+    :class:`crnn.models.Classifier`: ``(B, 3, H, W) -> (B, num_classes)``) with cross-entropy.
 
     Logs ``{train,val,test}/loss``, ``{val,test}/acc1`` and ``{val,test}/acc5`` (torchmetrics,
     epoch-level). Batches are ``(images (B, 3, H, W) float, labels (B,) int64)``.
     """
 
+    task_name = "classification"
+
     def __init__(
         self,
-        backbone: Mapping[str, Any],
-        rnn: Mapping[str, Any] | None,
-        head: Mapping[str, Any],
+        net: nn.Module,
         num_classes: int,
         input_shape: tuple[int, int, int],
-        optimizer: Mapping[str, Any],
-        scheduler: Mapping[str, Any],
-        label_smoothing: float = 0.0,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory,
+        label_smoothing: Annotated[float, Interval(ge=0, le=1)] = 0.0,
         monitor: str = "val/acc1",
         monitor_mode: str = "max",
+        config: Mapping[str, Any] | None = None,
     ):
-        super().__init__(optimizer, scheduler, input_shape, monitor, monitor_mode)
-        self.save_task_hyperparameters(backbone, rnn, head, num_classes, label_smoothing=label_smoothing)
-        self.net = build_classifier(
-            self.hparams.backbone, self.hparams.rnn, self.hparams.head, num_classes, input_shape
-        )
+        super().__init__(net, optimizer, scheduler, input_shape, monitor, monitor_mode, config)
         self.label_smoothing = label_smoothing
         for stage in ("val", "test"):
             for k in (1, 5):

@@ -11,9 +11,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from crnn.models.detection import FCOSNetwork, build_detector
+from crnn.models.detection import FCOSDetector, FCOSNetwork
 from crnn.runtime import write_json_atomic
-from crnn.tasks.base import BaseTask, plain
+from crnn.tasks.base import BaseTask, OptimizerFactory, SchedulerFactory
 from crnn.tasks.coco_eval import evaluate_detections, gather_detections, to_coco_detections
 
 log = logging.getLogger("crnn")
@@ -32,7 +32,7 @@ EVAL_DEFAULTS: dict[str, Any] = {
 
 
 class DetectionTask(BaseTask):
-    """Trains the FCOS detector of :func:`crnn.models.detection.build_detector`.
+    """Trains ``net``, a :class:`crnn.models.detection.FCOSDetector`.
 
     Batches are ``(list of images (3, h, w) in [0, 1], list of targets)`` from
     :class:`crnn.data.COCODataModule`. Training logs ``train/loss`` (sum) and its parts
@@ -45,32 +45,29 @@ class DetectionTask(BaseTask):
     ground-truth boxes are logged every ``evaluation.log_images_every_n_epochs`` epochs.
     """
 
+    task_name = "detection"
+    net: FCOSDetector
+
     def __init__(
         self,
-        backbone: Mapping[str, Any],
-        rnn: Mapping[str, Any] | None,
-        head: Mapping[str, Any],
-        num_classes: int,
+        net: FCOSDetector,
         input_shape: tuple[int, int, int],
-        optimizer: Mapping[str, Any],
-        scheduler: Mapping[str, Any],
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory,
         monitor: str = "val/AP",
         monitor_mode: str = "max",
         evaluation: Mapping[str, Any] | None = None,
+        config: Mapping[str, Any] | None = None,
     ):
-        super().__init__(optimizer, scheduler, input_shape, monitor, monitor_mode)
-        evaluation = dict(plain(evaluation) or {})
+        super().__init__(net, optimizer, scheduler, input_shape, monitor, monitor_mode, config)
+        evaluation = dict(evaluation or {})
         unknown = set(evaluation) - set(EVAL_DEFAULTS)
         if unknown:
             raise ValueError(
                 f"task.evaluation: unknown keys {sorted(unknown)}; valid: {sorted(EVAL_DEFAULTS)}"
             )
-        self.save_task_hyperparameters(backbone, rnn, head, num_classes, evaluation=evaluation)
         self.evaluation = EVAL_DEFAULTS | evaluation
         self.image_size = max(int(s) for s in input_shape[1:])
-        self.net = build_detector(
-            self.hparams.backbone, self.hparams.rnn, self.hparams.head, num_classes, self.image_size
-        )
         self._detections: dict[int, list[dict[str, Any]]] = {}
         self._eval_time = 0.0
 

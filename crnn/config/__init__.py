@@ -1,0 +1,7 @@
+"""Config checking for :mod:`crnn.builders`: nodes against their targets' signatures
+(:mod:`crnn.config.nodes`), choices against the task (:mod:`crnn.config.fit`)."""
+
+from crnn.config.fit import check_fit
+from crnn.config.nodes import check_node, instantiate_node, plain, target_of
+
+__all__ = ["check_fit", "check_node", "instantiate_node", "plain", "target_of"]

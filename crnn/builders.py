@@ -20,17 +20,20 @@ built (``backbone``, ``rnn``, ``cell``, ``head``), read from the built modules.
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig
 
 from crnn.config import check_fit, check_node, instantiate_node, plain, target_of
 from crnn.errors import ConfigError
 from crnn.layers import LAYERS, Layer2d, list_layers
 from crnn.models import Classifier, LayerFactory
 from crnn.models.detection import FCOSDetector
+from crnn.runtime import project_root
 from crnn.tasks import BaseTask, DetectionTask
 
 __all__ = [
@@ -239,3 +242,33 @@ def run_labels(task: BaseTask) -> dict[str, str | None]:
         "cell": getattr(layer, "cell_name", None),
         "head": task.net.head.arch,
     }
+
+
+def compose_config(overrides: list[str] | tuple[str, ...] = (), config_name: str = "train") -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` with ``overrides`` outside a Hydra app (scripts,
+    notebooks), with ``hydra:`` resolvers working; run folder: a ``tmp`` placeholder that nothing
+    here writes to."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    os.environ.setdefault("PROJECT_ROOT", str(project_root()))
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(project_root() / "conf"), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(Path(cfg.paths.log_dir) / "tmp")
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def build_model(cfg: DictConfig):
+    """``(task, module, inputs)`` exactly as ``crnn-train`` builds them, without loading data."""
+    if cfg.get("seed") is not None:
+        torch.manual_seed(int(cfg.seed))
+    datamodule = build_datamodule(cfg)  # constructors check settings only: no disk access
+    task = build_task(cfg, datamodule)
+    module, inputs = task.complexity_inputs()
+    return task, module, inputs

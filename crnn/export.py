@@ -73,7 +73,7 @@ def load_checkpoint(ckpt_path: str | Path) -> tuple[nn.Module, tuple[torch.Tenso
 
 def load_config(overrides: Sequence[str] = ()) -> tuple[nn.Module, tuple[torch.Tensor, ...], dict[str, Any]]:
     """``(module, inputs, choices)`` of the model ``crnn-train <overrides>`` builds (random init)."""
-    from crnn.profile import build_model, compose_config
+    from crnn.builders import build_model, compose_config
     from crnn.runtime import choices
 
     cfg = compose_config(list(overrides))

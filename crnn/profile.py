@@ -39,7 +39,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from crnn import complexity
-from crnn.builders import build_datamodule, build_task
+from crnn.builders import build_model
 from crnn.complexity import activation_memory, cpu_latency, module_table
 from crnn.errors import USER_ERRORS
 from crnn.runtime import choices, git_commit, print_config, write_json_atomic
@@ -62,38 +62,6 @@ def _extra_overrides(overrides: list[str]) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 # building and measuring
 # ----------------------------------------------------------------------------------------------
-
-
-def compose_config(overrides: list[str] | tuple[str, ...] = (), config_name: str = "train") -> DictConfig:
-    """Compose ``conf/<config_name>.yaml`` with ``overrides`` outside a Hydra app (scripts,
-    notebooks), with ``hydra:`` resolvers working; run folder: a ``tmp`` placeholder that nothing
-    here writes to."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    from crnn.runtime import project_root
-
-    os.environ.setdefault("PROJECT_ROOT", str(project_root()))
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(project_root() / "conf"), version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(Path(cfg.paths.log_dir) / "tmp")
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    return cfg
-
-
-def build_model(cfg: DictConfig):
-    """``(task, module, inputs)`` exactly as ``crnn-train`` builds them, without loading data."""
-    if cfg.get("seed") is not None:
-        torch.manual_seed(int(cfg.seed))
-    datamodule = build_datamodule(cfg)  # constructors check settings only: no disk access
-    task = build_task(cfg, datamodule)
-    module, inputs = task.complexity_inputs()
-    return task, module, inputs
 
 
 def _batched(inputs: tuple[torch.Tensor, ...], batch_size: int) -> tuple[torch.Tensor, ...]:

@@ -16,9 +16,9 @@ from hydra.utils import instantiate
 from torch import nn
 
 from crnn import complexity
-from crnn.builders import build_task
+from crnn.builders import build_model, build_task
 from crnn.complexity import activation_memory, cpu_latency, module_table
-from crnn.profile import build_model, module_rows_text, profile, write_sweep_table
+from crnn.profile import module_rows_text, profile, write_sweep_table
 from crnn.results.read import expand_sweep
 
 FAST = ["profile.latency.repeats=3", "profile.latency.warmup=1"]

@@ -166,7 +166,7 @@ def layer_erf(spec: str, channels: int = 16, size: int = 16, **kwargs: Any) -> R
 def model_erf(overrides: Sequence[str], **kwargs: Any) -> ReceptiveField:
     """ERF of the backbone of the model ``crnn-train <overrides>`` builds (random init), at the
     centre of its feature map, on the task's input size."""
-    from crnn.profile import build_model, compose_config
+    from crnn.builders import build_model, compose_config
 
     cfg = compose_config(list(overrides))
     task, _, _ = build_model(cfg)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+
 SLURM_VARIABLES = {
     "slurm_job_id": "SLURM_JOB_ID",
     "slurm_array_job_id": "SLURM_ARRAY_JOB_ID",

@@ -36,7 +36,7 @@ def job_folders(sweep_dir: Path) -> list[Path]:
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         return []
-    found = {p.parent for p in sweep_dir.glob("*/.hydra")} | {p.parent for p in sweep_dir.glob("*/metrics.json")}
+    found = {p.parent for pattern in ("*/.hydra", "*/metrics.json") for p in sweep_dir.glob(pattern)}
     return sorted(found, key=lambda p: (len(p.name.split("_", 1)[0]), p.name))
 
 

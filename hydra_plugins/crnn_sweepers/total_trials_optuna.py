@@ -11,6 +11,7 @@ lands in the folder of an earlier one. Without the ``cluster`` extra this module
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 try:
     from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
@@ -26,6 +27,7 @@ if OptunaSweeper is not None:
             from crnn.sweeps.optuna_study import study_progress
 
             impl = self.sweeper
+            Path(str(impl.sweep_dir)).mkdir(parents=True, exist_ok=True)  # SQLite makes no folders
             total = impl.n_trials
             progress = study_progress(impl.storage, impl.study_name)
             impl.n_trials = progress.to_run(total)

@@ -237,3 +237,32 @@ def test_optuna_relaunch_runs_only_the_missing_trials(tmp_path, cifar_root):
         assert trial.value == pytest.approx(json.loads(path.read_text())["val/acc1"])
         config = (path.parent / ".hydra" / "overrides.yaml").read_text()
         assert f"task.optimizer.lr={trial.params['task.optimizer.lr']}" in config
+
+
+# ----------------------------------------------------------------------------- failure isolation
+@needs_plugins
+def test_parallel_sweep_survives_a_failing_job_and_relaunch_reruns_only_it(tmp_path, cifar_root):
+    sweep = tmp_path / "sweep"
+    args = (
+        "-m",
+        *cifar_overrides(cifar_root, *[t for t in TINY if t not in ("rnn=none", "callbacks=none")]),
+        "rnn=srnn",
+        "rnn.cell=gru,no_such_cell,lstm",  # the middle job's layer cannot be built
+        "hydra/launcher=parallel",
+        f"hydra.sweep.dir={sweep}",
+    )
+    first = crnn_train(*args, cwd=tmp_path)
+    output = first.stdout + first.stderr
+    assert first.returncode != 0, output[-3000:]
+    assert "3 jobs: 2 completed, 1 failed" in output, output[-3000:]
+    jobs = sorted(p.parent for p in sweep.glob("*/metrics.json"))
+    metrics = [json.loads((p / "metrics.json").read_text()) for p in jobs]
+    assert [m["status"] for m in metrics] == ["completed", "failed", "completed"], metrics
+    assert "no_such_cell" in format_summary(read_jobs(sweep))
+
+    stamps = [(p / "metrics.json").stat().st_mtime_ns for p in jobs]
+    again = crnn_train(*args, cwd=tmp_path)
+    assert again.returncode != 0
+    after = [(p / "metrics.json").stat().st_mtime_ns for p in jobs]
+    assert after[0] == stamps[0] and after[2] == stamps[2]  # completed jobs skipped
+    assert after[1] != stamps[1]  # the failed one ran again

@@ -116,7 +116,8 @@ def test_slurm_sweep_and_requeue(tmp_path, cifar_root):
         assert interrupted["status"] == uninterrupted["status"] == "completed"
         # The second run resumed from the job's own checkpoint (Lightning's message, in submitit's log).
         log = "".join(p.read_text() for p in (sweep / ".submitit" / job_id).glob("*_log.err"))
-        assert f"Restoring states from the checkpoint path at {first}/checkpoints/last.ckpt" in log, log[-2000:]
+        resumed = f"Restoring states from the checkpoint path at {first}/checkpoints/last.ckpt"
+        assert resumed in log, log[-2000:]
         for key in ("val/acc1", "val/loss", "test/acc1", "test/loss"):
             assert interrupted[key] == uninterrupted[key], key
         # Each job's SLURM id in its metrics.json (crnn.train records crnn.sweeps.cluster.slurm_info()).

@@ -105,7 +105,7 @@ def test_failure_summary_lists_the_jobs_that_did_not_complete(tmp_path):
     assert [r.folder.name for r in records] == ["0_a", "1_b", "2_c", "10_d"]
     text = format_summary(records)
     assert text.splitlines()[0] == "4 jobs: 2 completed, 1 failed, 1 missing"
-    assert "1_b: ConfigError: rnn.cell=foo" in text and "2_c: no metrics.json" in text
+    assert "1_b: ConfigError: rnn.cell=foo" in text and "2_c: no metrics.json or profile.json" in text
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}})
     with pytest.raises(SystemExit) as exit_:
         FailureSummary(exit_code=1).on_multirun_end(config)

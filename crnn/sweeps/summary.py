@@ -1,7 +1,8 @@
-"""What a sweep folder holds: one row per job (status, metric, error) read from its ``metrics.json``.
+"""What a sweep folder holds: one row per job (status, error) read from its record file:
+``metrics.json`` (crnn-train) or ``profile.json`` (crnn-profile), both with ``status``.
 
 A job folder is a folder of the sweep holding Hydra's ``.hydra/`` (written before the task starts)
-or a ``metrics.json``; one without ``metrics.json`` never reached training (``status: missing``).
+or a record; one without a record stopped before its task began (``status: missing``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 FINISHED_OK = ("completed",)
+RECORDS = ("metrics.json", "profile.json")
 
 
 @dataclass(frozen=True)
@@ -36,16 +38,17 @@ def job_folders(sweep_dir: Path) -> list[Path]:
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         return []
-    found = {p.parent for pattern in ("*/.hydra", "*/metrics.json") for p in sweep_dir.glob(pattern)}
+    patterns = ("*/.hydra", *(f"*/{name}" for name in RECORDS))
+    found = {p.parent for pattern in patterns for p in sweep_dir.glob(pattern)}
     return sorted(found, key=lambda p: (len(p.name.split("_", 1)[0]), p.name))
 
 
 def read_jobs(sweep_dir: Path) -> list[JobRecord]:
     records = []
     for folder in job_folders(sweep_dir):
-        path = folder / "metrics.json"
-        if not path.is_file():
-            records.append(JobRecord(folder, "missing", "no metrics.json: the job stopped before training"))
+        path = next((folder / name for name in RECORDS if (folder / name).is_file()), None)
+        if path is None:
+            records.append(JobRecord(folder, "missing", f"no {' or '.join(RECORDS)}: the job stopped early"))
             continue
         try:
             metrics = json.loads(path.read_text())

@@ -240,6 +240,7 @@ def test_optuna_relaunch_runs_only_the_missing_trials(tmp_path, cifar_root):
 
 
 # ----------------------------------------------------------------------------- failure isolation
+@pytest.mark.slow
 @needs_plugins
 def test_parallel_sweep_survives_a_failing_job_and_relaunch_reruns_only_it(tmp_path, cifar_root):
     sweep = tmp_path / "sweep"

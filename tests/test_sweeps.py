@@ -231,6 +231,7 @@ def test_optuna_relaunch_runs_only_the_missing_trials(tmp_path, cifar_root):
     assert "3 of 4 trials finished (0 failed); running 1" in more.stdout + more.stderr
     trials = _study(sweep).trials
     assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    assert trials[3].params not in [t.params for t in trials[:3]]  # a new point, not a replay
     jobs = sorted(sweep.glob("*/metrics.json"), key=lambda p: int(p.parent.name.split("_")[0]))
     assert [p.parent.name.split("_")[0] for p in jobs] == ["0", "1", "2", "3"]
     for trial, path in zip(trials, jobs, strict=True):  # each trial's value is its run's val/acc1

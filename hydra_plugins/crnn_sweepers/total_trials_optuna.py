@@ -32,6 +32,10 @@ if OptunaSweeper is not None:
             progress = study_progress(impl.storage, impl.study_name)
             impl.n_trials = progress.to_run(total)
             impl.job_idx = progress.existing
+            if progress.existing and hasattr(impl.sampler, "reseed_rng"):
+                # A seeded sampler restarts its sequence in a new process: without a new seed a
+                # continued study would draw the parameters of its first trials again.
+                impl.sampler.reseed_rng()
             log.info(
                 "Study %s: %d of %d trials finished (%d failed); running %d",
                 impl.study_name,

@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip 2>&1 | grep -v "is ignored" || true
 	# A plain (unpinned) torch resolves to the registry's build, which matches torchvision's wheels.
-	$(BIN)/pip install --quiet --progress-bar off -e ".[dev,export]" 2>&1 | grep -v "is ignored" || true
+	$(BIN)/pip install --quiet --progress-bar off -e ".[dev,export,cluster]" 2>&1 | grep -v "is ignored" || true
 	$(BIN)/python -c "import torch, torchvision, lightning, hydra, fvcore, pycocotools; torchvision.ops.nms" \
 		|| { echo "install check failed: see the pip output above"; exit 1; }
 	touch $(STAMP)

@@ -1,0 +1,79 @@
+"""Hydra callbacks (``hydra.callbacks`` in ``conf/hydra/default.yaml``).
+
+- :class:`JobThreads`: torch / OpenMP threads of each job, so that jobs running side by side
+  (``hydra/launcher=parallel``, ``submitit_local``) do not oversubscribe the cores.
+- :class:`FailureSummary`: at the end of a multirun, a summary of the sweep folder's jobs; the
+  sweep exits non-zero when a job did not complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from crnn.sweeps.summary import format_summary, read_jobs
+
+log = logging.getLogger("crnn.sweeps")
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def threads_for(launcher: DictConfig | dict, cpu_count: int) -> int | None:
+    """Threads per job implied by the launcher config: the cores over the jobs that run at once
+    (joblib's ``n_jobs``), or the job's ``cpus_per_task`` (submitit); ``None``: leave torch's."""
+    target = str(launcher.get("_target_", ""))
+    if target.endswith("JoblibLauncher"):
+        n_jobs = int(launcher.get("n_jobs") or 1)
+        at_once = cpu_count if n_jobs < 0 else n_jobs
+        return max(1, cpu_count // max(1, at_once))
+    if "submitit" in target and launcher.get("cpus_per_task"):
+        return int(launcher["cpus_per_task"])
+    return None
+
+
+class JobThreads(Callback):
+    """Set the job's torch threads (and OMP/MKL/OpenBLAS for its child processes) at job start.
+
+    ``threads``: a number, or ``null`` to derive it from the launcher (:func:`threads_for`).
+    """
+
+    def __init__(self, threads: int | None = None):
+        self.threads = threads
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        threads = self.threads
+        if threads is None:
+            threads = threads_for(config.hydra.launcher, os.cpu_count() or 1)
+        if threads is None:
+            return
+        import torch
+
+        torch.set_num_threads(int(threads))
+        for name in THREAD_VARIABLES:
+            os.environ[name] = str(threads)
+        log.info("torch threads for this job: %d", threads)
+
+
+class FailureSummary(Callback):
+    """After a multirun: log how many of the sweep folder's jobs completed, and each one that did not
+    (failed with its error, never reached training, still running); then exit with
+    ``exit_code`` if any did not complete (0 = never change the exit status)."""
+
+    def __init__(self, exit_code: int = 1):
+        self.exit_code = exit_code
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        records = read_jobs(sweep_dir)
+        if not records:
+            return
+        text = format_summary(records)
+        failed = [r for r in records if r.failed]
+        (log.error if failed else log.info)("Sweep %s\n%s", sweep_dir, text)
+        if failed and self.exit_code:
+            raise SystemExit(self.exit_code)

@@ -1,0 +1,65 @@
+"""TensorFlow Lite export: float through litert-torch, full-integer int8 through ai-edge-quantizer.
+
+* Converter: ``litert-torch`` (Google's maintained PyTorch -> LiteRT/TFLite converter, formerly
+  ai-edge-torch): ``torch.export`` of the module, lowered to TFLite builtin ops; no TensorFlow
+  install. The model is wrapped by ``litert_torch.to_channel_last_io`` so the ``.tflite`` input is
+  NHWC, the layout of a camera frame and of TFLite's own kernels (the NCHW -> NHWC transpose of the
+  image is not part of the graph).
+* Quantiser: ``ai-edge-quantizer`` (AEQ), the maintained LiteRT post-training quantiser, static
+  ``a8w8`` recipe: int8 weights (symmetric, per output channel), int8 activations (asymmetric, per
+  tensor, ranges from calibration), integer compute, and int8 graph input and output (the recipe
+  quantises the graph's input/output tensors too). It quantises the float ``.tflite`` itself, so the
+  int8 model has the float model's ops. litert-torch's own PT2E quantiser would keep a float
+  input/output with quantize/dequantize ops at the edges.
+
+Both need the ``embedded`` extra (``pip install -e ".[embedded]"``); they are imported lazily.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["nhwc", "quantize_int8", "to_tflite"]
+
+
+def nhwc(images: torch.Tensor) -> np.ndarray:
+    """``(N, C, H, W)`` float tensor -> ``(N, H, W, C)`` float32 array (the ``.tflite`` input layout)."""
+    return images.detach().permute(0, 2, 3, 1).contiguous().numpy().astype(np.float32)
+
+
+def to_tflite(module: nn.Module, example: torch.Tensor) -> bytes:
+    """Float ``.tflite`` flatbuffer of ``module`` (eval mode) for one ``(1, C, H, W)`` ``example``,
+    with an NHWC input ``(1, H, W, C)``; the module's outputs are unchanged."""
+    import litert_torch
+
+    litert_torch.config.show_progress = False
+    wrapped = litert_torch.to_channel_last_io(module.eval(), args=[0]).eval()
+    with torch.no_grad():
+        edge = litert_torch.convert(wrapped, (example.permute(0, 2, 3, 1).contiguous(),))
+    return bytes(edge.model_content())
+
+
+def quantize_int8(float_model: bytes, calibration: Iterable[np.ndarray]) -> bytes:
+    """Full-integer int8 ``.tflite`` (int8 input and output) of ``float_model``, calibrated on
+    ``calibration``: the model's input arrays, one ``(1, H, W, C)`` float32 array each."""
+    from ai_edge_quantizer import quantizer, recipe
+    from ai_edge_quantizer.utils import tfl_interpreter_utils
+
+    interpreter = tfl_interpreter_utils.create_tfl_interpreter(float_model)
+    signatures = interpreter.get_signature_list()
+    if len(signatures) != 1:
+        raise ValueError(f"expected one signature in the float model, found {list(signatures)}")
+    (key, signature), = signatures.items()
+    if len(signature["inputs"]) != 1:
+        raise ValueError(f"expected one input, found {signature['inputs']}")
+    name = signature["inputs"][0]
+    samples = [{name: np.ascontiguousarray(x, dtype=np.float32)} for x in calibration]
+    if not samples:
+        raise ValueError("int8 calibration needs at least one image")
+    q = quantizer.Quantizer(bytearray(float_model), recipe.static_wi8_ai8())
+    result = q.quantize(q.calibrate({key: samples}), enable_progress_report=False)
+    return bytes(result.quantized_model)

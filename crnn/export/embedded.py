@@ -110,6 +110,7 @@ def measure_embedded(
         "float_max_abs_diff": diff,
         "float_atol": float_atol,
         "float_ok": diff <= float_atol,
+        "n_float_check": len(float_run.outputs),
         "int8_agreement": float(np.mean(float_top1 == int8_top1)),
         "n_calibration": len(calibration_images),
         "n_eval": len(eval_images),

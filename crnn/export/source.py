@@ -96,7 +96,9 @@ def load_checkpoint(ckpt_path: str | os.PathLike) -> ExportSource:
         raise ConfigError(f"--ckpt {ckpt_path}: no such checkpoint file")
     stored = torch.load(ckpt_path, map_location="cpu", weights_only=False).get(CONFIG_KEY)
     if stored is None:
-        raise ConfigError(f"--ckpt {ckpt_path} holds no crnn config ({CONFIG_KEY!r}): was it written by crnn-train?")
+        raise ConfigError(
+            f"--ckpt {ckpt_path} holds no crnn config ({CONFIG_KEY!r}): was it written by crnn-train?"
+        )
     cfg = OmegaConf.create(stored["config"])
     task = get_class(cfg.task._target_).load_from_checkpoint(ckpt_path, map_location="cpu")
     module, inputs = task.complexity_inputs()
@@ -123,13 +125,16 @@ def normalized_images(
     ``train_set``/``test_set`` tensors and ``transform_batch`` (CIFAR-100).
     """
     data = OmegaConf.create(OmegaConf.to_container(config.data, resolve=True))
+    overrides = list(data_overrides)
     try:
-        data = OmegaConf.merge(data, OmegaConf.from_dotlist([o.removeprefix("data.") for o in data_overrides]))
+        data = OmegaConf.merge(data, OmegaConf.from_dotlist([o.removeprefix("data.") for o in overrides]))
     except Exception as err:
         raise ConfigError(f"data overrides {' '.join(data_overrides)}: {err}") from None
     dm = build_datamodule({"data": data})
     if not hasattr(dm, "transform_batch"):
-        raise ConfigError(f"data ({data.get('_target_')}): the embedded export needs image-classification data")
+        raise ConfigError(
+            f"data ({data.get('_target_')}): the embedded export needs image-classification data"
+        )
     dm.prepare_data()
     dm.setup(None)
     train, test = dm.train_set, dm.test_set

@@ -53,7 +53,7 @@ def quantize_int8(float_model: bytes, calibration: Iterable[np.ndarray]) -> byte
     signatures = interpreter.get_signature_list()
     if len(signatures) != 1:
         raise ValueError(f"expected one signature in the float model, found {list(signatures)}")
-    (key, signature), = signatures.items()
+    ((key, signature),) = signatures.items()
     if len(signature["inputs"]) != 1:
         raise ValueError(f"expected one input, found {signature['inputs']}")
     name = signature["inputs"][0]

@@ -73,11 +73,14 @@ class UnrolledPass(nn.Module):
     def __init__(self, rnn: nn.RNNBase, cell: CellSpec, mode: str):
         super().__init__()
         if rnn.num_layers != 1 or not rnn.bias or rnn.batch_first or getattr(rnn, "proj_size", 0):
-            raise ValueError(f"{type(rnn).__name__}: only a one-layer, biased, sequence-first RNN has an export form")
+            raise ValueError(
+                f"{type(rnn).__name__}: only a one-layer, biased, sequence-first RNN has an export form"
+            )
         if mode not in ("forward", "shared", "sum", "cat"):
             raise ValueError(f"unknown mode {mode!r}")
         if (mode in ("sum", "cat")) != rnn.bidirectional:
-            raise ValueError(f"mode {mode!r} does not match a {'bi' if rnn.bidirectional else 'uni'}directional RNN")
+            kind = "bi" if rnn.bidirectional else "uni"
+            raise ValueError(f"mode {mode!r} does not match a {kind}directional RNN")
         self.cell, self.mode, self.hidden_size = cell, mode, rnn.hidden_size
         self.out_size = 2 * rnn.hidden_size if mode == "cat" else rnn.hidden_size
         self.directions = nn.ModuleList(

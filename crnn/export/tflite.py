@@ -17,6 +17,7 @@ Both need the ``embedded`` extra (``pip install -e ".[embedded]"``); they are im
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 
 import numpy as np
@@ -61,5 +62,8 @@ def quantize_int8(float_model: bytes, calibration: Iterable[np.ndarray]) -> byte
     if not samples:
         raise ValueError("int8 calibration needs at least one image")
     q = quantizer.Quantizer(bytearray(float_model), recipe.static_wi8_ai8())
-    result = q.quantize(q.calibrate({key: samples}), enable_progress_report=False)
+    with warnings.catch_warnings():
+        # calibration keeps every intermediate tensor on purpose (it records their ranges)
+        warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors.*")
+        result = q.quantize(q.calibrate({key: samples}), enable_progress_report=False)
     return bytes(result.quantized_model)

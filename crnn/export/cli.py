@@ -56,7 +56,7 @@ def expand_multirun(overrides: Sequence[str]) -> list[list[str]]:
 def _out_path(source: ExportSource, out: str | None, suffix: str, many: bool) -> Path:
     from crnn.runtime import project_root
 
-    if out and not many:
+    if out and not many and not Path(out).is_dir():
         return Path(out)
     folder = Path(out) if out else (source.run_dir or project_root() / "outputs" / "export")
     return folder / f"{source.stem}{suffix}"
@@ -164,7 +164,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-m", "--multirun", action="store_true", help="expand comma-separated override values")
     p.add_argument("--format", choices=("onnx", "tflite"), default="onnx")
     p.add_argument("--int8", action="store_true", help="tflite: also full-integer int8, measured in TFLM")
-    p.add_argument("--out", help="output file (one model) or folder (several)")
+    p.add_argument("--out", help="output file (one model) or an existing folder")
     p.add_argument(
         "--atol", type=float, default=None, help="max |runtime - PyTorch| (onnx 1e-4, tflite 1e-3)"
     )

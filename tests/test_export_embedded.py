@@ -100,6 +100,21 @@ def test_int8_needs_calibration_images(tiny):
         quantize_int8((tiny[3] / "tiny.tflite").read_bytes(), [])
 
 
+class ManyInputConcat(nn.Module):
+    """One concatenation of 15 tensors (as the rnn2d scan's cat of its H + W - 1 diagonals)."""
+
+    def forward(self, x):
+        return torch.cat([torch.tanh(x * (i + 1)) for i in range(15)], dim=1)
+
+
+def test_an_op_tflite_micro_cannot_run_is_one_clear_error():
+    from crnn.export.tflite import to_tflite
+
+    model = to_tflite(ManyInputConcat().eval(), torch.randn(1, 3, 4, 4))
+    with pytest.raises(RuntimeError, match="cannot run this model.*concatenation.*kMaxInputNum"):
+        run_micro(model, np.zeros((1, 4, 4, 3), np.float32))
+
+
 def _run_cli(argv, tmp_path):
     with pytest.raises(SystemExit) as exit_:
         main([*argv, "--format", "tflite", "--int8", "--out", str(tmp_path)])

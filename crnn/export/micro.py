@@ -77,7 +77,13 @@ def run_micro(model: bytes, inputs: np.ndarray, arena_bytes: int = DEFAULT_ARENA
     invokes allocate nothing)."""
     from tflite_micro import runtime
 
-    interpreter = runtime.Interpreter.from_bytes(bytes(model), arena_size=max(arena_bytes, 10 * len(model)))
+    arena_bytes = max(arena_bytes, 10 * len(model))
+    try:
+        with _captured_stderr() as captured:
+            interpreter = runtime.Interpreter.from_bytes(bytes(model), arena_size=arena_bytes)
+    except RuntimeError as err:  # the reason (an unsupported op, a kernel limit) is on stderr
+        reasons = [line for line in captured[0].splitlines() if line.strip()]
+        raise RuntimeError(f"tflite-micro cannot run this model: {err}: {' / '.join(reasons[-4:])}") from None
     in_details, out_details = interpreter.get_input_details(0), interpreter.get_output_details(0)
     in_dtype, out_dtype = np.dtype(in_details["dtype"]), np.dtype(out_details["dtype"])
     in_q, out_q = _quantization(in_details), _quantization(out_details)

@@ -77,6 +77,13 @@ def run_micro(model: bytes, inputs: np.ndarray, arena_bytes: int = DEFAULT_ARENA
     invokes allocate nothing)."""
     from tflite_micro import runtime
 
+    from crnn.export.tflite import external_buffers
+
+    if external_buffers(model):
+        raise ValueError(
+            "the model keeps buffers after the flatbuffer (offset/size), which tflite-micro does not "
+            "read: pass it through crnn.export.tflite.inline_buffers first"
+        )
     arena_bytes = max(arena_bytes, 10 * len(model))
     try:
         with _captured_stderr() as captured:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["nhwc", "quantize_int8", "to_tflite"]
+__all__ = ["external_buffers", "inline_buffers", "nhwc", "quantize_int8", "to_tflite"]
 
 
 def nhwc(images: torch.Tensor) -> np.ndarray:
@@ -66,4 +66,29 @@ def quantize_int8(float_model: bytes, calibration: Iterable[np.ndarray]) -> byte
         # calibration keeps every intermediate tensor on purpose (it records their ranges)
         warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors.*")
         result = q.quantize(q.calibrate({key: samples}), enable_progress_report=False)
-    return bytes(result.quantized_model)
+    return inline_buffers(bytes(result.quantized_model))
+
+
+def external_buffers(model: bytes) -> int:
+    """How many of the model's buffers are stored after the flatbuffer (``offset``/``size``)."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    return sum(
+        1 for b in flatbuffer_utils.convert_bytearray_to_object(bytearray(model)).buffers if b.offset > 1
+    )
+
+
+def inline_buffers(model: bytes) -> bytes:
+    """``model`` with every buffer inside the flatbuffer.
+
+    ai-edge-quantizer writes a model with 256 KiB or more of weights with its buffers appended
+    after the flatbuffer (``Buffer.offset``/``size``, LiteRT's large-model layout); TensorFlow Lite
+    Micro reads only inline buffers and would take those weights for empty, non-constant tensors
+    (planned into the arena, never filled). Re-serialised with the buffers inline, as the
+    converter writes them."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    if not external_buffers(model):
+        return model
+    parsed = flatbuffer_utils.read_model_from_bytearray(bytearray(model))  # resolves offset buffers
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(parsed))

@@ -106,12 +106,15 @@ def test_onnx_round_trip_from_checkpoint(tmp_path):
             "state_dict": task.state_dict(),
             "hyper_parameters": dict(task.hparams),
             "pytorch-lightning_version": lightning.__version__,
-            "crnn_config": {"config": OmegaConf.to_container(cfg, resolve=True), "choices": {"rnn": "srnn"}},
+            "crnn_config": {
+                "config": OmegaConf.to_container(cfg, resolve=True),
+                "choices": {"backbone": "resnet20", "rnn": "srnn", "head": "linear"},
+            },
         },
         ckpt,
     )
     source = load_checkpoint(ckpt)
-    assert source.run_dir == tmp_path and source.stem == "best"
+    assert source.run_dir == tmp_path and source.stem == "resnet20-srnn-linear-best"
     x = torch.randn(1, 3, 32, 32)
     task.eval()
     with torch.no_grad():

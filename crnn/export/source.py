@@ -103,9 +103,9 @@ def load_checkpoint(ckpt_path: str | os.PathLike) -> ExportSource:
     task = get_class(cfg.task._target_).load_from_checkpoint(ckpt_path, map_location="cpu")
     module, inputs = task.complexity_inputs()
     run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
-    return ExportSource(
-        module.eval(), tuple(inputs), dict(stored.get("choices") or {}), cfg, run_dir, ckpt_path.stem
-    )
+    source = ExportSource(module.eval(), tuple(inputs), dict(stored.get("choices") or {}), cfg, run_dir)
+    source.stem = f"{source.name}-{ckpt_path.stem}"  # several checkpoints can share one --out folder
+    return source
 
 
 def normalized_images(

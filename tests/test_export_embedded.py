@@ -93,6 +93,10 @@ def test_measure_embedded_reports_the_numbers(tiny):
     assert (result["n_calibration"], result["n_eval"]) == (32, 16)
     assert result["export_form"][0].startswith("rnn.row: fused RNN pass -> unrolled")
     assert result["ops"]["TANH"] == 4 * 8  # 2 passes x 2 directions x 8 steps
+    from tflite_micro.python.tflite_micro import runtime
+
+    written = runtime.convert_bytearray_to_object(bytearray((folder / "tiny_int8.tflite").read_bytes()))
+    assert not any(t.name for g in written.subgraphs for t in g.tensors)  # stripped for the micro
 
 
 def test_int8_needs_calibration_images(tiny):

@@ -3,7 +3,8 @@
 :func:`measure_embedded` takes a model and real images and returns what a microcontroller
 deployment costs and how much int8 changes the answers:
 
-* ``flash_kib``: size of the int8 flatbuffer (weights + graph: what goes to flash);
+* ``flash_kib``: size of the int8 flatbuffer (weights + graph: what goes to flash), as
+  :func:`crnn.export.tflite.for_micro` writes it (no tensor names);
 * ``arena_kib``: the tensor arena TFLM's recording allocator took for the int8 model
   (``arena_head_kib`` planned activations + ``arena_tail_kib`` persistent structures);
 * ``float_max_abs_diff``: max |TFLM float - PyTorch| over the logits of ``float_check`` images,
@@ -26,7 +27,7 @@ import torch
 from torch import nn
 
 from crnn.export.micro import run_micro
-from crnn.export.tflite import nhwc, quantize_int8, to_tflite
+from crnn.export.tflite import for_micro, nhwc, quantize_int8, to_tflite
 from crnn.export.unrolled import export_form
 
 __all__ = ["FLOAT_ATOL", "measure_embedded", "tflite_ops"]
@@ -71,9 +72,9 @@ def measure_embedded(
     ``calibration_images`` ``(N_cal, C, H, W)`` calibrate the int8 ranges (training images, model
     input normalisation applied); ``eval_images`` ``(N, C, H, W)`` with ``labels`` ``(N,)`` give the
     accuracies and the agreement (without labels: agreement only). The float model runs on the first
-    ``float_check`` eval images. With ``out_dir`` the two flatbuffers are written there as
-    ``<stem>.tflite`` and ``<stem>_int8.tflite``. Returns the numbers listed in the module
-    docstring, plus ``export_form`` (what was unrolled), ``ops`` (int8 model's operators),
+    ``float_check`` eval images. With ``out_dir`` the two flatbuffers (as measured: :func:`for_micro`)
+    are written there as ``<stem>.tflite`` and ``<stem>_int8.tflite``. Returns the numbers listed
+    in the module docstring, plus ``export_form`` (what was unrolled), ``ops`` (int8 model's operators),
     ``input_dtype``/``output_dtype`` of the int8 model and the float model's ``float_flash_kib`` /
     ``float_arena_kib``.
     """
@@ -85,6 +86,7 @@ def measure_embedded(
     convert_s = time.perf_counter() - start
     int8_model = quantize_int8(float_model, (nhwc(x[None]) for x in calibration_images))
     quantize_s = time.perf_counter() - start - convert_s
+    float_model, int8_model = for_micro(float_model), for_micro(int8_model)
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)

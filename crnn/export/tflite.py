@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["external_buffers", "inline_buffers", "nhwc", "quantize_int8", "to_tflite"]
+__all__ = ["external_buffers", "for_micro", "inline_buffers", "nhwc", "quantize_int8", "to_tflite"]
 
 
 def nhwc(images: torch.Tensor) -> np.ndarray:
@@ -91,4 +91,16 @@ def inline_buffers(model: bytes) -> bytes:
     if not external_buffers(model):
         return model
     parsed = flatbuffer_utils.read_model_from_bytearray(bytearray(model))  # resolves offset buffers
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(parsed))
+
+
+def for_micro(model: bytes) -> bytes:
+    """The file a microcontroller gets: buffers inline, and without the strings TFLM never reads
+    (tensor and subgraph names, signature defs: ``flatbuffer_utils.strip_strings``, as TensorFlow's
+    ``strip_strings`` tool). The converter's tensor names are long module paths, one per tensor: in
+    an unrolled recurrence (one tensor per step) they would otherwise be a good part of the flash."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    parsed = flatbuffer_utils.read_model_from_bytearray(bytearray(model))  # resolves offset buffers
+    flatbuffer_utils.strip_strings(parsed)
     return bytes(flatbuffer_utils.convert_object_to_bytearray(parsed))

@@ -50,17 +50,21 @@ def quantize_int8(float_model: bytes, calibration: Iterable[np.ndarray]) -> byte
     from ai_edge_quantizer import quantizer, recipe
     from ai_edge_quantizer.utils import tfl_interpreter_utils
 
+    arrays = [np.ascontiguousarray(x, dtype=np.float32) for x in calibration]
+    if not arrays:
+        raise ValueError("int8 calibration needs at least one image")
     interpreter = tfl_interpreter_utils.create_tfl_interpreter(float_model)
     signatures = interpreter.get_signature_list()
     if len(signatures) != 1:
-        raise ValueError(f"expected one signature in the float model, found {list(signatures)}")
+        raise ValueError(
+            f"expected one signature in the float model, found {list(signatures)} "
+            "(quantise the converter's output, not a for_micro copy)"
+        )
     ((key, signature),) = signatures.items()
     if len(signature["inputs"]) != 1:
         raise ValueError(f"expected one input, found {signature['inputs']}")
     name = signature["inputs"][0]
-    samples = [{name: np.ascontiguousarray(x, dtype=np.float32)} for x in calibration]
-    if not samples:
-        raise ValueError("int8 calibration needs at least one image")
+    samples = [{name: x} for x in arrays]
     q = quantizer.Quantizer(bytearray(float_model), recipe.static_wi8_ai8())
     with warnings.catch_warnings():
         # calibration keeps every intermediate tensor on purpose (it records their ranges)

@@ -8,9 +8,12 @@
 * Quantiser: ``ai-edge-quantizer`` (AEQ), the maintained LiteRT post-training quantiser, static
   ``a8w8`` recipe: int8 weights (symmetric, per output channel), int8 activations (asymmetric, per
   tensor, ranges from calibration), integer compute, and int8 graph input and output (the recipe
-  quantises the graph's input/output tensors too). It quantises the float ``.tflite`` itself, so the
-  int8 model has the float model's ops. litert-torch's own PT2E quantiser would keep a float
-  input/output with quantize/dequantize ops at the edges.
+  quantises the graph's input/output tensors too). It quantises the float ``.tflite`` itself, op
+  for op (the ``.*`` recipe covers every TFLite op the converter emitted: SLICE, TANH,
+  CONCATENATION, MEAN, ...), so the int8 model is the float model that was checked against
+  PyTorch. litert-torch's own PT2E quantiser also gives int8 input/output (seen on a conv + linear
+  net) but annotates a fixed list of torch ops (conv, linear, add, mul, cat, pools) before
+  conversion.
 
 Both need the ``embedded`` extra (``pip install -e ".[embedded]"``); they are imported lazily.
 """

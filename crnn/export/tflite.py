@@ -43,6 +43,9 @@ def to_tflite(module: nn.Module, example: torch.Tensor) -> bytes:
     litert_torch.config.show_progress = False
     wrapped = litert_torch.to_channel_last_io(module.eval(), args=[0]).eval()
     with torch.no_grad():
+        # one eager pass first: caches a forward fills lazily (rnn2d's diagonal schedules) then hold
+        # real tensors; filled under torch.export's trace they would keep its fake tensors
+        module(example)
         edge = litert_torch.convert(wrapped, (example.permute(0, 2, 3, 1).contiguous(),))
     return bytes(edge.model_content())
 

@@ -25,23 +25,28 @@ form stacks ``x`` and its flip along the batch instead: the same numbers) and wa
 backwards; no flip op is exported.
 
 Layers whose forward is already a Python loop (``crnn.layers.layer_info(name).python_loop``:
-``ds_rnn``, ``rnn2d``, ``rnn2d_4way``) need no export form: any trace unrolls them as they are.
+``ds_rnn``, ``rnn2d``, ``rnn2d_4way``) are unrolled by any trace as they are. One of their ops does
+not run in TFLM, though: the anti-diagonal scan of ``rnn2d`` / ``rnn2d_4way`` ends with ONE
+concatenation of its ``H + W - 1`` diagonals, and TFLM's CONCATENATION takes at most 10 inputs
+(the converter folds nested concatenations back into one). :class:`DiagonalScanExportForm` runs
+the same scan and puts each diagonal's states in place by zero padding and adding instead.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from crnn.layers import Layer2d, layer_info
+from crnn.layers import RNN2D, Layer2d, RNN2D4Way, layer_info
 from crnn.layers.cells import CellSpec
+from crnn.layers.rnn2d import diagonal_schedule
 from crnn.layers.separable import BiRNNPass, RNNPass, WSBiRNN
 
-__all__ = ["ExportFormReport", "UnrolledPass", "export_form"]
+__all__ = ["DiagonalScanExportForm", "ExportFormReport", "UnrolledPass", "export_form"]
 
 
 class _Direction(nn.Module):
@@ -136,6 +141,55 @@ class UnrolledPass(nn.Module):
         return f"cell={self.cell.name!r}, mode={self.mode!r}, out_size={self.out_size}"
 
 
+def _placed_diagonal_scan(z: Tensor, weight_hh: Tensor, sched, activation: str) -> Tensor:
+    """:func:`crnn.layers.rnn2d.diagonal_scan` (same arguments, same result ``(P, N, hid)`` in
+    diagonal order) without its final many-input concatenation: diagonal d's ``n`` states are
+    zero-padded to the ``P`` positions (``PAD``) and added to the others (``ADD``)."""
+    act = torch.tanh if activation == "tanh" else torch.relu
+    P, N, hid = z.shape
+    w_t = weight_hh.t()  # (2 hid, hid)
+    pad = z.new_zeros(1, N, hid)
+    out, prev, prev_lo, offset = None, None, 0, 0
+    for lo, n, z_d in zip(sched.lo, sched.size, z.split(sched.size), strict=True):
+        if prev is None:  # first diagonal: both neighbours outside the image (zero)
+            h = act(z_d)
+        else:  # as diagonal_scan: 'up' and 'left' are two contiguous slices of the padded previous one
+            padded, s = torch.cat([pad, prev, pad]), lo - prev_lo
+            up_left = torch.cat([padded[s : s + n], padded[s + 1 : s + 1 + n]], dim=-1)  # (n, N, 2 hid)
+            h = act(torch.addmm(z_d.reshape(n * N, hid), up_left.reshape(n * N, 2 * hid), w_t)).view(
+                n, N, hid
+            )
+        placed = F.pad(h, (0, 0, 0, 0, offset, P - offset - n))
+        out = placed if out is None else out + placed
+        prev, prev_lo, offset = h, lo, offset + n
+    return out
+
+
+class DiagonalScanExportForm(nn.Module):
+    """Export form of :class:`RNN2D` / :class:`RNN2D4Way` (the layer itself, its weights shared):
+    their forward with :func:`_placed_diagonal_scan` for the scan."""
+
+    def __init__(self, layer: RNN2D | RNN2D4Way):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: Tensor) -> Tensor:
+        layer, (B, _, H, W) = self.layer, x.shape
+        sched = diagonal_schedule(H, W, x.device)
+        if not isinstance(layer, RNN2D4Way):  # RNN2D.forward
+            z = layer.input(x.flatten(2).permute(2, 0, 1).index_select(0, sched.order))  # (P, B, hid)
+            return layer._output(
+                _placed_diagonal_scan(z, layer.weight_hh, sched, layer.activation), sched, x.shape
+            )
+        z = layer.input(x.flatten(2).permute(2, 0, 1))  # RNN2D4Way.forward: (HW, B, hid), raster order
+        hid = z.shape[-1]
+        z4 = z[sched.flip_order].view(H * W, 4 * B, hid)
+        h4 = _placed_diagonal_scan(z4, layer.weight_hh, sched, layer.activation)  # (P, 4B, hid)
+        h = h4.view(-1, B, hid).permute(1, 2, 0).index_select(2, sched.flip_inverse)
+        h = h.view(B, hid, H, W, 4).sum(-1)  # (B, hid, H, W)
+        return h if layer.proj is None else F.conv2d(h, layer.proj.weight[:, :, None, None])
+
+
 def _pass_mode(module: nn.Module) -> str | None:
     if isinstance(module, WSBiRNN):
         return "shared"
@@ -148,21 +202,41 @@ def _pass_mode(module: nn.Module) -> str | None:
 
 @dataclass
 class ExportFormReport:
-    """What :func:`export_form` did: module paths of the passes it unrolled, and of the layers
-    it kept because their forward is already a Python loop (a trace unrolls them)."""
+    """What :func:`export_form` did: module paths of the passes it unrolled, of the layers whose
+    forward is already a Python loop (a trace unrolls them), and of those among them whose scan
+    was replaced by :class:`DiagonalScanExportForm`."""
 
     unrolled: list[str]
     traced_loops: list[str]
+    placed_scans: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         out = [f"{p}: fused RNN pass -> unrolled export form (FC, add, activation)" for p in self.unrolled]
-        out += [f"{p}: Python loop over steps, unrolled by the trace as it is" for p in self.traced_loops]
+        out += [
+            f"{p}: Python loop over steps, unrolled by the trace"
+            + (
+                " (diagonals placed by pad + add: TFLM concatenates <= 10 inputs)"
+                if p in self.placed_scans
+                else ""
+            )
+            for p in self.traced_loops
+        ]
         return out
+
+
+def _replace(model: nn.Module, path: str, module: nn.Module) -> nn.Module:
+    """``model`` with its submodule at ``path`` replaced by ``module`` (``module`` for ``""``)."""
+    if not path:
+        return module
+    parent_path, _, attr = path.rpartition(".")
+    setattr(model.get_submodule(parent_path), attr, module)
+    return model
 
 
 def export_form(model: nn.Module) -> tuple[nn.Module, ExportFormReport]:
     """A copy of ``model`` (eval mode) whose fused recurrent passes are :class:`UnrolledPass` export
-    forms (same weights, same outputs), and the report of what was replaced.
+    forms and whose ``rnn2d`` / ``rnn2d_4way`` layers are :class:`DiagonalScanExportForm` (same
+    weights, same outputs), and the report of what was replaced.
 
     Raises ``ValueError`` for a fused ``nn.RNNBase`` outside a known pass (it would reach the
     converter as a fused op)."""
@@ -171,13 +245,14 @@ def export_form(model: nn.Module) -> tuple[nn.Module, ExportFormReport]:
     for path, layer in list(model.named_modules()):
         if isinstance(layer, Layer2d) and layer_info(layer.layer_name).python_loop:
             report.traced_loops.append(path)
+            if isinstance(layer, (RNN2D, RNN2D4Way)):
+                model = _replace(model, path, DiagonalScanExportForm(layer))
+                report.placed_scans.append(path)
     for path, module in list(model.named_modules()):
         mode = _pass_mode(module)
         if mode is None:
             continue
-        parent_path, _, attr = path.rpartition(".")
-        parent = model.get_submodule(parent_path)
-        setattr(parent, attr, UnrolledPass(module.rnn, module.cell, mode))
+        model = _replace(model, path, UnrolledPass(module.rnn, module.cell, mode))
         report.unrolled.append(path)
     left = [p for p, m in model.named_modules() if isinstance(m, nn.RNNBase)]
     if left:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -244,19 +244,24 @@ def run_labels(task: BaseTask) -> dict[str, str | None]:
     }
 
 
-def compose_config(overrides: list[str] | tuple[str, ...] = (), config_name: str = "train") -> DictConfig:
-    """Compose ``conf/<config_name>.yaml`` with ``overrides`` outside a Hydra app (scripts,
-    notebooks), with ``hydra:`` resolvers working; run folder: a ``tmp`` placeholder that nothing
-    here writes to."""
+def compose_config(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
+    """Compose ``conf/train.yaml`` with ``overrides`` outside a Hydra app, ``hydra:`` resolvers working
+    (the run folder is a ``tmp`` placeholder nothing here writes to). Bad overrides raise
+    :class:`ConfigError` naming them."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
+    from hydra.errors import HydraException
     from omegaconf import open_dict
+    from omegaconf.errors import OmegaConfBaseException
 
     os.environ.setdefault("PROJECT_ROOT", str(project_root()))
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(project_root() / "conf"), version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+    try:
+        with initialize_config_dir(config_dir=str(project_root() / "conf"), version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(f"overrides {' '.join(overrides) or '(none)'}: {err}") from None
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(Path(cfg.paths.log_dir) / "tmp")
         cfg.hydra.job.num = 0

@@ -1,4 +1,4 @@
-"""Analysis tools: effective receptive fields (measured by gradients) and the ONNX round trip."""
+"""Analysis tools: effective receptive fields (measured by gradients)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import compose
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from crnn.analysis.receptive_field import (
     erf,
@@ -19,8 +16,6 @@ from crnn.analysis.receptive_field import (
     radius_for_mass,
     save_heatmaps,
 )
-from crnn.builders import build_task
-from crnn.export import check_onnx, export_and_check, export_onnx, load_checkpoint, load_config
 
 # ----------------------------------------------------------------------- receptive field
 
@@ -82,63 +77,3 @@ def test_erf_does_not_touch_the_module():
         and torch.equal(layer.weight, before)
         and layer.weight.grad is None
     )
-
-
-# ----------------------------------------------------------------------------- ONNX
-
-
-@pytest.mark.parametrize("rnn", ["none", "sws_birnn"])
-def test_onnx_round_trip_from_config(rnn, tmp_path):
-    module, inputs, picked = load_config([f"rnn={rnn}", f"data.root={tmp_path / 'none'}"])
-    assert picked["rnn"] == rnn
-    result = export_and_check(module, inputs, tmp_path / f"{rnn}.onnx")
-    assert result.ok and result.max_abs_diff <= 1e-4 and result.outputs == [(1, 100)]
-
-
-def test_onnx_round_trip_from_checkpoint(tmp_path):
-    """A checkpoint as crnn-train writes it (weights + hyper-parameters + ``crnn_config``)."""
-    import lightning
-
-    cfg = compose(["rnn=srnn", "rnn.cell=gru", "logger=none", f"data.root={tmp_path / 'none'}"], tmp_path)
-    task = build_task(cfg, instantiate(cfg.data))
-    with torch.no_grad():
-        for p in task.parameters():
-            p.add_(0.01 * torch.randn_like(p))  # weights that differ from a fresh init
-    ckpt = tmp_path / "checkpoints" / "best.ckpt"
-    ckpt.parent.mkdir()
-    torch.save(
-        {
-            "state_dict": task.state_dict(),
-            "hyper_parameters": dict(task.hparams),
-            "pytorch-lightning_version": lightning.__version__,
-            "crnn_config": {"config": OmegaConf.to_container(cfg, resolve=True), "choices": {"rnn": "srnn"}},
-        },
-        ckpt,
-    )
-    module, inputs, picked = load_checkpoint(ckpt)
-    x = torch.randn(1, 3, 32, 32)
-    task.eval()
-    module.eval()
-    with torch.no_grad():
-        assert torch.allclose(module(x), task.net(x), atol=1e-6)  # the checkpoint's weights
-    path = export_onnx(module, inputs, tmp_path / "model.onnx")
-    result = check_onnx(path, module, inputs)
-    assert result.ok, result.max_abs_diff
-
-
-def test_onnx_check_detects_a_mismatch(tmp_path):
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
-    inputs = (torch.zeros(1, 3, 8, 8),)
-    path = export_onnx(model, inputs, tmp_path / "m.onnx")
-    with torch.no_grad():
-        model[0].bias.add_(1.0)  # PyTorch now differs from the exported graph
-    assert not check_onnx(path, model, inputs).ok
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    "rnn", ["srnn", "sbirnn_cat", "sequencer", "ds_rnn", "rnn2d", "rnn2d_4way", "conv", "dsconv"]
-)
-def test_onnx_round_trip_every_layer(rnn, tmp_path):
-    module, inputs, _ = load_config([f"rnn={rnn}", f"data.root={tmp_path / 'none'}"])
-    assert export_and_check(module, inputs, tmp_path / f"{rnn}.onnx").ok

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from .cells import VANILLA_CELLS, get_cell
 from .registry import Layer2d, check_positive, register_layer
 
-__all__ = ["RNN2D", "RNN2D4Way"]
+__all__ = ["RNN2D", "RNN2D4Way", "diagonal_schedule"]
 
 
 class _Schedule:
@@ -52,7 +52,7 @@ class _Schedule:
 _SCHEDULES: dict[tuple[int, int, torch.device], _Schedule] = {}
 
 
-def _schedule(height: int, width: int, device: torch.device) -> _Schedule:
+def diagonal_schedule(height: int, width: int, device: torch.device) -> _Schedule:
     key = (height, width, device)
     if key not in _SCHEDULES:
         _SCHEDULES[key] = _Schedule(height, width, device)
@@ -160,7 +160,7 @@ class RNN2D(_RNN2DBase):
 
     def forward(self, x: Tensor) -> Tensor:
         B, C, H, W = x.shape
-        sched = _schedule(H, W, x.device)
+        sched = diagonal_schedule(H, W, x.device)
         # (HW, B, C) view, gathered into diagonal order (one copy), then W x + b for all positions
         z = self.input(x.flatten(2).permute(2, 0, 1).index_select(0, sched.order))  # (P, B, hid)
         h = diagonal_scan(z, self.weight_hh, sched, self.activation)
@@ -187,7 +187,7 @@ class RNN2D4Way(_RNN2DBase):
 
     def forward(self, x: Tensor) -> Tensor:
         B, C, H, W = x.shape
-        sched = _schedule(H, W, x.device)
+        sched = diagonal_schedule(H, W, x.device)
         z = self.input(x.flatten(2).permute(2, 0, 1))  # (HW, B, hid), raster order
         hid = z.shape[-1]
         z4 = z[sched.flip_order].view(H * W, 4 * B, hid)  # (P, 4, B, hid): corner k in batch block k

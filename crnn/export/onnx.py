@@ -1,11 +1,7 @@
-"""ONNX export of a crnn model (from a checkpoint or a config) with an onnxruntime check.
+"""ONNX export of a crnn model with an onnxruntime check (``crnn-export --format onnx``).
 
-    python scripts/export_onnx.py --ckpt outputs/runs/.../checkpoints/best.ckpt
-    python scripts/export_onnx.py backbone=resnet20 rnn=sws_birnn --out resnet20_sws.onnx
-
-What is exported is the module ``task.complexity_inputs()`` names (the classifier ``net`` for
-classification; for detection the backbone + FPN + head network without box decoding / NMS), in
-eval mode, at a fixed input size (the task's ``input_shape``, batch ``batch_size``).
+What is exported is :attr:`crnn.export.source.ExportSource.module` in eval mode, at a fixed input
+size (the task's ``input_shape``, batch ``batch_size``).
 
 The exporter is PyTorch's TorchScript-based one (``torch.onnx.export(..., dynamo=False)``): it
 traces one forward pass. Fused ``nn.RNN`` / ``nn.GRU`` / ``nn.LSTM`` calls become ONNX ``RNN`` /
@@ -20,25 +16,17 @@ output with PyTorch's: max absolute difference <= ``atol`` (1e-4) passes.
 
 from __future__ import annotations
 
-import logging
 import time
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
-__all__ = ["ExportCheck", "check_onnx", "export_onnx", "load_checkpoint", "load_config", "main"]
-
-log = logging.getLogger("crnn.export")
-
-#: layers whose forward is a Python loop over steps: unrolled by the trace (fixed input size)
-UNROLLED_LAYERS = ("ds_rnn", "rnn2d", "rnn2d_4way")
+__all__ = ["ExportCheck", "check_onnx", "export_and_check", "export_onnx"]
 
 
 @dataclass
@@ -52,33 +40,6 @@ class ExportCheck:
     @property
     def ok(self) -> bool:
         return bool(self.max_abs_diff <= self.atol)
-
-
-def load_checkpoint(ckpt_path: str | Path) -> tuple[nn.Module, tuple[torch.Tensor, ...], dict[str, Any]]:
-    """``(module, inputs, choices)`` from a crnn checkpoint (its stored config names the task)."""
-    from hydra.utils import get_class
-
-    from crnn.runtime import CONFIG_KEY
-
-    ckpt_path = Path(ckpt_path).expanduser()
-    if not ckpt_path.is_file():
-        raise FileNotFoundError(f"{ckpt_path}: no such checkpoint file")
-    stored = torch.load(ckpt_path, map_location="cpu", weights_only=False).get(CONFIG_KEY)
-    if stored is None:
-        raise ValueError(f"{ckpt_path} holds no crnn config ({CONFIG_KEY!r}): was it written by crnn-train?")
-    task = get_class(stored["config"]["task"]["_target_"]).load_from_checkpoint(ckpt_path, map_location="cpu")
-    module, inputs = task.complexity_inputs()
-    return module, inputs, dict(stored.get("choices") or {})
-
-
-def load_config(overrides: Sequence[str] = ()) -> tuple[nn.Module, tuple[torch.Tensor, ...], dict[str, Any]]:
-    """``(module, inputs, choices)`` of the model ``crnn-train <overrides>`` builds (random init)."""
-    from crnn.builders import build_model, compose_config
-    from crnn.runtime import choices
-
-    cfg = compose_config(list(overrides))
-    _, module, inputs = build_model(cfg)
-    return module, inputs, choices(cfg)
 
 
 def _output_names(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[str]:
@@ -166,53 +127,3 @@ def export_and_check(
     result = check_onnx(path, module, inputs, atol)
     result.export_s = elapsed
     return result
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    import argparse
-    import sys
-
-    parser = argparse.ArgumentParser(
-        prog="export_onnx.py",
-        description="Export a crnn checkpoint or config to ONNX and check it against PyTorch (onnxruntime).",
-    )
-    parser.add_argument(
-        "overrides", nargs="*", help="Hydra overrides of the model to export (when no --ckpt)"
-    )
-    parser.add_argument("--ckpt", help="a crnn-train checkpoint (its stored config rebuilds the model)")
-    parser.add_argument(
-        "--out", help="ONNX file (default: <run>/model.onnx for --ckpt, outputs/onnx/<name>.onnx otherwise)"
-    )
-    parser.add_argument("--opset", type=int, default=17)
-    parser.add_argument("--atol", type=float, default=1e-4, help="max |onnxruntime - PyTorch| allowed")
-    parser.add_argument(
-        "--batch-size", type=int, default=1, help="the (fixed) batch size of the exported graph"
-    )
-    args = parser.parse_args(argv)
-    if args.ckpt and args.overrides:
-        parser.error("give either --ckpt or config overrides, not both")
-
-    from crnn.runtime import project_root
-
-    if args.ckpt:
-        module, inputs, picked = load_checkpoint(args.ckpt)
-        ckpt = Path(args.ckpt)
-        run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-        default = run_dir / f"{ckpt.stem}.onnx"
-    else:
-        module, inputs, picked = load_config(args.overrides)
-        name = "-".join(str(picked.get(k)) for k in ("backbone", "rnn", "head"))
-        default = project_root() / "outputs" / "onnx" / f"{name}.onnx"
-    out = Path(args.out) if args.out else default
-    result = export_and_check(module, inputs, out, args.atol, args.opset, args.batch_size)
-    shape = [args.batch_size, *inputs[0].shape[1:]]
-    note = ""
-    if picked.get("rnn") in UNROLLED_LAYERS:
-        note = f" (rnn={picked['rnn']}: Python loop unrolled by the trace, valid for input {shape} only)"
-    print(f"exported {out} ({out.stat().st_size / 1e6:.2f} MB), input {shape}{note}")
-    diff = result.max_abs_diff
-    print(f"outputs {result.outputs}; max |onnxruntime - PyTorch| = {diff:.3g} (atol {args.atol:g})")
-    if not result.ok:
-        print("FAILED: the ONNX model does not match PyTorch within atol", file=sys.stderr)
-        raise SystemExit(1)
-    print("OK")

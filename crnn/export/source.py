@@ -1,0 +1,119 @@
+"""What gets exported: the model of a checkpoint or of a config, with its run config and data.
+
+Every export format starts from an :class:`ExportSource`: the module ``task.complexity_inputs()``
+names (the classifier ``net`` for classification; for detection the backbone + FPN + head network
+without box decoding / NMS), its batch-1 example inputs, the run's group choices and its composed
+config (whose ``data`` node gives the calibration and evaluation images of the embedded export).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from crnn.builders import build_datamodule, build_task, compose_config
+from crnn.errors import ConfigError
+
+__all__ = ["ExportSource", "load_checkpoint", "load_config", "normalized_images"]
+
+
+@dataclass
+class ExportSource:
+    """A model to export. ``module`` is in eval mode; ``inputs`` are batch-1 example inputs."""
+
+    module: nn.Module
+    inputs: tuple[torch.Tensor, ...]
+    choices: dict[str, Any]
+    config: DictConfig
+    run_dir: Path | None = None  # the run folder of a checkpoint
+    stem: str = "model"  # default file name (without suffix)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        """``backbone-rnn-head`` of the run's group choices."""
+        return "-".join(str(self.choices.get(k)) for k in ("backbone", "rnn", "head"))
+
+
+def load_config(overrides: Sequence[str] = ()) -> ExportSource:
+    """The model ``crnn-train <overrides>`` builds (seeded random init, untrained)."""
+    from crnn.runtime import choices
+
+    cfg = compose_config(overrides)
+    if cfg.get("seed") is not None:
+        torch.manual_seed(int(cfg.seed))
+    task = build_task(cfg, build_datamodule(cfg))  # constructors check settings only: no disk access
+    module, inputs = task.complexity_inputs()
+    picked = choices(cfg)
+    source = ExportSource(module.eval(), tuple(inputs), picked, cfg)
+    source.stem = source.name
+    source.notes.append("untrained: the weights are the config's seeded initialisation")
+    return source
+
+
+def load_checkpoint(ckpt_path: str | os.PathLike) -> ExportSource:
+    """The model of a crnn checkpoint (its stored config names the task and the data)."""
+    from hydra.utils import get_class
+
+    from crnn.runtime import CONFIG_KEY
+
+    ckpt_path = Path(ckpt_path).expanduser()
+    if not ckpt_path.is_file():
+        raise ConfigError(f"--ckpt {ckpt_path}: no such checkpoint file")
+    stored = torch.load(ckpt_path, map_location="cpu", weights_only=False).get(CONFIG_KEY)
+    if stored is None:
+        raise ConfigError(
+            f"--ckpt {ckpt_path} holds no crnn config ({CONFIG_KEY!r}): was it written by crnn-train?"
+        )
+    cfg = OmegaConf.create(stored["config"])
+    task = get_class(cfg.task._target_).load_from_checkpoint(ckpt_path, map_location="cpu")
+    module, inputs = task.complexity_inputs()
+    run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
+    source = ExportSource(module.eval(), tuple(inputs), dict(stored.get("choices") or {}), cfg, run_dir)
+    source.stem = f"{source.name}-{ckpt_path.stem}"  # several checkpoints can share one --out folder
+    return source
+
+
+def normalized_images(
+    config: DictConfig,
+    n_calibration: int,
+    n_eval: int,
+    seed: int = 0,
+    data_overrides: Sequence[str] = (),
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(calibration, eval, eval_labels)`` from the run's own data, as the model sees them.
+
+    ``calibration``: ``n_calibration`` training images (a seeded random pick, without replacement,
+    from the run's training split); ``eval``: the first ``n_eval`` test images and their labels.
+    Images are float ``(N, C, H, W)`` after the data module's evaluation transform (normalisation,
+    no augmentation). ``data_overrides`` (``key=value``, keys of the ``data`` node, e.g.
+    ``root=../shared/data/cifar100_partial``) change the data node first. Needs a data module with
+    ``train_set``/``test_set`` tensors and ``transform_batch`` (CIFAR-100).
+    """
+    data = OmegaConf.create(OmegaConf.to_container(config.data, resolve=True))
+    overrides = list(data_overrides)
+    try:
+        data = OmegaConf.merge(data, OmegaConf.from_dotlist([o.removeprefix("data.") for o in overrides]))
+    except Exception as err:
+        raise ConfigError(f"data overrides {' '.join(data_overrides)}: {err}") from None
+    dm = build_datamodule({"data": data})
+    if not hasattr(dm, "transform_batch"):
+        raise ConfigError(
+            f"data ({data.get('_target_')}): the embedded export needs image-classification data"
+        )
+    dm.prepare_data()
+    dm.setup(None)
+    train, test = dm.train_set, dm.test_set
+    gen = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(len(train.images), generator=gen)[: int(n_calibration)].sort().values
+    calibration = dm.transform_batch(train.images[pick], train=False)
+    n_eval = min(int(n_eval), len(test.images))
+    eval_images = dm.transform_batch(test.images[:n_eval], train=False)
+    return calibration, eval_images, test.labels[:n_eval].clone()

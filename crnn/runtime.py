@@ -360,3 +360,25 @@ def end_table(metrics: Mapping[str, Any], run_dir: Path) -> list[str]:
     status = metrics.get("status")
     reason = f" ({metrics.get('reason')}: {metrics.get('error')})" if status != "completed" else ""
     return [*lines, f"status {status}{reason}; run folder {run_dir}"]
+
+
+def check_state_fits(own: Mapping[str, Any], state: Mapping[str, Any], source: str) -> None:
+    """One :class:`CheckpointError` naming the parameters whose names or shapes differ between a
+    model's ``state_dict`` (``own``) and a checkpoint's (``state``); ``source`` says where the
+    model's config came from."""
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state))
+        if tuple(own[k].shape) != tuple(state[k].shape)
+    ]
+    parts = [
+        f"{label} {', '.join(keys[:3])}{f' (+{len(keys) - 3} more)' if len(keys) > 3 else ''}"
+        for label, keys in (("shape differs:", shapes), ("missing:", missing), ("unexpected:", unexpected))
+        if keys
+    ]
+    if parts:
+        raise CheckpointError(
+            f"the checkpoint does not fit the model built from {source}: {'; '.join(parts)}"
+        )

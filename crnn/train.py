@@ -43,6 +43,7 @@ from crnn.runtime import (
     EXIT_CODES,
     CheckpointError,
     MetricsFile,
+    check_state_fits,
     choices,
     config_hash,
     end_table,
@@ -108,17 +109,7 @@ def check_data(datamodule: L.LightningDataModule) -> None:
 def load_weights(task: L.LightningModule, ckpt: Path, trust: bool) -> None:
     """``finetune=true``: the checkpoint's weights into this run's model (one line when they differ)."""
     state = load_checkpoint(ckpt, trust=trust).get("state_dict", {})
-    own = task.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or shapes:
-        parts = [
-            f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
-            for label, keys in (("shape differs", shapes), ("missing", missing), ("unexpected", unexpected))
-            if keys
-        ]
-        raise CheckpointError(f"ckpt_path={ckpt} does not fit this model ({'; '.join(parts)})")
+    check_state_fits(task.state_dict(), state, f"this run's config (finetune from {ckpt})")
     task.load_state_dict(state)
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
+import string
 import time
 import traceback
 from collections.abc import Iterator
@@ -82,7 +84,11 @@ def build_loggers(
             continue
         extra: dict[str, Any] = {}
         if key == "wandb":
-            extra = dict(name=name, group=node.get("group") or group, tags=tags, id=resume_id)
+            # The id is chosen here so that metrics.json holds it before W&B starts (resume reuses it).
+            run_id = resume_id or "".join(
+                secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8)
+            )
+            extra = dict(name=name, group=node.get("group") or group, tags=tags, id=run_id)
         loggers.append(instantiate(node, **extra))
     return loggers
 

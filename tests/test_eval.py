@@ -25,7 +25,12 @@ def trained_run(tmp_path_factory, cifar_root) -> tuple[Path, dict]:
 def _eval_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "CI": "1", "WANDB_MODE": "offline"}
     return subprocess.run(
-        [sys.executable, "-m", "crnn.eval", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "crnn.eval", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -66,7 +71,9 @@ def test_checkpoint_of_another_model_is_one_line(trained_run, tmp_path):
     checkpoint["hyper_parameters"]["rnn"]["hidden_channels"] = 3  # as if the model config were another's
     bad = tmp_path / "other.ckpt"
     torch.save(checkpoint, bad)
-    with pytest.raises(ValueError, match=r"does not fit the model built from its stored hyper_parameters") as err:
+    with pytest.raises(
+        ValueError, match=r"does not fit the model built from its stored hyper_parameters"
+    ) as err:
         evaluate(bad, output_dir=tmp_path / "eval")
     assert "shape differs" in str(err.value) and "\n" not in str(err.value)
 

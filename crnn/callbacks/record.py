@@ -22,9 +22,10 @@ def number(value: Any) -> Any:
 
 
 def logger_config(cfg: Mapping[str, Any], picked: Mapping[str, Any]) -> dict[str, Any]:
-    """The config as loggers get it: resolved once, without ``_target_``/``_partial_``/``_recursive_``
-    keys and without Hydra's node, with the group choices as top-level keys (``backbone``,
-    ``rnn``, ``cell``, ``head``, ``data``, ``seed``) for grouping and filtering."""
+    """The config as loggers get it: the group choices and the seed as top-level keys (``backbone``,
+    ``rnn``, ``cell``, ``head``, ``data``, ``seed``) to group and filter by, and the resolved config
+    once under ``cfg`` (W&B shows ``cfg.backbone.depth``), without ``_target_``/``_partial_`` keys,
+    Hydra's node, paths and the nodes the task repeats (``task.backbone`` ...)."""
 
     def clean(node: Any) -> Any:
         if isinstance(node, Mapping):
@@ -33,10 +34,10 @@ def logger_config(cfg: Mapping[str, Any], picked: Mapping[str, Any]) -> dict[str
 
     plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     plain = {k: v for k, v in plain.items() if k not in ("hydra", "paths", "logger", "callbacks")}
-    # The groups' own nodes are nested under task (``task.backbone`` ...): keep them once, at the top.
-    task = {k: v for k, v in (plain.pop("task", None) or {}).items() if k not in ("backbone", "rnn", "head")}
-    out = {f"choice/{k}": v for k, v in picked.items()}
-    return {**{k: v for k, v in picked.items() if v is not None}, **out, **clean({**plain, "task": task})}
+    task = plain.get("task") or {}
+    plain["task"] = {k: v for k, v in task.items() if k not in ("backbone", "rnn", "head")}
+    top = {k: v for k, v in picked.items() if v is not None}
+    return {**top, "seed": plain.get("seed"), "cfg": clean(plain)}
 
 
 class RunRecord(L.Callback):

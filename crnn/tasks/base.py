@@ -106,7 +106,8 @@ class BaseTask(L.LightningModule):
                 "monitor": self.monitor,
                 "monitor_mode": self.monitor_mode,
                 **extra,
-            }
+            },
+            logger=False,  # loggers get the run's whole config from crnn.callbacks.RunRecord
         )
 
     def complexity_inputs(self) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:

@@ -223,7 +223,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         loggers = build_loggers(cfg, name, sweep_group(picked), tags, metrics.data.get("wandb_id"))
         summary = {"params": params, "macs": macs}
         record = RunRecord(metrics, task.monitor, task.monitor_mode, logger_config(cfg, picked), summary)
-        callbacks = [record, StoreConfig(cfg, picked), NonFiniteGuard(), GlobalRngState()]
+        callbacks = [NonFiniteGuard(), record, StoreConfig(cfg, picked), GlobalRngState()]  # guard first
         callbacks += build_callbacks(cfg, bool(loggers))
         trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
         trainer_cfg["enable_progress_bar"] = progress_bar_enabled(trainer_cfg.get("enable_progress_bar"))

@@ -18,9 +18,9 @@ class NonFiniteLossError(RuntimeError):
 
 class NonFiniteGuard(L.Callback):
     """Stops training at the first non-finite training loss, before its backward pass (so its
-    gradients never reach the weights), and refuses to write a checkpoint holding non-finite
-    weights (a finite loss can still overflow them). ``last.ckpt`` and ``best.ckpt`` therefore
-    stay the last finite ones."""
+    gradients never reach the weights), at an epoch whose validation loss is non-finite, and
+    refuses to write a checkpoint holding non-finite weights (a finite loss can still overflow
+    them). ``last.ckpt`` and ``best.ckpt`` therefore stay the last finite ones."""
 
     def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss.detach()).all():
@@ -29,6 +29,18 @@ class NonFiniteGuard(L.Callback):
                 f"{trainer.current_epoch}, "
                 f"step {trainer.global_step}: stopped; the checkpoints are the last finite ones"
             )
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        """A finite training loss can still leave weights whose validation loss overflows (the
+        accuracy then stays finite and may even "improve"): stop before this epoch is recorded or
+        checkpointed."""
+        for key in ("train/loss_epoch", "val/loss"):
+            value = trainer.callback_metrics.get(key)
+            if value is not None and not torch.isfinite(value).all():
+                raise NonFiniteLossError(
+                    f"non-finite {key.removesuffix('_epoch')} ({float(value)}) at epoch "
+                    f"{trainer.current_epoch}, step {trainer.global_step}: stopped; the checkpoints are the last finite ones"
+                )
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         bad = [name for name, p in pl_module.named_parameters() if not torch.isfinite(p.detach()).all()]

@@ -63,7 +63,7 @@ class ProgressLog(L.Callback):
         shown = [k for k in shown if not (k.endswith("_epoch") is False and f"{k}_epoch" in metrics)]
         text = ", ".join(f"{k.removesuffix('_epoch')} {_fmt(metrics[k])}" for k in shown)
         log.info(
-            "epoch %d/%s step %d: %s; %s",
+            "epoch %d (of %s) step %d: %s; %s",
             trainer.current_epoch,
             trainer.max_epochs,
             trainer.global_step,

@@ -39,7 +39,8 @@ class NonFiniteGuard(L.Callback):
             if value is not None and not torch.isfinite(value).all():
                 raise NonFiniteLossError(
                     f"non-finite {key.removesuffix('_epoch')} ({float(value)}) at epoch "
-                    f"{trainer.current_epoch}, step {trainer.global_step}: stopped; the checkpoints are the last finite ones"
+                    f"{trainer.current_epoch}, step {trainer.global_step}: stopped; the checkpoints are "
+                    "the last finite ones"
                 )
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:

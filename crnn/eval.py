@@ -34,6 +34,7 @@ from crnn.runtime import (
     load_checkpoint,
     progress_bar_enabled,
     project_root,
+    quiet_known_noise,
     run_name,
 )
 
@@ -202,6 +203,7 @@ def _main(cfg: DictConfig) -> None:
 
 def main() -> None:
     os.environ.setdefault("PROJECT_ROOT", str(project_root()))
+    quiet_known_noise()
     _main()
 
 

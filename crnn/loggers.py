@@ -42,6 +42,9 @@ class WandbLogger(_LightningWandbLogger):
             **kwargs,
         )
         self.media, self.watch_mode = media, watch
+        # Lightning passes ``anonymous=None``, which W&B answers with a deprecation warning every run.
+        if self._wandb_init.get("anonymous") is None:
+            self._wandb_init.pop("anonymous", None)
 
     @property
     def experiment(self):
@@ -60,6 +63,9 @@ class WandbLogger(_LightningWandbLogger):
                 first,
                 self.save_dir,
             )
+            import wandb
+
+            wandb.teardown()  # the failed online attempt keeps the run id "in use" in W&B's service
             self._wandb_init["mode"] = "offline"
             self._experiment = None
             return super().experiment

@@ -299,6 +299,7 @@ def hydra_job() -> dict[str, Any]:
     return {
         "multirun": multirun,
         "sweep_dir": hc.sweep.dir if multirun else None,
+        "sweep_params": params,
         "swept": swept,
         "overrides": overrides,
     }
@@ -382,3 +383,32 @@ def check_state_fits(own: Mapping[str, Any], state: Mapping[str, Any], source: s
         raise CheckpointError(
             f"the checkpoint does not fit the model built from {source}: {'; '.join(parts)}"
         )
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, *fragments: str):
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(f in record.getMessage() for f in self.fragments)
+
+
+def quiet_known_noise() -> None:
+    """Silence what every run repeats and crnn knows does not apply; ``CRNN_SHOW_ALL_WARNINGS=1``
+    shows it all again.
+
+    - Lightning's hint to run under ``srun`` (only when not inside a SLURM job);
+    - the ``LeafSpec`` deprecation between torch and Lightning versions (nothing a user can change);
+    - Lightning's adverts (LitLogger / litmodels tips) and its note on estimating stepping batches.
+    """
+    import warnings
+
+    if os.environ.get("CRNN_SHOW_ALL_WARNINGS"):
+        return
+    if not os.environ.get("SLURM_JOB_ID"):
+        warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    noise = _DropMessages("💡 Tip:", "litmodels", "to estimate number of stepping batches")
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(noise)

@@ -55,6 +55,7 @@ from crnn.runtime import (
     print_config,
     progress_bar_enabled,
     project_root,
+    quiet_known_noise,
     run_labels,
     save_config,
     sweep_group,
@@ -299,7 +300,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def _main(cfg: DictConfig) -> float | None:
-    multirun = hydra_job().get("multirun", False)
+    job = hydra_job()
+    multirun = job.get("multirun", False)
+    if not multirun and job.get("sweep_params"):
+        experiment = job["overrides"].get("experiment", "?")
+        log.error(
+            "experiment=%s is a sweep over %s: launch it with `crnn-train -m experiment=%s` (-m with single "
+            "values runs one combination)",
+            experiment,
+            ", ".join(job["sweep_params"]),
+            experiment,
+        )
+        raise SystemExit(EXIT_CODES["user_error"])
     try:
         result = train(cfg)
     except (*USER_ERRORS, CheckpointError) as err:  # before the run started
@@ -325,6 +337,7 @@ class JobFailed(RuntimeError):
 
 def main() -> None:
     os.environ.setdefault("PROJECT_ROOT", str(project_root()))
+    quiet_known_noise()
     _main()
 
 

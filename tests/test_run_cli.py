@@ -103,3 +103,10 @@ def test_a_failing_sweep_job_is_recorded_and_the_sweep_goes_on(tmp_path, cifar_r
     assert metrics[0]["reason"] == "non-finite loss" and metrics[0]["exit_code"] == 1
     assert all((job / "config.yaml").is_file() for job in jobs)  # print_config=false only stops printing
     assert metrics[0]["name"] != metrics[1]["name"] and "lr=" in metrics[0]["name"]
+
+
+def test_a_sweep_preset_without_multirun_says_how_to_launch_it(tmp_path):
+    proc = crnn_train("experiment=cifar100_rnn_vs_conv_rf", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 2, output[-3000:]
+    assert "is a sweep over experiment/rf_layer, seed: launch it with `crnn-train -m experiment=" in output

@@ -1,0 +1,56 @@
+"""What a researcher sees: debug presets, TensorBoard and several loggers, the end-of-run table (issue 13)."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import cifar_overrides, compose
+from omegaconf import OmegaConf
+
+from crnn.train import build_loggers, train
+
+
+def test_debug_fdr_runs_in_its_own_folder_offline(tmp_path, cifar_root):
+    cfg = compose(cifar_overrides(cifar_root, "debug=fdr", "rnn=none"), tmp_path)
+    hydra = OmegaConf.to_container(cfg.hydra, resolve=False)
+    assert "/debug/runs/" in hydra["run"]["dir"] and hydra["job"]["env_set"]["WANDB_MODE"] == "offline"
+    result = train(cfg)
+    assert result["status"] == "completed" and not (tmp_path / "checkpoints").exists()
+
+
+def test_debug_overfit_and_profiler(tmp_path, cifar_root):
+    overfit = train(
+        compose(
+            cifar_overrides(cifar_root, "debug=overfit", "rnn=none", "trainer.max_epochs=2"), tmp_path / "o"
+        )
+    )
+    assert overfit["status"] == "completed" and overfit["last_epoch"] == 1 and "train/acc1" in overfit
+    profiled = train(compose(cifar_overrides(cifar_root, "debug=profiler", "rnn=none"), tmp_path / "p"))
+    assert profiled["status"] == "completed" and (tmp_path / "p" / "fit-profile.txt").is_file()
+
+
+def test_tensorboard_logger_is_readable_by_tensorboard(tmp_path, cifar_root):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = train(compose(cifar_overrides(cifar_root, "rnn=none", "logger=tensorboard"), tmp_path))
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"val/acc1", "val/acc1_best", "train/acc1", "params", "macs", "test/acc1"} <= scalars, scalars
+    assert events.Scalars("params")[-1].value == result["params"]
+
+
+def test_logger_many_is_wandb_csv_and_tensorboard(tmp_path, cifar_root):
+    cfg = compose(cifar_overrides(cifar_root, "logger=many"), tmp_path)
+    kinds = sorted(type(lg).__name__ for lg in build_loggers(cfg, "name", None, [], None))
+    assert kinds == ["CSVLogger", "TensorBoardLogger", "WandbLogger"]
+
+
+@pytest.mark.parametrize("print_config", ["true", "false"])
+def test_config_yaml_is_saved_whether_printed_or_not(print_config, tmp_path, cifar_root, capsys):
+    cfg = compose(
+        cifar_overrides(cifar_root, "rnn=none", "trainer.fast_dev_run=true", "callbacks=none"), tmp_path
+    )
+    cfg.print_config = print_config == "true"
+    train(cfg)
+    assert (tmp_path / "config.yaml").is_file()
+    assert ("data_dir" in capsys.readouterr().out) == (print_config == "true")

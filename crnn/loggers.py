@@ -74,6 +74,23 @@ class WandbLogger(_LightningWandbLogger):
         """Summary of ``key`` = its best value, so that a dashboard sorted by it sorts by the best."""
         self.experiment.define_metric(key, summary="max" if mode == "max" else "min")
 
+    def log_table(self, key: str, columns: list[str], data: list[list], **kwargs) -> None:
+        """Lightning's ``log_table``, with image tensors ``(C, H, W)`` in [0, 1] as W&B images."""
+        import wandb
+
+        rows = [[wandb.Image(c) if hasattr(c, "ndim") and c.ndim == 3 else c for c in row] for row in data]
+        super().log_table(key, columns, rows, **kwargs)
+
+    def log_confusion_matrix(self, key: str, y_true, preds, class_names: list[str] | None = None) -> None:
+        import wandb
+
+        matrix = wandb.plot.confusion_matrix(
+            y_true=y_true.tolist(),
+            preds=preds.tolist(),
+            class_names=list(class_names) if class_names else None,
+        )
+        self.experiment.log({key: matrix})
+
     def finish(self, exit_code: int) -> None:
         """End the W&B run with the process's exit code (non-zero: failed / killed in W&B)."""
         if self._experiment is not None:

@@ -54,3 +54,36 @@ def test_config_yaml_is_saved_whether_printed_or_not(print_config, tmp_path, cif
     train(cfg)
     assert (tmp_path / "config.yaml").is_file()
     assert ("data_dir" in capsys.readouterr().out) == (print_config == "true")
+
+
+def test_classification_media_reach_a_logger_that_takes_them(tmp_path, cifar_root):
+    from logger_double import RecordingLogger
+
+    class MediaLogger(RecordingLogger):
+        media = True
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.tables, self.matrices = [], []
+
+        def log_table(self, key, columns, data, **kwargs) -> None:
+            self.tables.append((key, columns, data))
+
+        def log_confusion_matrix(self, key, y_true, preds, class_names=None) -> None:
+            self.matrices.append((key, y_true, preds, class_names))
+
+    import logger_double
+
+    logger_double.MediaLogger = MediaLogger
+    RecordingLogger.instances.clear()
+    overrides = cifar_overrides(
+        cifar_root, "rnn=none", "trainer.max_epochs=2", "+logger.media._target_=logger_double.MediaLogger"
+    )
+    train(compose(overrides, tmp_path))
+    (logger,) = RecordingLogger.instances
+    assert [t[0] for t in logger.tables] == ["val/predictions"] * 2
+    key, columns, rows = logger.tables[-1]
+    assert columns == ["image", "true", "predicted", "confidence"] and len(rows) == 16
+    assert rows[0][0].shape == (3, 32, 32) and 0.0 <= rows[0][3] <= 1.0
+    ((key, y_true, preds, names),) = logger.matrices
+    assert key == "val/confusion_matrix" and len(y_true) == len(preds) == 32 and len(names) == 100

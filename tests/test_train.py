@@ -124,7 +124,7 @@ def test_wandb_offline_run_is_written(tmp_path, cifar_root):
     """Through crnn.loggers.WandbLogger, offline: the run's file is in the run folder under the id
     metrics.json records. (wandb has no public reader of offline runs: what it holds is covered by
     the logger double above.)"""
-    cfg = compose(cifar_overrides(cifar_root, "rnn=none", "logger=wandb", "callbacks=none"), tmp_path)
+    cfg = compose(cifar_overrides(cifar_root, "rnn=none", "logger=wandb"), tmp_path)  # media included
     result = train(cfg)
     import wandb
 

@@ -2,11 +2,13 @@
 
 from crnn.callbacks.checkpoint import RunCheckpoint
 from crnn.callbacks.guards import GlobalRngState, NonFiniteGuard, NonFiniteLossError
+from crnn.callbacks.media import ClassificationMedia
 from crnn.callbacks.progress import ProgressLog
 from crnn.callbacks.record import RunRecord, StoreConfig, logger_config
 from crnn.callbacks.throughput import TrainThroughput
 
 __all__ = [
+    "ClassificationMedia",
     "GlobalRngState",
     "NonFiniteGuard",
     "NonFiniteLossError",

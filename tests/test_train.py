@@ -129,7 +129,10 @@ def test_wandb_offline_run_is_written(tmp_path, cifar_root):
     import wandb
 
     wandb.teardown()
-    assert result["wandb_id"] and list(tmp_path.glob(f"wandb/offline-run-*/run-{result['wandb_id']}.wandb"))
+    (run,) = tmp_path.glob(f"wandb/offline-run-*-{result['wandb_id']}")
+    assert (run / f"run-{result['wandb_id']}.wandb").is_file()
+    tables = {p.name.split("_")[0] for p in (run / "files/media/table/val").glob("*.table.json")}
+    assert tables == {"predictions", "confusion"}  # the media, as W&B's own table files
 
 
 def test_resume_continues_from_last_checkpoint(tmp_path, cifar_root):

@@ -35,7 +35,6 @@ from crnn.runtime import (
     progress_bar_enabled,
     project_root,
     quiet_known_noise,
-    run_name,
 )
 
 log = logging.getLogger("crnn.eval")
@@ -85,12 +84,22 @@ def merged_config(
     return cfg, applied
 
 
-def build_eval_loggers(cfg: DictConfig, stored_choices: Mapping[str, Any], name: str | None) -> list:
+def build_eval_loggers(cfg: DictConfig, ckpt_path: Path) -> list:
+    """The configured loggers; W&B's run is named and grouped after the training run's
+    (``<name>-eval``, same group, else the training run's id), job type ``eval``."""
+    run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
+    trained = MetricsFile(run_dir / "metrics.json").data if (run_dir / "metrics.json").is_file() else {}
     loggers = []
     for key, node in (cfg.get("logger") or {}).items():
         if not isinstance(node, Mapping) or "_target_" not in node:
             continue
-        extra = {"name": f"{name}-eval", "job_type": "eval"} if key == "wandb" else {}
+        extra = {}
+        if key == "wandb":
+            name, group = (
+                trained.get("name") or ckpt_path.stem,
+                trained.get("group") or trained.get("wandb_id"),
+            )
+            extra = {"name": f"{name}-eval", "job_type": "eval", "group": node.get("group") or group}
         loggers.append(instantiate(node, **extra))
     return loggers
 
@@ -149,7 +158,7 @@ def evaluate(
     )
     for key in ("strategy", "sync_batchnorm", "max_epochs", "min_epochs"):
         trainer_cfg.pop(key, None)
-    loggers = build_eval_loggers(cfg, stored["choices"], run_name(stored["choices"], cfg.get("seed")))
+    loggers = build_eval_loggers(cfg, ckpt_path)
     trainer: L.Trainer = instantiate(trainer_cfg, logger=loggers or False, callbacks=[])
     start, results = time.time(), {}
     status = "failed"

@@ -59,14 +59,17 @@ def load_checkpoint(ckpt_path: str | Path) -> tuple[nn.Module, tuple[torch.Tenso
     from hydra.utils import get_class
 
     from crnn.runtime import CONFIG_KEY
+    from crnn.runtime import load_checkpoint as load_safely
 
     ckpt_path = Path(ckpt_path).expanduser()
     if not ckpt_path.is_file():
         raise FileNotFoundError(f"{ckpt_path}: no such checkpoint file")
-    stored = torch.load(ckpt_path, map_location="cpu", weights_only=False).get(CONFIG_KEY)
+    stored = load_safely(ckpt_path).get(CONFIG_KEY)  # weights_only=True
     if stored is None:
         raise ValueError(f"{ckpt_path} holds no crnn config ({CONFIG_KEY!r}): was it written by crnn-train?")
-    task = get_class(stored["config"]["task"]["_target_"]).load_from_checkpoint(ckpt_path, map_location="cpu")
+    task = get_class(stored["config"]["task"]["_target_"]).load_from_checkpoint(
+        ckpt_path, map_location="cpu", weights_only=True
+    )
     module, inputs = task.complexity_inputs()
     return module, inputs, dict(stored.get("choices") or {})
 

@@ -120,7 +120,7 @@ class MetricsFile:
         self.data.update(values)
         data, bad = strict_json({k: v for k, v in self.data.items() if k != "non_finite"})
         if bad:
-            data["non_finite"] = sorted(set(bad) | set(self.data.get("non_finite") or []))
+            data["non_finite"] = sorted(bad)
         try:
             write_json_atomic(self.path, data)
         except OSError as err:

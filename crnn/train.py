@@ -207,8 +207,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             run_dir=str(run_dir),
             config_hash=config_hash(cfg),
             git_commit=git_commit(),
-            error=None,
-            reason=None,
+            **dict.fromkeys(("error", "reason", "error_type", "traceback", "exit_code")),
         )
         datamodule = build_datamodule(cfg)
         check_data(datamodule)
@@ -221,7 +220,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "%s: %s params, %s MACs at input %s", name, f"{params:,}", f"{macs:,}", tuple(inputs[0].shape)
         )
 
-        loggers = build_loggers(cfg, name, sweep_group(picked), tags, metrics.data.get("wandb_id"))
+        group = sweep_group(picked)
+        loggers = build_loggers(cfg, name, group, tags, metrics.data.get("wandb_id"))
         summary = {"params": params, "macs": macs}
         record = RunRecord(metrics, task.monitor, task.monitor_mode, logger_config(cfg, picked), summary)
         callbacks = [NonFiniteGuard(), record, StoreConfig(cfg, picked), GlobalRngState()]  # guard first
@@ -237,6 +237,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             **summary,
             input_shape=list(inputs[0].shape[1:]),
             wandb_id=wandb_id,
+            group=group,
             finetuned_from=str(launch.weights_from) if launch.weights_from else None,
         )
         with graceful_interrupts(trainer) as received:

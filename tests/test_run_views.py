@@ -87,3 +87,21 @@ def test_classification_media_reach_a_logger_that_takes_them(tmp_path, cifar_roo
     assert rows[0][0].shape == (3, 32, 32) and 0.0 <= rows[0][3] <= 1.0
     ((key, y_true, preds, names),) = logger.matrices
     assert key == "val/confusion_matrix" and len(y_true) == len(preds) == 32 and len(names) == 100
+
+
+def test_progress_lines_per_epoch_and_every_n_steps(tmp_path, cifar_root, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="crnn")
+    overrides = cifar_overrides(
+        cifar_root, "rnn=none", "trainer.max_epochs=2", "callbacks.progress_log.every_n_steps=3"
+    )
+    train(compose(overrides, tmp_path))
+    lines = [r.getMessage() for r in caplog.records if r.name == "crnn.progress"]
+    epochs = [line for line in lines if line.startswith("epoch ") and "(of 2)" in line]
+    steps = [line for line in lines if "(batch " in line]
+    assert len(epochs) == 2 and all(k in epochs[1] for k in ("train/acc1", "val/acc1", "images_per_s", "ETA"))
+    assert [line.split()[3] for line in steps] == ["3", "6"]  # global steps 3 and 6 of 8
+    table = [r.getMessage() for r in caplog.records if r.name == "crnn.train"]
+    assert any(line.startswith("metric") and "val (best, epoch" in line for line in table)
+    assert any(line.startswith("status completed; run folder") for line in table)

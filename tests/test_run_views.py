@@ -105,3 +105,14 @@ def test_progress_lines_per_epoch_and_every_n_steps(tmp_path, cifar_root, caplog
     table = [r.getMessage() for r in caplog.records if r.name == "crnn.train"]
     assert any(line.startswith("metric") and "val (best, epoch" in line for line in table)
     assert any(line.startswith("status completed; run folder") for line in table)
+
+
+def test_a_run_failing_before_training_creates_no_wandb_run(tmp_path):
+    from crnn.data.errors import DatasetNotFoundError
+    from crnn.train import RunStopped
+
+    overrides = cifar_overrides(tmp_path / "missing", "logger=wandb")
+    with pytest.raises(RunStopped) as stop:
+        train(compose(overrides, tmp_path / "run"))
+    assert stop.value.exit_code == 2 and stop.value.metrics["error_type"] == DatasetNotFoundError.__name__
+    assert not (tmp_path / "run" / "wandb").exists()

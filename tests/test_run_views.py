@@ -116,3 +116,26 @@ def test_a_run_failing_before_training_creates_no_wandb_run(tmp_path):
         train(compose(overrides, tmp_path / "run"))
     assert stop.value.exit_code == 2 and stop.value.metrics["error_type"] == DatasetNotFoundError.__name__
     assert not (tmp_path / "run" / "wandb").exists()
+
+
+def test_wandb_own_settings_win_over_the_credentials_guess(tmp_path, monkeypatch):
+    from crnn.runtime import wandb_mode
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    assert wandb_mode(None) == "online"
+    (tmp_path / "wandb").mkdir()
+    (tmp_path / "wandb" / "settings").write_text("[default]\nmode = offline\n")  # what `wandb offline` writes
+    assert wandb_mode(None) == "offline" and wandb_mode("online") == "online"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert wandb_mode(None) == "disabled"
+
+
+def test_printed_config_is_never_cut(tmp_path, capsys):
+    from crnn.runtime import print_config
+
+    long_path = "/very/long/" + "x" * 300 + "/data"
+    print_config(OmegaConf.create({"data": {"root": long_path}}), tmp_path / "config.yaml")
+    assert long_path in capsys.readouterr().out  # not a terminal: one line, whatever its length

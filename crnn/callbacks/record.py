@@ -80,6 +80,9 @@ class RunRecord(L.Callback):
             define = getattr(logger, "define_best", None)  # W&B: summary of the best-so-far metric
             if define is not None:
                 define(self.best_key, self.mode)
+            watch = getattr(logger, "watch_mode", None)  # W&B: logger.wandb.watch=gradients|parameters|all
+            if watch:
+                logger.watch(pl_module, log=watch)
 
     def _improved(self, value: float) -> bool:
         if self.best.get(self.monitor) is None or value != value:

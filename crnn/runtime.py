@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -175,6 +176,9 @@ def config_diff(
     """``key: old -> new`` for each setting (dotted key) that differs, the launch keys ignored."""
     a, b = flat(_without(plain_config(old), ignore)), flat(_without(plain_config(new), ignore))
     keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    # ``task.{backbone,rnn,head}`` repeat the top-level nodes; ``_target_``-style keys follow the choice.
+    repeated = ("task.backbone.", "task.rnn.", "task.head.")
+    keys = [k for k in keys if not k.startswith(repeated) and not k.split(".")[-1].startswith("_")]
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if k.split(".")[-1] not in NON_MODEL_LEAVES]
 
 
@@ -189,9 +193,10 @@ def load_checkpoint(path: str | Path, trust: bool = False) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        what = f"it needs {found.group(1)}" if found else (str(err).strip().splitlines() or ["?"])[0][:200]
         raise CheckpointError(
-            f"{path}: holds more than tensors and plain values, so it is not loaded ({first[:200]}). "
+            f"{path}: holds more than tensors and plain values, so it is not loaded ({what}). "
             "If you wrote it yourself, pass trust_checkpoint=true."
         ) from None
     except (OSError, RuntimeError, EOFError) as err:

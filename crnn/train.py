@@ -12,12 +12,8 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import signal
 import string
 import time
-import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +21,14 @@ import hydra
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from crnn import complexity
 from crnn.builders import build_datamodule, build_task
-from crnn.callbacks import GlobalRngState, NonFiniteGuard, NonFiniteLossError, RunRecord, StoreConfig
+from crnn.callbacks import GlobalRngState, NonFiniteGuard, RunRecord, StoreConfig
 from crnn.callbacks.record import logger_config
 from crnn.errors import USER_ERRORS, ConfigError
+from crnn.lifecycle import JobFailed, RunStopped, graceful_interrupts, outcome_of
 from crnn.runfolder import (
     Launch,
     check_relaunch,
@@ -65,14 +61,6 @@ log = logging.getLogger("crnn.train")
 
 CONF_DIR = project_root() / "conf"
 """Absolute, so that Hydra finds it from a console script run in any folder."""
-
-
-class RunStopped(Exception):
-    """The run ended failed or interrupted; its ``metrics.json`` says so and why."""
-
-    def __init__(self, metrics: dict[str, Any], exit_code: int):
-        super().__init__(metrics.get("error") or metrics.get("status"))
-        self.metrics, self.exit_code = metrics, exit_code
 
 
 def build_loggers(
@@ -118,31 +106,6 @@ def load_weights(task: L.LightningModule, ckpt: Path, trust: bool) -> None:
     state = load_checkpoint(ckpt, trust=trust).get("state_dict", {})
     check_state_fits(task.state_dict(), state, f"this run's config (finetune from {ckpt})")
     task.load_state_dict(state)
-
-
-@contextmanager
-def graceful_interrupts(trainer: L.Trainer) -> Iterator[dict[str, str]]:
-    """Ctrl-C and SIGTERM stop training at the next batch boundary, the way Lightning handles
-    SIGTERM (``SIGTERMException``), instead of Lightning's ``sys.exit(1)`` on Ctrl-C; a second
-    signal stops at once. The dict receives the signal's name."""
-    received: dict[str, str] = {}
-
-    def on_signal(signum: int, frame: Any) -> None:
-        if received:
-            raise KeyboardInterrupt
-        received["signal"] = signal.Signals(signum).name
-        log.warning("%s received: stopping at the next batch (again to stop now)", received["signal"])
-        trainer._signal_connector.received_sigterm = True  # what Lightning's own SIGTERM handler sets
-
-    try:
-        old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    except ValueError:  # not the main thread: keep the default handlers
-        old = {}
-    try:
-        yield received
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
 
 
 def fit_and_test(
@@ -242,53 +205,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         )
         with graceful_interrupts(trainer) as received:
             results = fit_and_test(cfg, trainer, task, datamodule, launch, record)
-        outcome: dict[str, Any] = {**results, "status": "completed"}
-        if received:
-            outcome.update(status="interrupted", reason=received["signal"])
-    except NonFiniteLossError as err:
-        outcome = {
-            "status": "failed",
-            "reason": err.reason,
-            "error": str(err),
-            "error_type": type(err).__name__,
-        }
-    except (KeyboardInterrupt, SIGTERMException, SystemExit) as err:
-        sig = received.get("signal") or ("SIGTERM" if isinstance(err, SIGTERMException) else "SIGINT")
-        if isinstance(err, SystemExit) and not received and not isinstance(err, SIGTERMException):
-            outcome = {"status": "failed", "reason": "exit", "error": f"SystemExit({err.code})"}
-        else:
-            outcome = {"status": "interrupted", "reason": sig, "error": None}
-    except (*USER_ERRORS, CheckpointError) as err:
-        outcome = {
-            "status": "failed",
-            "reason": "bad config or input",
-            "error": str(err),
-            "error_type": type(err).__name__,
-            "exit_code": EXIT_CODES["user_error"],
-        }
-    except Exception as err:
-        path = run_dir / "error.txt"
-        try:
-            path.write_text(traceback.format_exc())
-        except OSError:
-            path = None
-        first = (str(err).strip().splitlines() or [""])[0][:300]
-        outcome = {
-            "status": "failed",
-            "reason": "error",
-            "error": first,
-            "error_type": type(err).__name__,
-            "traceback": str(path) if path else None,
-        }
-    exit_code = outcome.pop("exit_code", None)
-    if exit_code is None:
-        exit_code = (
-            EXIT_CODES[outcome["reason"]]
-            if outcome["status"] == "interrupted"
-            else EXIT_CODES.get(outcome["status"], 1)
-        )
+        outcome = {**results, **outcome_of(None, received, run_dir)}
+    except BaseException as err:  # every ending is recorded; KeyboardInterrupt and SystemExit included
+        outcome = outcome_of(err, received, run_dir)
+    exit_code = outcome["exit_code"]
     outcome["wall_time_s"] = round(previous_wall + time.time() - start, 2)
-    metrics.update(**outcome, exit_code=exit_code)
+    metrics.update(**outcome)
     for logger in loggers:
         if hasattr(logger, "finish"):
             logger.finish(exit_code)
@@ -329,11 +251,6 @@ def _main(cfg: DictConfig) -> float | None:
         raise SystemExit(stop.exit_code) from None
     monitor = cfg.task.get("monitor")
     return result.get(f"{monitor}_best", result.get(monitor)) if monitor else None  # for optimising sweepers
-
-
-class JobFailed(RuntimeError):
-    """A sweep job that failed (recorded in its metrics.json): Hydra goes on with the next jobs and
-    the sweep exits non-zero. ``SystemExit`` would end the whole sweep."""
 
 
 def main() -> None:

@@ -1,49 +1,142 @@
-"""``crnn-eval``: evaluate a checkpoint on the validation (and test) split, write metrics.json.
+"""``crnn-eval``: evaluate a checkpoint on the validation (and test) split (Hydra app, ``conf/eval.yaml``).
 
-    crnn-eval ckpt_path=outputs/runs/.../checkpoints/best.ckpt [key=value ...]
+    crnn-eval ckpt_path=outputs/runs/.../checkpoints/best.ckpt [data.root=... trainer.accelerator=cpu]
 
-The checkpoint carries its run's resolved config (see :class:`crnn.runtime.StoreConfig`);
-``key=value`` arguments override it (e.g. ``data.root=/data/coco trainer.accelerator=cpu``).
-Results go to ``<run>/eval/<time>/metrics.json`` unless ``output_dir=...`` says otherwise.
+The checkpoint carries its run's resolved config (:class:`crnn.callbacks.StoreConfig`); the
+command line may change ``data.*``, ``trainer.*``, ``test_after_fit`` and the logger, not the model.
+Results go to ``<run>/eval/<time>/metrics.json``. Exit codes: 0 completed, 1 failed, 2 bad input.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
+import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import hydra
 import lightning as L
-import torch
 from hydra.utils import get_class, instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from crnn import complexity
-from crnn.errors import USER_ERRORS
-from crnn.runtime import CONFIG_KEY, MetricsFile, git_commit, progress_bar_enabled
+from crnn.errors import USER_ERRORS, ConfigError
+from crnn.runtime import (
+    CONFIG_KEY,
+    EXIT_CODES,
+    CheckpointError,
+    MetricsFile,
+    check_state_fits,
+    flat,
+    git_commit,
+    load_checkpoint,
+    progress_bar_enabled,
+    project_root,
+    quiet_known_noise,
+)
 
 log = logging.getLogger("crnn.eval")
 
+MODEL_KEYS = ("backbone", "rnn", "head", "task")
+"""Settings that define the model: taken from the checkpoint, never from the command line."""
+EVAL_KEYS = ("data", "trainer", "test_after_fit", "logger", "seed")
+"""Settings the command line may change for an evaluation."""
+
+
+def eval_dir(ckpt_path: str, stamp: str) -> str:
+    """``<run>/eval/<stamp>`` for ``<run>/checkpoints/<x>.ckpt``, else ``<folder of x>/eval/<stamp>``."""
+    ckpt = Path(ckpt_path).expanduser().resolve()
+    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    return str(run_dir / "eval" / stamp)
+
+
+OmegaConf.register_new_resolver("crnn_eval_dir", eval_dir, replace=True)
+
+
+def merged_config(
+    stored: Mapping[str, Any], overrides: Mapping[str, Any], ckpt_path: Path
+) -> tuple[DictConfig, list[str]]:
+    """The checkpoint's config with the command line's evaluation settings (dotted keys) applied.
+
+    Raises :class:`ConfigError` when a model setting on the command line differs from the checkpoint's.
+    """
+    cfg = OmegaConf.create(dict(stored))
+    stored_flat = flat(stored)
+    conflicts, applied = [], []
+    for key, value in overrides.items():
+        top = key.split(".")[0]
+        if top in MODEL_KEYS:
+            now = OmegaConf.select(cfg, key)
+            if OmegaConf.is_config(now):
+                now = OmegaConf.to_container(now, resolve=True)
+            if now != value and not (key in stored_flat and stored_flat[key] == value):
+                conflicts.append(f"{key}={value!r} (checkpoint: {now!r})")
+        elif top in EVAL_KEYS:
+            OmegaConf.update(cfg, key, value, merge=False, force_add=True)
+            applied.append(key)
+    if conflicts:
+        raise ConfigError(
+            f"model settings on the command line differ from the checkpoint's config ({CONFIG_KEY} in "
+            f"{ckpt_path}): {'; '.join(conflicts)}. The model is rebuilt from the checkpoint: drop them."
+        )
+    return cfg, applied
+
+
+def build_eval_loggers(cfg: DictConfig, ckpt_path: Path) -> list:
+    """The configured loggers; W&B's run is named and grouped after the training run's
+    (``<name>-eval``, same group, else the training run's id), job type ``eval``."""
+    run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
+    trained = MetricsFile(run_dir / "metrics.json").data if (run_dir / "metrics.json").is_file() else {}
+    loggers = []
+    for key, node in (cfg.get("logger") or {}).items():
+        if not isinstance(node, Mapping) or "_target_" not in node:
+            continue
+        extra = {}
+        if key == "wandb":
+            name, group = (
+                trained.get("name") or ckpt_path.stem,
+                trained.get("group") or trained.get("wandb_id"),
+            )
+            extra = {"name": f"{name}-eval", "job_type": "eval", "group": node.get("group") or group}
+        loggers.append(instantiate(node, **extra))
+    return loggers
+
 
 def evaluate(
-    ckpt_path: str | Path, overrides: list[str] | None = None, output_dir: str | Path | None = None
+    ckpt_path: str | Path,
+    overrides: Mapping[str, Any] | list[str] | None = None,
+    output_dir: str | Path | None = None,
+    trust_checkpoint: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate ``ckpt_path``; returns the metrics written to ``<output_dir>/metrics.json``."""
+    """Evaluate ``ckpt_path``; returns the metrics written to ``<output_dir>/metrics.json``.
+
+    ``overrides``: ``{"trainer.limit_val_batches": 2}`` or ``["trainer.limit_val_batches=2"]``.
+    """
     ckpt_path = Path(ckpt_path).expanduser().resolve()
     if not ckpt_path.is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
-    stored = torch.load(ckpt_path, map_location="cpu", weights_only=False).get(CONFIG_KEY)
+        raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+    if isinstance(overrides, list):
+        overrides = flat(OmegaConf.to_container(OmegaConf.from_dotlist(overrides)))
+    checkpoint = load_checkpoint(ckpt_path, trust=trust_checkpoint)
+    stored = checkpoint.get(CONFIG_KEY)
     if stored is None:
-        raise ValueError(f"{ckpt_path} holds no crnn config ({CONFIG_KEY!r}): was it written by crnn-train?")
-    cfg = OmegaConf.merge(OmegaConf.create(stored["config"]), OmegaConf.from_dotlist(overrides or []))
-    run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
-    out = Path(output_dir) if output_dir else run_dir / "eval" / time.strftime("%Y-%m-%d_%H-%M-%S")
-    cfg.paths.output_dir = str(out)
+        raise ConfigError(f"{ckpt_path} holds no crnn config ({CONFIG_KEY!r}): was it written by crnn-train?")
+    cfg, _ = merged_config(stored["config"], overrides or {}, ckpt_path)
+    out = (
+        Path(output_dir) if output_dir else Path(eval_dir(str(ckpt_path), time.strftime("%Y-%m-%d_%H-%M-%S")))
+    )
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out)
 
     datamodule = instantiate(cfg.data)
-    task = get_class(cfg.task._target_).load_from_checkpoint(ckpt_path, map_location="cpu")
+    task_class = get_class(cfg.task._target_)
+    task = task_class(**checkpoint["hyper_parameters"])
+    check_state_fits(
+        task.state_dict(), checkpoint["state_dict"], f"its stored hyper_parameters ({ckpt_path})"
+    )
+    task.load_state_dict(checkpoint["state_dict"])
     module, inputs = task.complexity_inputs()
     metrics = MetricsFile(out / "metrics.json")
     metrics.update(
@@ -51,43 +144,76 @@ def evaluate(
         **stored["choices"],
         seed=cfg.get("seed"),
         ckpt_path=str(ckpt_path),
+        ckpt_epoch=checkpoint.get("epoch"),
         params=complexity.count_params(module),
         macs=complexity.count_macs(module, *inputs),
         git_commit=git_commit(),
     )
-    trainer = L.Trainer(
-        accelerator=cfg.trainer.get("accelerator", "auto"),
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_cfg.update(
         devices=1,
-        logger=False,
         default_root_dir=str(out),
-        enable_progress_bar=progress_bar_enabled(None),
+        enable_checkpointing=False,
+        enable_progress_bar=progress_bar_enabled(trainer_cfg.get("enable_progress_bar")),
     )
+    for key in ("strategy", "sync_batchnorm", "max_epochs", "min_epochs"):
+        trainer_cfg.pop(key, None)
+    loggers = build_eval_loggers(cfg, ckpt_path)
+    trainer: L.Trainer = instantiate(trainer_cfg, logger=loggers or False, callbacks=[])
     start, results = time.time(), {}
-    for out_metrics in trainer.validate(task, datamodule=datamodule, verbose=False):
-        results.update({k: float(v) for k, v in out_metrics.items()})
-    if cfg.get("test_after_fit"):
-        for out_metrics in trainer.test(task, datamodule=datamodule, verbose=False):
+    status = "failed"
+    try:
+        for out_metrics in trainer.validate(task, datamodule=datamodule, verbose=False):
             results.update({k: float(v) for k, v in out_metrics.items()})
-    metrics.update(**results, status="completed", wall_time_s=round(time.time() - start, 2))
+        if cfg.get("test_after_fit"):
+            for out_metrics in trainer.test(task, datamodule=datamodule, verbose=False):
+                results.update({k: float(v) for k, v in out_metrics.items()})
+        status = "completed"
+    finally:
+        metrics.update(**results, status=status, wall_time_s=round(time.time() - start, 2))
+        for logger in loggers:
+            if hasattr(logger, "finish"):
+                logger.finish(EXIT_CODES.get(status, 1))
     log.info("metrics.json: %s", metrics.path)
     return metrics.data
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-    keyed = dict(a.split("=", 1) for a in args if "=" in a)
-    if "ckpt_path" not in keyed or any("=" not in a for a in args):
-        raise SystemExit("usage: crnn-eval ckpt_path=PATH [output_dir=DIR] [key=value ...]")
-    overrides = [f"{k}={v}" for k, v in keyed.items() if k not in ("ckpt_path", "output_dir")]
+def command_line_overrides(cfg: DictConfig) -> dict[str, Any]:
+    """The evaluation's command-line settings as ``{dotted key: value}``: a group choice
+    (``trainer=cpu``) brings its whole node."""
+    from hydra.core.hydra_config import HydraConfig
+
+    out: dict[str, Any] = {}
+    for override in HydraConfig.get().overrides.task:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key in ("ckpt_path", "trust_checkpoint", "print_config") or key.startswith("hydra"):
+            continue
+        value = OmegaConf.select(cfg, key)
+        out[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    return out
+
+
+@hydra.main(version_base="1.3", config_path=str(project_root() / "conf"), config_name="eval")
+def _main(cfg: DictConfig) -> None:
     try:
-        results = evaluate(keyed["ckpt_path"], overrides, keyed.get("output_dir"))
-    except (*USER_ERRORS, FileNotFoundError, ValueError) as err:
+        results = evaluate(
+            cfg.ckpt_path,
+            command_line_overrides(cfg),
+            output_dir=cfg.paths.output_dir,
+            trust_checkpoint=bool(cfg.get("trust_checkpoint")),
+        )
+    except (*USER_ERRORS, CheckpointError) as err:
         log.error("%s", err)
-        raise SystemExit(2) from None
+        raise SystemExit(EXIT_CODES["user_error"]) from None
     for key in sorted(results):
         if key.startswith(("val/", "test/")):
             print(f"{key:>12s}  {results[key]:.4f}")
+
+
+def main() -> None:
+    os.environ.setdefault("PROJECT_ROOT", str(project_root()))
+    quiet_known_noise()
+    _main()
 
 
 if __name__ == "__main__":

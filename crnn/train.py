@@ -2,12 +2,17 @@
 
 crnn-train backbone=resnet20 rnn=sws_birnn head=linear
 crnn-train -m rnn=none,srnn,sws_birnn seed=0,1
+
+Exit codes (always matching ``metrics.json``'s status): 0 completed, 1 failed, 2 bad config or
+input, 130 interrupted by Ctrl-C, 143 by SIGTERM.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
+import string
 import time
 from pathlib import Path
 from typing import Any
@@ -20,17 +25,36 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from crnn import complexity
 from crnn.builders import build_datamodule, build_task
+from crnn.callbacks import GlobalRngState, NonFiniteGuard, RunRecord, StoreConfig
+from crnn.callbacks.record import logger_config
 from crnn.errors import USER_ERRORS, ConfigError
+from crnn.lifecycle import JobFailed, RunStopped, graceful_interrupts, outcome_of
+from crnn.runfolder import (
+    Launch,
+    check_relaunch,
+    keep_hydra_files,
+    move_log_to,
+    plan_launch,
+    restore_hydra_files,
+)
 from crnn.runtime import (
+    EXIT_CODES,
+    CheckpointError,
     MetricsFile,
-    StoreConfig,
+    check_state_fits,
     choices,
+    config_hash,
+    end_table,
     git_commit,
+    hydra_job,
+    load_checkpoint,
     print_config,
     progress_bar_enabled,
     project_root,
-    run_name,
-    wandb_mode,
+    quiet_known_noise,
+    run_labels,
+    save_config,
+    sweep_group,
 )
 
 log = logging.getLogger("crnn.train")
@@ -39,184 +63,199 @@ CONF_DIR = project_root() / "conf"
 """Absolute, so that Hydra finds it from a console script run in any folder."""
 
 
-def resolve_resume(cfg: DictConfig, output_dir: Path) -> tuple[Path | None, Path]:
-    """The checkpoint to resume from and the run folder to write to.
-
-    ``ckpt_path=<run>/checkpoints/last.ckpt`` continues that run in its own folder (same
-    metrics.json, checkpoints and W&B run). With ``resume=true``, a run folder that already holds
-    ``checkpoints/last.ckpt`` (``hydra.run.dir=<run>``, or a re-launched sweep with the same
-    ``hydra.sweep.dir``) continues from it.
-    """
-    if cfg.ckpt_path:
-        ckpt = Path(cfg.ckpt_path).expanduser().resolve()
-        if not ckpt.is_file():
-            raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
-        run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else output_dir
-        return ckpt, run_dir
-    last = output_dir / "checkpoints" / "last.ckpt"
-    return (last if cfg.resume and last.is_file() else None), output_dir
-
-
 def build_loggers(
     cfg: DictConfig, name: str, group: str | None, tags: list[str], resume_id: str | None
 ) -> list:
+    """Every node of ``cfg.logger``; W&B gets the run's name, group, tags and (resuming) id."""
     loggers = []
     for key, node in (cfg.get("logger") or {}).items():
         if not isinstance(node, DictConfig) or "_target_" not in node:
             continue
+        extra: dict[str, Any] = {}
         if key == "wandb":
-            mode = wandb_mode(node.get("mode"))
-            loggers.append(
-                instantiate(
-                    node,
-                    mode=mode,
-                    name=name,
-                    group=node.get("group") or group,
-                    tags=tags,
-                    id=resume_id,
-                    resume="allow" if resume_id else None,
-                )
+            # The id is chosen here so that metrics.json holds it before W&B starts (resume reuses it).
+            run_id = resume_id or "".join(
+                secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8)
             )
-        else:
-            loggers.append(instantiate(node))
+            extra = dict(name=name, group=node.get("group") or group, tags=tags, id=run_id)
+        loggers.append(instantiate(node, **extra))
     return loggers
 
 
-def build_callbacks(cfg: DictConfig, picked: dict, has_logger: bool) -> list[L.Callback]:
-    callbacks = [StoreConfig(cfg, picked)]
+def build_callbacks(cfg: DictConfig, has_logger: bool) -> list[L.Callback]:
+    """Every node of ``cfg.callbacks`` (LearningRateMonitor only with a logger: it refuses without)."""
+    callbacks = []
     for node in (cfg.get("callbacks") or {}).values():
         if not isinstance(node, DictConfig) or "_target_" not in node:
             continue
         if node._target_.endswith("LearningRateMonitor") and not has_logger:
-            continue  # it refuses to run without a logger
+            continue
         callbacks.append(instantiate(node))
     return callbacks
 
 
-def _sweep_group() -> str | None:
-    """For a multirun job, the sweep folder's name (so one sweep is one W&B group)."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized():
-        return None
-    hc = HydraConfig.get()
-    if hc.mode == RunMode.MULTIRUN:
-        return "sweep-" + Path(hc.sweep.dir).as_posix().rstrip("/").replace("/", "_")[-40:]
-    return None
+def check_data(datamodule: L.LightningDataModule) -> None:
+    """Open and check every data file (train, val, test) before the first step (set-up is idempotent,
+    so Lightning's own calls reuse it) and before any logger starts a run."""
+    datamodule.prepare_data()
+    datamodule.setup(None)
 
 
-def _number(value: Any) -> float | int | Any:
-    return value.item() if hasattr(value, "item") else value
+def load_weights(task: L.LightningModule, ckpt: Path, trust: bool) -> None:
+    """``finetune=true``: the checkpoint's weights into this run's model (one line when they differ)."""
+    state = load_checkpoint(ckpt, trust=trust).get("state_dict", {})
+    check_state_fits(task.state_dict(), state, f"this run's config (finetune from {ckpt})")
+    task.load_state_dict(state)
+
+
+def fit_and_test(
+    cfg: DictConfig, trainer: L.Trainer, task, datamodule, launch: Launch, record: RunRecord
+) -> dict:
+    trust = bool(cfg.get("trust_checkpoint"))
+    trainer.fit(task, datamodule=datamodule, ckpt_path=launch.resume_from, weights_only=not trust)
+    results: dict[str, Any] = {}
+    checkpoint = trainer.checkpoint_callback
+    if checkpoint is not None and checkpoint.best_model_path:
+        results["best_ckpt"] = checkpoint.best_model_path
+    if cfg.get("test_after_fit") and not trainer.fast_dev_run and not trainer.interrupted:
+        best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
+        for out in trainer.test(
+            task, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True
+        ):
+            results.update({k: float(v) for k, v in out.items()})
+        results["test_epoch"] = record.best.get("epoch") if best else record.last_epoch
+    return results
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Run one training job; returns the content of its ``metrics.json``."""
+    """Run one training job; returns the content of its ``metrics.json`` when it completed, raises
+    :class:`RunStopped` (failed, interrupted) or a user error (bad config or input) otherwise."""
     output_dir = Path(cfg.paths.output_dir)
-    ckpt_path, run_dir = resolve_resume(cfg, output_dir)
+    launch = plan_launch(cfg, output_dir)
+    run_dir = launch.run_dir
     if run_dir != output_dir:
         log.info("Resuming the run in %s", run_dir)
+        move_log_to(run_dir, output_dir)
         with open_dict(cfg):
             cfg.paths.output_dir = str(run_dir)
     metrics = MetricsFile(run_dir / "metrics.json")
-    if (
-        cfg.resume
-        and ckpt_path is not None
-        and metrics.data.get("status") == "completed"
-        and not cfg.ckpt_path
-    ):
-        log.info("%s holds a completed run: skipped (resume=false to train again)", run_dir)
+    completed = metrics.data.get("status") == "completed"
+    diff = check_relaunch(cfg, launch, completed)
+    if diff:
+        restore_hydra_files(run_dir)
+        raise ConfigError(
+            f"{run_dir} holds a {'completed' if completed else 'started'} run with another config "
+            f"({'; '.join(diff[:8])}{'; ...' if len(diff) > 8 else ''}): launch it elsewhere "
+            "(another hydra.run.dir / hydra.sweep.dir)"
+        )
+    if completed and launch.resume_from is not None and not cfg.get("ckpt_path"):
+        log.info("%s holds this completed run: skipped (resume=false trains it again)", run_dir)
         return metrics.data
+    keep_hydra_files(run_dir)
+    (print_config if cfg.get("print_config") else save_config)(cfg, run_dir / "config.yaml")
 
-    if cfg.get("print_config"):
-        print_config(cfg, run_dir / "config.yaml")
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
-
-    picked = choices(cfg)
-    name = run_name(picked, cfg.get("seed"))
-    datamodule = build_datamodule(cfg)
-    task = build_task(cfg, datamodule)
-    module, inputs = task.complexity_inputs()
-    params, macs = complexity.count_params(module), complexity.count_macs(module, *inputs)
-    log.info("%s: %s params, %s MACs at input %s", name, f"{params:,}", f"{macs:,}", tuple(inputs[0].shape))
-
-    tags = [v for k, v in picked.items() if v and k != "task"] + list(cfg.get("tags") or [])
-    group = picked.get("experiment") or _sweep_group()
-    loggers = build_loggers(cfg, name, group, tags, metrics.data.get("wandb_id"))
-    summary = {"params": params, "macs": macs}
-    for logger in loggers:
-        logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), **summary, "choices": picked})
-        if hasattr(logger, "experiment") and hasattr(logger.experiment, "summary"):
-            logger.experiment.summary.update(summary)  # W&B: params and MACs in the run summary
-    wandb_id = next((lg.version for lg in loggers if type(lg).__name__ == "WandbLogger"), None)
-
-    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
-    trainer_cfg["enable_progress_bar"] = progress_bar_enabled(trainer_cfg.get("enable_progress_bar"))
-    callbacks = build_callbacks(cfg, picked, bool(loggers))
-    # Without a configured ModelCheckpoint (callbacks=none), write no checkpoints at all.
-    trainer_cfg["enable_checkpointing"] = any(isinstance(c, ModelCheckpoint) for c in callbacks)
-    trainer: L.Trainer = instantiate(trainer_cfg, logger=loggers or False, callbacks=callbacks)
-
-    metrics.update(
-        status="running",
-        name=name,
-        **picked,
-        seed=cfg.get("seed"),
-        params=params,
-        macs=macs,
-        input_shape=list(inputs[0].shape[1:]),
-        git_commit=git_commit(),
-        wandb_id=wandb_id,
-        run_dir=str(run_dir),
-    )
-    start, status = time.time(), "failed"
-    previous_wall = float(metrics.data.get("wall_time_s") or 0.0)
+    start, previous_wall = time.time(), float(metrics.data.get("wall_time_s") or 0.0)
+    loggers: list = []
+    received: dict[str, str] = {}
     try:
-        trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
-        # The last epoch's evaluation metrics and training throughput (curves are in the logger).
-        results = {
-            k: _number(v)
-            for k, v in trainer.callback_metrics.items()
-            if k.startswith(("val/", "test/")) or k in ("train/images_per_s", "train/epoch_time_s")
-        }
-        checkpoint = trainer.checkpoint_callback
-        if checkpoint is not None and checkpoint.best_model_score is not None:
-            results[task.monitor] = _number(checkpoint.best_model_score)
-            results["best_ckpt"] = checkpoint.best_model_path
-        if cfg.get("test_after_fit") and not trainer.interrupted and not trainer.fast_dev_run:
-            best = "best" if checkpoint is not None and checkpoint.best_model_path else None
-            for out in trainer.test(task, datamodule=datamodule, ckpt_path=best, verbose=False):
-                results.update({k: _number(v) for k, v in out.items()})
-        status = "interrupted" if trainer.interrupted else "completed"
-        metrics.update(**results)
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise
-    finally:
-        metrics.update(status=status, wall_time_s=round(previous_wall + time.time() - start, 2))
-        for logger in loggers:
-            if type(logger).__name__ == "WandbLogger":
-                for key in [k for k in metrics.data if k.startswith(("val/", "test/"))]:
-                    logger.experiment.summary[key] = metrics.data[key]
-                logger.experiment.finish()  # each multirun job is its own W&B run
-    log.info("metrics.json: %s", metrics.path)
+        if cfg.get("seed") is not None:
+            L.seed_everything(cfg.seed, workers=True, verbose=False)
+        picked = choices(cfg)
+        name, tags = run_labels(cfg, picked)
+        metrics.update(
+            status="starting",
+            name=name,
+            **picked,
+            seed=cfg.get("seed"),
+            run_dir=str(run_dir),
+            config_hash=config_hash(cfg),
+            git_commit=git_commit(),
+            **dict.fromkeys(("error", "reason", "error_type", "traceback", "exit_code")),
+        )
+        datamodule = build_datamodule(cfg)
+        check_data(datamodule)
+        task = build_task(cfg, datamodule)
+        if launch.weights_from is not None:
+            load_weights(task, launch.weights_from, bool(cfg.get("trust_checkpoint")))
+        module, inputs = task.complexity_inputs()
+        params, macs = complexity.count_params(module), complexity.count_macs(module, *inputs)
+        log.info(
+            "%s: %s params, %s MACs at input %s", name, f"{params:,}", f"{macs:,}", tuple(inputs[0].shape)
+        )
+
+        group = sweep_group(picked)
+        loggers = build_loggers(cfg, name, group, tags, metrics.data.get("wandb_id"))
+        summary = {"params": params, "macs": macs}
+        record = RunRecord(metrics, task.monitor, task.monitor_mode, logger_config(cfg, picked), summary)
+        callbacks = [NonFiniteGuard(), record, StoreConfig(cfg, picked), GlobalRngState()]  # guard first
+        callbacks += build_callbacks(cfg, bool(loggers))
+        trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+        trainer_cfg["enable_progress_bar"] = progress_bar_enabled(trainer_cfg.get("enable_progress_bar"))
+        # Without a configured ModelCheckpoint (callbacks=none), write no checkpoints at all.
+        trainer_cfg["enable_checkpointing"] = any(isinstance(c, ModelCheckpoint) for c in callbacks)
+        trainer: L.Trainer = instantiate(trainer_cfg, logger=loggers or False, callbacks=callbacks)
+        wandb_id = next((lg.version for lg in loggers if hasattr(lg, "define_best")), None)
+        metrics.update(
+            status="running",
+            **summary,
+            input_shape=list(inputs[0].shape[1:]),
+            wandb_id=wandb_id,
+            group=group,
+            finetuned_from=str(launch.weights_from) if launch.weights_from else None,
+        )
+        with graceful_interrupts(trainer) as received:
+            results = fit_and_test(cfg, trainer, task, datamodule, launch, record)
+        outcome = {**results, **outcome_of(None, received, run_dir)}
+    except BaseException as err:  # every ending is recorded; KeyboardInterrupt and SystemExit included
+        outcome = outcome_of(err, received, run_dir)
+    exit_code = outcome["exit_code"]
+    outcome["wall_time_s"] = round(previous_wall + time.time() - start, 2)
+    metrics.update(**outcome)
+    for logger in loggers:
+        if hasattr(logger, "finish"):
+            logger.finish(exit_code)
+    for line in end_table(metrics.data, run_dir):
+        log.info("%s", line)
+    if metrics.data["status"] != "completed":
+        raise RunStopped(metrics.data, exit_code)
     return metrics.data
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def _main(cfg: DictConfig) -> float | None:
+    job = hydra_job()
+    multirun = job.get("multirun", False)
+    if not multirun and job.get("sweep_params"):
+        experiment = job["overrides"].get("experiment", "?")
+        log.error(
+            "experiment=%s is a sweep over %s: launch it with `crnn-train -m experiment=%s` (-m with single "
+            "values runs one combination)",
+            experiment,
+            ", ".join(job["sweep_params"]),
+            experiment,
+        )
+        raise SystemExit(EXIT_CODES["user_error"])
     try:
         result = train(cfg)
-    except USER_ERRORS as err:
+    except (*USER_ERRORS, CheckpointError) as err:  # before the run started
         log.error("%s", err)
-        raise SystemExit(2) from None
+        if multirun:
+            raise JobFailed(str(err)) from None
+        raise SystemExit(EXIT_CODES["user_error"]) from None
+    except RunStopped as stop:
+        log.error(
+            "%s: %s", stop.metrics.get("status"), stop.metrics.get("error") or stop.metrics.get("reason")
+        )
+        if multirun and stop.metrics.get("status") == "failed":
+            raise JobFailed(str(stop)) from None  # Hydra records it and runs the next jobs
+        raise SystemExit(stop.exit_code) from None
     monitor = cfg.task.get("monitor")
-    return result.get(monitor) if monitor else None  # for Hydra sweepers that optimise
+    return result.get(f"{monitor}_best", result.get(monitor)) if monitor else None  # for optimising sweepers
 
 
 def main() -> None:
     os.environ.setdefault("PROJECT_ROOT", str(project_root()))
+    quiet_known_noise()
     _main()
 
 

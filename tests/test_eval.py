@@ -1,20 +1,42 @@
-"""crnn-eval rebuilds task and data from a checkpoint alone and writes metrics.json."""
+"""crnn-eval (a Hydra app) rebuilds task and data from a checkpoint alone and writes metrics.json."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import torch
 from conftest import cifar_overrides, compose
 
-from crnn.eval import evaluate, main
+from crnn.eval import evaluate
 from crnn.train import train
 
 
-def test_eval_reproduces_the_checkpoints_validation_metrics(tmp_path, cifar_root):
-    result = train(compose(cifar_overrides(cifar_root, "rnn=srnn"), tmp_path / "run"))
-    best = tmp_path / "run" / "checkpoints" / "best.ckpt"
-    metrics = evaluate(best, output_dir=tmp_path / "eval")
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, cifar_root) -> tuple[Path, dict]:
+    run = tmp_path_factory.mktemp("run")
+    return run, train(compose(cifar_overrides(cifar_root, "rnn=srnn"), run))
+
+
+def _eval_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CI": "1", "WANDB_MODE": "offline"}
+    return subprocess.run(
+        [sys.executable, "-m", "crnn.eval", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_eval_reproduces_the_checkpoints_validation_metrics(trained_run, tmp_path):
+    run, result = trained_run
+    metrics = evaluate(run / "checkpoints" / "best.ckpt", output_dir=tmp_path / "eval")
     written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert written == metrics
     assert metrics["val/acc1"] == pytest.approx(result["val/acc1"])
@@ -22,9 +44,50 @@ def test_eval_reproduces_the_checkpoints_validation_metrics(tmp_path, cifar_root
     assert (metrics["rnn"], metrics["params"], metrics["macs"]) == ("srnn", result["params"], result["macs"])
 
 
-def test_eval_cli_errors_are_one_line(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main([f"ckpt_path={tmp_path / 'missing.ckpt'}"])
-    assert exit_info.value.code == 2
-    with pytest.raises(SystemExit, match="usage"):
-        main([])
+def test_eval_cli_honours_trainer_overrides_and_refuses_model_overrides(trained_run, tmp_path):
+    run, _ = trained_run
+    ckpt = run / "checkpoints" / "last.ckpt"
+    proc = _eval_cli(f"ckpt_path={ckpt}", "trainer.limit_val_batches=1", "test_after_fit=false", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (folder,) = (run / "eval").iterdir()
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and "test/acc1" not in metrics
+    assert (folder / "eval.log").is_file()
+
+    proc = _eval_cli(f"ckpt_path={ckpt}", "rnn.cell=gru", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "rnn.cell='gru' (checkpoint: 'rnn_tanh')" in proc.stdout + proc.stderr
+
+
+def test_eval_errors_are_one_line(tmp_path):
+    proc = _eval_cli(f"ckpt_path={tmp_path / 'missing.ckpt'}", cwd=tmp_path)
+    assert proc.returncode == 2 and "missing.ckpt" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_checkpoint_of_another_model_is_one_line(trained_run, tmp_path):
+    run, _ = trained_run
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    checkpoint["hyper_parameters"]["rnn"]["hidden_channels"] = 3  # as if the model config were another's
+    bad = tmp_path / "other.ckpt"
+    torch.save(checkpoint, bad)
+    with pytest.raises(
+        ValueError, match=r"does not fit the model built from its stored hyper_parameters"
+    ) as err:
+        evaluate(bad, output_dir=tmp_path / "eval")
+    assert "shape differs" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_checkpoint_that_runs_code_is_not_loaded(tmp_path):
+    """torch.load(weights_only=True): a pickle that would create a file is refused."""
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    bad = tmp_path / "evil.ckpt"
+    torch.save({"crnn_config": Evil()}, bad)
+    with pytest.raises(ValueError, match="trust_checkpoint=true"):
+        evaluate(bad, output_dir=tmp_path / "eval")
+    assert not marker.exists()

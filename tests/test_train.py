@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -89,59 +88,51 @@ def test_same_seed_same_metrics(tmp_path, cifar_root):
     assert runs[0]["val/loss"] == runs[1]["val/loss"]
 
 
-def read_wandb_offline_run(path: Path) -> tuple[dict, dict]:
-    """(run info, final summary) from an offline run's ``run-<id>.wandb`` file.
+def test_crnn_hands_config_params_and_macs_to_every_logger(tmp_path, cifar_root):
+    """A logger double records what crnn gives any logger (W&B, TensorBoard, CSV alike)."""
+    from logger_double import RecordingLogger
 
-    The file is a LevelDB-style log (7-byte W&B header, 32 KiB blocks, records split into
-    FULL/FIRST/MIDDLE/LAST chunks with a 7-byte header each) of ``wandb_internal_pb2.Record``s.
-    """
-    import struct
-
-    from wandb.proto import wandb_internal_pb2
-
-    data, block, pos, pending, records = path.read_bytes(), 32768, 7, b"", []
-    while pos + 7 <= len(data):
-        left = block - pos % block
-        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        if left < 7 or (kind == 0 and length == 0):
-            pos += left
-            continue
-        pending += data[pos + 7 : pos + 7 + length]
-        pos += 7 + length
-        if kind in (1, 4):  # FULL or LAST chunk
-            records.append(pending)
-            pending = b""
-    run, summary = {}, {}
-    for raw in records:
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(raw)
-        kind = record.WhichOneof("record_type")
-        if kind == "run":
-            run = {"id": record.run.run_id, "name": record.run.display_name, "group": record.run.run_group}
-        elif kind == "summary":
-            summary.update({item.key: json.loads(item.value_json) for item in record.summary.update})
-    return run, summary
+    RecordingLogger.instances.clear()
+    overrides = cifar_overrides(
+        cifar_root, "rnn=srnn", "callbacks=none", "+logger.double._target_=logger_double.RecordingLogger"
+    )
+    result = train(compose(overrides, tmp_path))
+    (logger,) = RecordingLogger.instances
+    config = logger.hyperparams
+    assert (config["params"], config["macs"]) == (result["params"], result["macs"])
+    assert (config["backbone"], config["rnn"], config["head"], config["data"], config["cell"]) == (
+        "resnet20",
+        "srnn",
+        "linear",
+        "cifar100",
+        "rnn_tanh",
+    )
+    flat_keys = json.dumps(config)
+    assert (
+        "_target_" not in flat_keys
+        and "hydra" not in config["cfg"]
+        and "backbone" not in config["cfg"]["task"]
+    )
+    assert config["cfg"]["backbone"]["depth"] == 20 and config["seed"] == 0
+    assert logger.last("params") == result["params"] and logger.last("macs") == result["macs"]
+    assert logger.last("val/acc1_best") == result["val/acc1_best"] and logger.best == {"val/acc1_best": "max"}
+    assert logger.last("test/acc1") == pytest.approx(result["test/acc1"])
+    assert logger.exit_code == 0
 
 
-def test_wandb_offline_run_has_params_and_macs(tmp_path, cifar_root):
-    cfg = compose(cifar_overrides(cifar_root, "rnn=srnn", "logger=wandb", "callbacks=none"), tmp_path)
+def test_wandb_offline_run_is_written(tmp_path, cifar_root):
+    """Through crnn.loggers.WandbLogger, offline: the run's file is in the run folder under the id
+    metrics.json records. (wandb has no public reader of offline runs: what it holds is covered by
+    the logger double above.)"""
+    cfg = compose(cifar_overrides(cifar_root, "rnn=none", "logger=wandb"), tmp_path)  # media included
     result = train(cfg)
     import wandb
 
-    wandb.teardown()  # stop W&B's service process, so that it has flushed the run file
-    files = list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
-    assert len(files) == 1, list(tmp_path.rglob("*"))
-    for _ in range(20):  # the service may still be appending its last records
-        try:
-            run, summary = read_wandb_offline_run(files[0])
-            if "test/acc1" in summary:
-                break
-        except Exception:  # a half-written trailing record
-            pass
-        time.sleep(0.5)
-    assert run["name"] == "resnet20-srnn-linear-s0" and run["id"] == result["wandb_id"]
-    assert summary["params"] == result["params"] and summary["macs"] == result["macs"]
-    assert summary["test/acc1"] == pytest.approx(result["test/acc1"])
+    wandb.teardown()
+    (run,) = tmp_path.glob(f"wandb/offline-run-*-{result['wandb_id']}")
+    assert (run / f"run-{result['wandb_id']}.wandb").is_file()
+    tables = {p.name.split("_")[0] for p in (run / "files/media/table/val").glob("*.table.json")}
+    assert tables == {"predictions", "confusion"}  # the media, as W&B's own table files
 
 
 def test_resume_continues_from_last_checkpoint(tmp_path, cifar_root):

@@ -42,7 +42,7 @@ class BaseTask(L.LightningModule):
         config: Mapping[str, Any] | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters(dict(config or {}))
+        self.save_hyperparameters(dict(config or {}), logger=False)  # loggers get the run config once
         self.net = net
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.input_shape = tuple(input_shape)

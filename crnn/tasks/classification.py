@@ -18,7 +18,7 @@ class ClassificationTask(BaseTask):
     """Trains ``net`` (``backbone -> (2-D layer in place of chosen blocks) -> head``, a
     :class:`crnn.models.Classifier`: ``(B, 3, H, W) -> (B, num_classes)``) with cross-entropy.
 
-    Logs ``{train,val,test}/loss``, ``{val,test}/acc1`` and ``{val,test}/acc5`` (torchmetrics,
+    Logs ``{train,val,test}/loss``, ``{train,val,test}/acc1`` and ``{val,test}/acc5`` (torchmetrics,
     epoch-level). Batches are ``(images (B, 3, H, W) float, labels (B,) int64)``.
     """
 
@@ -54,6 +54,8 @@ class ClassificationTask(BaseTask):
         logits = self(images)
         loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(labels))
+        accuracy = (logits.detach().argmax(dim=1) == labels).float().mean()
+        self.log("train/acc1", accuracy, on_step=False, on_epoch=True, batch_size=len(labels))
         return loss
 
     def _evaluate(self, batch, stage: str):

@@ -1,4 +1,4 @@
-"""Lightning callbacks of crnn."""
+"""Training throughput, logged each epoch."""
 
 from __future__ import annotations
 

@@ -1,0 +1,89 @@
+"""How a run ends: interrupts at a batch boundary, and the outcome (status, reason, exit code)
+that ``metrics.json``, the loggers and the process's exit code all report."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from crnn.callbacks import NonFiniteLossError
+from crnn.errors import USER_ERRORS
+from crnn.runtime import EXIT_CODES, CheckpointError
+
+log = logging.getLogger("crnn.train")
+
+
+class RunStopped(Exception):
+    """The run ended failed or interrupted; its ``metrics.json`` says so and why."""
+
+    def __init__(self, metrics: dict[str, Any], exit_code: int):
+        super().__init__(metrics.get("error") or metrics.get("status"))
+        self.metrics, self.exit_code = metrics, exit_code
+
+
+class JobFailed(RuntimeError):
+    """A sweep job that failed (recorded in its metrics.json): Hydra goes on with the next jobs and
+    the sweep exits non-zero. ``SystemExit`` would end the whole sweep."""
+
+
+@contextmanager
+def graceful_interrupts(trainer: L.Trainer) -> Iterator[dict[str, str]]:
+    """Ctrl-C and SIGTERM stop training at the next batch boundary, the way Lightning handles
+    SIGTERM (``SIGTERMException``), instead of Lightning's ``sys.exit(1)`` on Ctrl-C; a second
+    signal stops at once. The dict receives the signal's name."""
+    received: dict[str, str] = {}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if received:
+            raise KeyboardInterrupt
+        received["signal"] = signal.Signals(signum).name
+        log.warning("%s received: stopping at the next batch (again to stop now)", received["signal"])
+        trainer._signal_connector.received_sigterm = True  # what Lightning's own SIGTERM handler sets
+
+    try:
+        old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: keep the default handlers
+        old = {}
+    try:
+        yield received
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+def outcome_of(err: BaseException | None, received: dict[str, str], run_dir: Path) -> dict[str, Any]:
+    """``status``, ``reason``, ``error`` (one line), ``error_type``, ``traceback`` (a file in the run
+    folder, for errors that are not the user's) and ``exit_code`` of a run that ended with ``err``
+    (``None``: it returned; ``received``: the signal that stopped it, if any)."""
+    if err is None and not received:
+        return {"status": "completed", "exit_code": EXIT_CODES["completed"]}
+    if received or isinstance(err, (KeyboardInterrupt, SIGTERMException)):
+        sig = received.get("signal") or ("SIGTERM" if isinstance(err, SIGTERMException) else "SIGINT")
+        return {"status": "interrupted", "reason": sig, "exit_code": EXIT_CODES[sig]}
+    failed = {"status": "failed", "error_type": type(err).__name__, "exit_code": EXIT_CODES["failed"]}
+    if isinstance(err, NonFiniteLossError):
+        return {**failed, "reason": err.reason, "error": str(err)}
+    if isinstance(err, (*USER_ERRORS, CheckpointError)):
+        return {
+            **failed,
+            "reason": "bad config or input",
+            "error": str(err),
+            "exit_code": EXIT_CODES["user_error"],
+        }
+    if isinstance(err, SystemExit):
+        return {**failed, "reason": "exit", "error": f"SystemExit({err.code})"}
+    path: Path | None = run_dir / "error.txt"
+    try:
+        path.write_text("".join(traceback.format_exception(err)))
+    except OSError:
+        path = None
+    first = (str(err).strip().splitlines() or [""])[0][:300]
+    return {**failed, "reason": "error", "error": first, "traceback": str(path) if path else None}

@@ -1,0 +1,105 @@
+"""Exact resume: a run SIGKILLed at several points and re-launched ends with every metrics.json
+number equal to the uninterrupted run's (CPU, ``trainer=cpu``); W&B unreachable goes offline."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import cifar_overrides
+
+ENV = {**os.environ, "CI": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+TESTS = Path(__file__).resolve().parent
+NOT_COMPARED = {"wall_time_s", "train/images_per_s", "train/epoch_time_s", "exit_code", "wandb_id"}
+
+
+def run(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**(env or ENV), "PYTHONPATH": os.pathsep.join([str(TESTS), ENV.get("PYTHONPATH", "")])}
+    return subprocess.run(
+        [sys.executable, "-m", "crnn.train", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def numbers(metrics: dict) -> dict:
+    out = {}
+    for key, value in metrics.items():
+        if key in NOT_COMPARED:
+            continue
+        if isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in numbers(value).items()})
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = value
+    return out
+
+
+KILLS = {
+    "mid-epoch": ["+callbacks.kill.at=train", "+callbacks.kill.epoch=1", "+callbacks.kill.batch=1"],
+    "during-validation": ["+callbacks.kill.at=val", "+callbacks.kill.epoch=1", "+callbacks.kill.batch=0"],
+    "after-checkpoint": ["+callbacks.kill.at=epoch_start", "+callbacks.kill.epoch=2"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rnn", ["none", "sws_birnn"])
+def test_killed_and_resumed_runs_end_with_the_same_metrics(rnn, tmp_path, cifar_root):
+    common = [
+        *cifar_overrides(cifar_root, f"rnn={rnn}", "trainer.max_epochs=3", "print_config=false"),
+        "data.random_crop=true",
+        "data.horizontal_flip=true",
+    ]
+    reference = run(*common, f"hydra.run.dir={tmp_path / 'reference'}", cwd=tmp_path)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    expected = numbers(json.loads((tmp_path / "reference/metrics.json").read_text()))
+    for name, kill in KILLS.items():
+        folder = tmp_path / name
+        killed = run(
+            *common,
+            "+callbacks.kill._target_=killer.SelfKill",
+            *kill,
+            f"hydra.run.dir={folder}",
+            cwd=tmp_path,
+        )
+        assert killed.returncode == -9, (name, killed.stderr[-3000:])
+        resumed = run(*common, f"hydra.run.dir={folder}", cwd=tmp_path)
+        assert resumed.returncode == 0, (name, resumed.stderr[-3000:])
+        got = numbers(json.loads((folder / "metrics.json").read_text()))
+        differ = {
+            k: (expected.get(k), got.get(k))
+            for k in set(expected) | set(got)
+            if expected.get(k) != got.get(k)
+        }
+        assert not differ, (name, differ)
+
+
+@pytest.mark.slow
+def test_unreachable_wandb_goes_offline_within_the_timeout(tmp_path, cifar_root):
+    """A key set, the server a closed local port: one warning, offline, the run completes."""
+    env = {**ENV, "WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9"}
+    env.pop("WANDB_MODE")
+    start = time.monotonic()
+    proc = run(
+        *cifar_overrides(
+            cifar_root, "rnn=none", "logger=wandb", "logger.wandb.init_timeout=5", "callbacks=none"
+        ),
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+        env=env,
+    )
+    seconds = time.monotonic() - start
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run/metrics.json").read_text())
+    assert metrics["status"] == "completed" and math.isfinite(metrics["test/acc1"])
+    assert (proc.stdout + proc.stderr).count("continuing offline") == 1
+    assert list((tmp_path / "run/wandb").glob(f"offline-run-*-{metrics['wandb_id']}"))
+    assert seconds < 120, seconds

@@ -1,0 +1,112 @@
+"""crnn-train as a scheduler sees it: signals, exit codes, logs, sweeps with a failing job."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from conftest import cifar_overrides
+
+ENV = {**os.environ, "CI": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+
+
+def crnn_train(*args: str, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "crnn.train", *args],
+        cwd=cwd,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if path.is_file() and text in path.read_text():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{text!r} never appeared in {path}: {proc.communicate()[0][-3000:]}")
+
+
+def test_sigterm_saves_at_the_interrupt_exits_143_and_resumes(tmp_path, cifar_root):
+    run = tmp_path / "run"
+    args = [*cifar_overrides(cifar_root, "rnn=none", "trainer.max_epochs=40"), f"hydra.run.dir={run}"]
+    proc = crnn_train(*args, cwd=tmp_path)
+    wait_for(run / "train.log", "epoch 1 ", proc)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 143, output[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert (metrics["status"], metrics["reason"], metrics["exit_code"]) == ("interrupted", "SIGTERM", 143)
+    saved = torch.load(run / "checkpoints/last.ckpt", weights_only=True)["global_step"]
+    assert saved > 4 * (metrics["last_epoch"] + 1) - 1  # at the interrupt, not at the last epoch end
+
+    proc = crnn_train(*args[:-2], "trainer.max_epochs=3", f"hydra.run.dir={run}", cwd=tmp_path)
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, output[-3000:]
+    assert json.loads((run / "metrics.json").read_text())["status"] == "completed"
+    log = (run / "train.log").read_text()
+    assert "SIGTERM received" in log and "status completed" in log  # both launches, one log
+
+
+def test_ctrl_c_is_interrupted_with_exit_130(tmp_path, cifar_root):
+    run = tmp_path / "run"
+    args = [*cifar_overrides(cifar_root, "rnn=none", "trainer.max_epochs=40"), f"hydra.run.dir={run}"]
+    proc = crnn_train(*args, cwd=tmp_path)
+    wait_for(run / "train.log", "epoch 0 ", proc)
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 130, output[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert (metrics["status"], metrics["reason"]) == ("interrupted", "SIGINT")
+    assert (run / "checkpoints/last.ckpt").is_file()
+
+
+def test_resume_by_ckpt_path_appends_to_the_runs_own_log(tmp_path, cifar_root):
+    run = tmp_path / "run"
+    proc = crnn_train(*cifar_overrides(cifar_root, "rnn=none"), f"hydra.run.dir={run}", cwd=tmp_path)
+    assert proc.wait(timeout=300) == 0, proc.communicate()[0][-3000:]
+    first_log = (run / "train.log").read_text()
+    other = tmp_path / "other"
+    more = cifar_overrides(
+        cifar_root, "rnn=none", "trainer.max_epochs=2", f"ckpt_path={run}/checkpoints/last.ckpt"
+    )
+    proc = crnn_train(*more, f"hydra.run.dir={other}", cwd=tmp_path)
+    assert proc.wait(timeout=300) == 0, proc.communicate()[0][-3000:]
+    log = (run / "train.log").read_text()
+    assert log.startswith(first_log) and f"Resuming the run in {run}" in log and "epoch 1 " in log
+    assert not other.exists()
+
+
+def test_a_failing_sweep_job_is_recorded_and_the_sweep_goes_on(tmp_path, cifar_root):
+    sweep = tmp_path / "sweep"
+    args = cifar_overrides(
+        cifar_root,
+        "rnn=none",
+        "task.optimizer.lr=1e6,0.1",
+        "print_config=false",
+    )
+    proc = crnn_train("-m", *args, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    output = proc.communicate(timeout=600)[0]
+    assert proc.returncode != 0, output[-3000:]
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    metrics = [json.loads((job / "metrics.json").read_text()) for job in jobs]
+    assert [m["status"] for m in metrics] == ["failed", "completed"], output[-3000:]
+    assert metrics[0]["reason"] == "non-finite loss" and metrics[0]["exit_code"] == 1
+    assert all((job / "config.yaml").is_file() for job in jobs)  # print_config=false only stops printing
+    assert metrics[0]["name"] != metrics[1]["name"] and "lr=" in metrics[0]["name"]
+
+
+def test_a_sweep_preset_without_multirun_says_how_to_launch_it(tmp_path):
+    proc = crnn_train("experiment=cifar100_rnn_vs_conv_rf", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 2, output[-3000:]
+    assert "is a sweep over experiment/rf_layer, seed: launch it with `crnn-train -m experiment=" in output

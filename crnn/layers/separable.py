@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .cells import get_cell, rnn_macs_per_token, rnn_params
+from .fast_rnn import run_rnn, run_ws_birnn
 from .registry import ALL_CELLS, Layer2d, check_positive, register_layer
 
 __all__ = ["SRNN", "SWSBiRNN", "SBiRNNCat", "SBiRNNSum", "WSBiRNN"]
@@ -53,7 +54,7 @@ class RNNPass(_AxisPass):
 
     def forward_seq_first(self, x: Tensor) -> Tensor:
         L, batch = x.shape[0], x.shape[1:-1]
-        y, _ = self.rnn(x.reshape(L, -1, x.shape[-1]))
+        y = run_rnn(self.rnn, x.reshape(L, -1, x.shape[-1]))
         return y.view(L, *batch, self.out_size)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -75,7 +76,9 @@ class WSBiRNN(_AxisPass):
         y = rnn(x) + flip(rnn(flip(x)))
 
     Half the weights and half the output width of a standard BiRNN. Both directions run in ONE
-    fused call: ``x`` and ``flip(x)`` are stacked along the batch. ``y`` is flip-equivariant:
+    call (:func:`crnn.layers.fast_rnn.run_ws_birnn`): for vanilla cells on CPU the fast path, which
+    projects ``x`` once and reads the projection forwards and backwards; otherwise ``nn.RNN`` on
+    ``x`` and ``flip(x)`` stacked along the batch. ``y`` is flip-equivariant:
     ``f(flip(x)) == flip(f(x))``.
 
     ``forward`` is batch-first (the public 1-D API); ``forward_seq_first`` takes
@@ -98,13 +101,9 @@ class WSBiRNN(_AxisPass):
 
     def forward_seq_first(self, x: Tensor) -> Tensor:
         """``(L, *batch, C) -> (L, *batch, hidden)``, any strides."""
-        L, batch, n = x.shape[0], x.shape[1:-1], x.shape[1:-1].numel()
-        # the cat is the one copy that makes the (possibly permuted) input contiguous
-        xx = torch.cat([x, x.flip(0)], dim=1)  # (L, 2 * batch[0], *batch[1:], C)
-        y, _ = self.rnn(xx.view(L, 2 * n, x.shape[-1]))
-        # unbind, not y[:, 0] / y[:, 1]: its backward is one stack, a select's is a zero-filled copy each
-        forward, backward = y.view(L, 2, n, self.hidden_size).unbind(1)
-        return (forward + backward.flip(0)).view(L, *batch, self.hidden_size)
+        L, batch = x.shape[0], x.shape[1:-1]
+        y = run_ws_birnn(self.rnn, x.reshape(L, -1, x.shape[-1]), merge=True)  # (L, N, hidden)
+        return y.view(L, *batch, self.hidden_size)
 
     def closed_form_params(self) -> int:
         return rnn_params(self.cell, self.input_size, self.hidden_size)

@@ -1,0 +1,234 @@
+"""A fast CPU path for one-layer vanilla RNNs (``rnn_tanh``, ``rnn_relu``), exact to ``nn.RNN``.
+
+PyTorch's CPU ``nn.RNN`` runs every step as its own autograd-recorded ``linear`` + activation, and
+its tanh is slow on CPU builds (measured on the dev build, torch 2.14 / MKL, one (2048, 64) tensor:
+``tanh_`` ~950 us, ``sigmoid_`` ~120 us, the step's ``addmm_`` ~500 us). This path
+(:class:`_VanillaRNNFunction`, a ``torch.autograd.Function``) instead:
+
+* computes the input projection ``x W_ih^T + b_ih + b_hh`` once, as ONE matmul over all steps; in a
+  weight-shared bidirectional pass (the sequence and its reverse through the same weights) it is
+  computed once and read forwards and backwards, half the input-projection FLOPs of running the
+  reversed copy through the RNN;
+* per step, one ``addmm_`` into the preallocated state buffer and one in-place activation; no
+  copies and no per-step autograd nodes;
+* runs tanh in the sigmoid domain: with ``u_t = sigmoid(2 a_t)`` (``a_t`` the pre-activation),
+  ``h_t = tanh(a_t) = 2 u_t - 1`` and ``2 a_{t+1} = 2 P_{t+1} - 2 W_hh 1 + 4 W_hh u_t``, so a step
+  is ``addmm_(alpha=4)`` + ``sigmoid_`` and ``h = 2u - 1`` is formed once at the end;
+* in backward runs the per-step recurrence of the pre-activation gradients (``addmm_`` + ``mul_``
+  per step), then computes the gradients of ``W_hh``, ``W_ih``, the biases and the input as one
+  large matmul (or sum) each over all steps.
+
+In float64 it equals ``nn.RNN`` to ~1e-15 (tests: 1e-10); in float32 to float32 rounding. Second
+derivatives are not implemented: differentiating the backward raises a clear error.
+
+Which path runs (:func:`rnn_path`, or the environment variable ``CRNN_RNN_PATH``):
+
+* ``auto`` (default): the fast path for a one-layer unidirectional vanilla ``nn.RNN`` on CPU in
+  float32/float64, outside autocast and outside tracing (TorchScript/ONNX export and fvcore's
+  counter see the fused ``aten::rnn_*`` op, which ONNX maps to its ``RNN`` node); ``nn.RNN``
+  (cuDNN on GPU) otherwise, and always for GRU/LSTM;
+* ``fast``: the fast path wherever it applies (CPU or not; also under tracing, where the op is a
+  ``prim::PythonOp`` that :func:`crnn.complexity.count_macs` counts with the closed form);
+* ``native``: ``nn.RNN`` always.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+__all__ = ["RNN_PATHS", "get_rnn_path", "rnn_path", "run_rnn", "run_ws_birnn", "uses_fast_path"]
+
+RNN_PATHS = ("auto", "fast", "native")
+_ENV = "CRNN_RNN_PATH"
+_path_override: list[str] = []
+
+
+def get_rnn_path() -> str:
+    """The path setting in force: the innermost :func:`rnn_path`, else ``$CRNN_RNN_PATH``, else auto."""
+    path = _path_override[-1] if _path_override else os.environ.get(_ENV, "auto")
+    if path not in RNN_PATHS:
+        raise ValueError(f"{_ENV}={path!r}: valid values are {', '.join(RNN_PATHS)}")
+    return path
+
+
+@contextlib.contextmanager
+def rnn_path(path: str) -> Iterator[None]:
+    """Force the RNN path within the block: ``"auto"``, ``"fast"`` or ``"native"`` (``nn.RNN``)."""
+    if path not in RNN_PATHS:
+        raise ValueError(f"rnn_path({path!r}): valid values are {', '.join(RNN_PATHS)}")
+    _path_override.append(path)
+    try:
+        yield
+    finally:
+        _path_override.pop()
+
+
+def _applies(rnn: nn.RNNBase) -> bool:
+    return (
+        rnn.mode in ("RNN_TANH", "RNN_RELU")
+        and rnn.num_layers == 1
+        and not rnn.bidirectional
+        and rnn.bias
+        and not rnn.batch_first
+        and rnn.proj_size == 0
+    )
+
+
+def uses_fast_path(rnn: nn.RNNBase, x: Tensor) -> bool:
+    """Whether :func:`run_rnn` / :func:`run_ws_birnn` take the fast path for ``rnn`` on ``x``."""
+    path = get_rnn_path()
+    if path == "native" or not _applies(rnn):
+        return False
+    if path == "fast":
+        return True
+    tracing = torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+    return (
+        x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
+        and not tracing
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
+def run_rnn(rnn: nn.RNNBase, x: Tensor) -> Tensor:
+    """``rnn(x)[0]`` for ``x (L, N, I) -> (L, N, H)``, zero initial state, through the chosen path."""
+    if uses_fast_path(rnn, x):
+        return _VanillaRNNFunction.apply(x, *_weights(rnn), rnn.mode == "RNN_RELU", _ONE_WAY)
+    return rnn(x)[0]
+
+
+def run_ws_birnn(rnn: nn.RNNBase, x: Tensor, merge: bool) -> Tensor:
+    """The weight-shared bidirectional pass: ``rnn`` over ``x (L, N, I)`` and over ``x.flip(0)``.
+
+    ``merge=False``: ``(L, 2N, H)``, equal to ``rnn(torch.cat([x, x.flip(0)], 1))[0]`` (the reversed
+    pass's states in its reading order, in ``[:, N:]``). ``merge=True``: ``(L, N, H)``, the forward
+    states plus the reversed pass's states flipped back into place (the WS-BiRNN output).
+    """
+    if uses_fast_path(rnn, x):
+        relu = rnn.mode == "RNN_RELU"
+        if merge:
+            return _VanillaRNNFunction.apply(x, *_weights(rnn), relu, _MERGED)
+        # unbind, not pair[0] / pair[1]: its backward is one stack, a select's a zero-filled copy each
+        forward, backward = _VanillaRNNFunction.apply(x, *_weights(rnn), relu, _PAIR).unbind(0)
+        return torch.cat([forward, backward.flip(0)], dim=1)
+    n = x.shape[1]
+    y, _ = rnn(torch.cat([x, x.flip(0)], dim=1))
+    if not merge:
+        return y
+    # unbind, not y[:, :n] / y[:, n:]: its backward is one stack, a slice's is a zero-filled copy each
+    forward, backward = y.view(y.shape[0], 2, n, y.shape[-1]).unbind(1)
+    return forward + backward.flip(0)
+
+
+_ONE_WAY, _PAIR, _MERGED = 0, 1, 2
+"""Outputs of :class:`_VanillaRNNFunction`: one direction; both directions; both, summed."""
+
+
+def _weights(rnn: nn.RNNBase) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0
+
+
+def _steps(length: int, reverse: bool) -> range:
+    return range(length - 2, -1, -1) if reverse else range(1, length)
+
+
+def _recurrence(s: Tensor, w_hh: Tensor, relu: bool, reverse: bool) -> None:
+    """In place over ``s (L, M, H)`` holding the input projections: the forward recurrence, read
+    from t = 0 up (``reverse``: from L-1 down).
+
+    relu: ``s[t] = relu(s[t] + s[prev] W_hh^T)`` (states). tanh: ``s`` holds ``2 * projection -
+    2 W_hh 1`` (the ``-2 W_hh 1`` left out at the first step) and becomes ``u_t = sigmoid(2 a_t)``.
+    """
+    w_t = w_hh.t()
+    first, step = (-1, 1) if reverse else (0, -1)
+    if relu:
+        s[first].relu_()
+        for t in _steps(s.shape[0], reverse):
+            s[t].addmm_(s[t + step], w_t).relu_()
+    else:
+        s[first].sigmoid_()
+        for t in _steps(s.shape[0], reverse):
+            s[t].addmm_(s[t + step], w_t, alpha=4).sigmoid_()
+
+
+def _recurrence_grad(da: Tensor, h: Tensor, w_hh: Tensor, relu: bool, reverse: bool) -> None:
+    """In place over ``da (L, M, H)`` holding the output gradients: the pre-activation gradients,
+    ``da[t] = (grad[t] + da[next] W_hh) * act'(h[t])``, from the last step read back to the first.
+
+    ``act'`` is formed per step in one small buffer: a whole-sequence derivative tensor would be a
+    fresh large allocation, whose page faults cost more than the per-step op on this machine."""
+    deriv = torch.empty_like(h[0])
+    one = h.new_ones(())
+    last = 0 if reverse else da.shape[0] - 1
+    order = range(1, da.shape[0]) if reverse else range(da.shape[0] - 2, -1, -1)
+    for t in (last, *order):
+        if t != last:
+            da[t].addmm_(da[t - 1 if reverse else t + 1], w_hh)
+        if relu:
+            torch.sign(h[t], out=deriv)  # relu states are >= 0: sign is the step function's 0 / 1
+        else:
+            torch.addcmul(one, h[t], h[t], value=-1, out=deriv)  # tanh' = 1 - h^2
+        da[t].mul_(deriv)
+
+
+class _VanillaRNNFunction(torch.autograd.Function):
+    """``(x (L, N, I), W_ih, W_hh, b_ih, b_hh, relu, pair) -> states``.
+
+    ``out=_ONE_WAY``: one direction, ``(L, N, H)``. ``_PAIR``: the sequence and its reverse
+    through the shared weights, ``(2, L, N, H)``, both indexed by sequence position (``[1, t]`` is
+    the reversed pass's state after reading ``x[L-1] ... x[t]``), so no flip is ever copied.
+    ``_MERGED``: the two summed, ``(L, N, H)``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w_ih, w_hh, b_ih, b_hh, relu: bool, out: int):
+        L, N, In = x.shape
+        H = w_hh.shape[0]
+        scale = 1.0 if relu else 2.0  # tanh runs on 2a (sigmoid domain)
+        row_sum = w_hh.sum(1)
+        bias = (b_ih + b_hh) * scale
+        if not relu:
+            bias = bias - 2.0 * row_sum  # the -2 W_hh 1 of every step but the first
+        x_flat = x.reshape(L * N, In)
+        proj = torch.addmm(bias, x_flat, w_ih.t(), alpha=scale).view(L, N, H)
+        pair = out != _ONE_WAY
+        s = proj.unsqueeze(0).expand(2, L, N, H).contiguous() if pair else proj
+        directions = ((s[0], False), (s[1], True)) if pair else ((s, False),)
+        for seq, reverse in directions:
+            if not relu:
+                seq[-1 if reverse else 0].add_(2.0 * row_sum)
+            _recurrence(seq, w_hh, relu, reverse)
+        h = s if relu else s.mul_(2.0).sub_(1.0)  # u -> h = 2u - 1, in place
+        ctx.save_for_backward(x_flat, w_ih, w_hh, h)
+        ctx.relu, ctx.out, ctx.x_shape = relu, out, x.shape
+        return h[0] + h[1] if out == _MERGED else h
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x_flat, w_ih, w_hh, h = ctx.saved_tensors
+        H = w_hh.shape[0]
+        if ctx.out == _MERGED:
+            da = grad.unsqueeze(0).expand(2, *grad.shape).contiguous()
+        else:
+            da = grad.clone(memory_format=torch.contiguous_format)
+        pair = ctx.out != _ONE_WAY
+        directions = ((0, False), (1, True)) if pair else ((None, False),)
+        grad_w_hh = w_hh.new_zeros(H, H)
+        for d, reverse in directions:
+            da_d, h_d = (da, h) if d is None else (da[d], h[d])
+            _recurrence_grad(da_d, h_d, w_hh, ctx.relu, reverse)
+            # h[prev] pairs with da[t]; the zero initial state adds nothing
+            later, earlier = (da_d[:-1], h_d[1:]) if reverse else (da_d[1:], h_d[:-1])
+            grad_w_hh.addmm_(later.reshape(-1, H).t(), earlier.reshape(-1, H))
+        dproj = (da[0] + da[1] if pair else da).view(-1, H)
+        grad_b = dproj.sum(0)
+        grad_w_ih = dproj.t().mm(x_flat)
+        grad_x = dproj.mm(w_ih).view(ctx.x_shape) if ctx.needs_input_grad[0] else None
+        return grad_x, grad_w_ih, grad_w_hh, grad_b, grad_b.clone(), None, None

@@ -134,6 +134,30 @@ def _weights(rnn: nn.RNNBase) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0
 
 
+_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+"""oneDNN's fp32 matmul (the op inductor uses for ``linear``), on dense tensors: about 2x the GFLOP/s
+of ``torch.mm`` (MKL) for the tall-skinny products here on the dev machine (AMD EPYC, where MKL
+takes its AVX2 path). float64 and builds without oneDNN use ``torch.mm``."""
+
+
+def _onednn(t: Tensor) -> bool:
+    return _ONEDNN and t.dtype == torch.float32 and t.device.type == "cpu"
+
+
+def _linear(x: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``x (M, K) @ w (N, K)^T + bias`` -> ``(M, N)``."""
+    if _onednn(x):
+        return torch.ops.mkldnn._linear_pointwise(x, w, bias, "none", [], "")
+    return x.mm(w.t()) if bias is None else torch.addmm(bias, x, w.t())
+
+
+def _accumulate(acc: Tensor, x: Tensor, w: Tensor) -> Tensor:
+    """``acc += x (M, K) @ w (N, K)^T`` in place; returns ``acc``."""
+    if _onednn(acc):
+        return acc.copy_(torch.ops.mkldnn._linear_pointwise.binary(x, acc, w, None, "add"))
+    return acc.addmm_(x, w.t())
+
+
 def _steps(length: int, reverse: bool) -> range:
     return range(length - 2, -1, -1) if reverse else range(1, length)
 
@@ -143,18 +167,14 @@ def _recurrence(s: Tensor, w_hh: Tensor, relu: bool, reverse: bool) -> None:
     from t = 0 up (``reverse``: from L-1 down).
 
     relu: ``s[t] = relu(s[t] + s[prev] W_hh^T)`` (states). tanh: ``s`` holds ``2 * projection -
-    2 W_hh 1`` (the ``-2 W_hh 1`` left out at the first step) and becomes ``u_t = sigmoid(2 a_t)``.
+    2 W_hh 1`` (the ``-2 W_hh 1`` left out at the first step) and becomes ``u_t = sigmoid(2 a_t)``
+    (``w_hh`` is then passed as ``4 W_hh``: scaling by 4 is exact).
     """
-    w_t = w_hh.t()
     first, step = (-1, 1) if reverse else (0, -1)
-    if relu:
-        s[first].relu_()
-        for t in _steps(s.shape[0], reverse):
-            s[t].addmm_(s[t + step], w_t).relu_()
-    else:
-        s[first].sigmoid_()
-        for t in _steps(s.shape[0], reverse):
-            s[t].addmm_(s[t + step], w_t, alpha=4).sigmoid_()
+    activation = torch.relu_ if relu else torch.sigmoid_
+    activation(s[first])
+    for t in _steps(s.shape[0], reverse):
+        activation(_accumulate(s[t], s[t + step], w_hh))
 
 
 def _recurrence_grad(da: Tensor, h: Tensor, w_hh: Tensor, relu: bool, reverse: bool) -> None:
@@ -165,11 +185,12 @@ def _recurrence_grad(da: Tensor, h: Tensor, w_hh: Tensor, relu: bool, reverse: b
     fresh large allocation, whose page faults cost more than the per-step op on this machine."""
     deriv = torch.empty_like(h[0])
     one = h.new_ones(())
+    w_hh_t = w_hh.t().contiguous()
     last = 0 if reverse else da.shape[0] - 1
     order = range(1, da.shape[0]) if reverse else range(da.shape[0] - 2, -1, -1)
     for t in (last, *order):
         if t != last:
-            da[t].addmm_(da[t - 1 if reverse else t + 1], w_hh)
+            _accumulate(da[t], da[t - 1 if reverse else t + 1], w_hh_t)
         if relu:
             torch.sign(h[t], out=deriv)  # relu states are >= 0: sign is the step function's 0 / 1
         else:
@@ -196,14 +217,14 @@ class _VanillaRNNFunction(torch.autograd.Function):
         if not relu:
             bias = bias - 2.0 * row_sum  # the -2 W_hh 1 of every step but the first
         x_flat = x.reshape(L * N, In)
-        proj = torch.addmm(bias, x_flat, w_ih.t(), alpha=scale).view(L, N, H)
+        proj = _linear(x_flat, w_ih * scale, bias).view(L, N, H)  # scale 1 or 2: exact
         pair = out != _ONE_WAY
         s = proj.unsqueeze(0).expand(2, L, N, H).contiguous() if pair else proj
         directions = ((s[0], False), (s[1], True)) if pair else ((s, False),)
         for seq, reverse in directions:
             if not relu:
                 seq[-1 if reverse else 0].add_(2.0 * row_sum)
-            _recurrence(seq, w_hh, relu, reverse)
+            _recurrence(seq, w_hh if relu else 4.0 * w_hh, relu, reverse)
         h = s if relu else s.mul_(2.0).sub_(1.0)  # u -> h = 2u - 1, in place
         ctx.save_for_backward(x_flat, w_ih, w_hh, h)
         ctx.relu, ctx.out, ctx.x_shape = relu, out, x.shape
@@ -230,5 +251,5 @@ class _VanillaRNNFunction(torch.autograd.Function):
         dproj = (da[0] + da[1] if pair else da).view(-1, H)
         grad_b = dproj.sum(0)
         grad_w_ih = dproj.t().mm(x_flat)
-        grad_x = dproj.mm(w_ih).view(ctx.x_shape) if ctx.needs_input_grad[0] else None
+        grad_x = _linear(dproj, w_ih.t().contiguous()).view(ctx.x_shape) if ctx.needs_input_grad[0] else None
         return grad_x, grad_w_ih, grad_w_hh, grad_b, grad_b.clone(), None, None

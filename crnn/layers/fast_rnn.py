@@ -42,7 +42,16 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-__all__ = ["RNN_PATHS", "get_rnn_path", "rnn_path", "run_rnn", "run_ws_birnn", "uses_fast_path"]
+__all__ = [
+    "FAST_RNN_OP",
+    "RNN_PATHS",
+    "fast_rnn_directions",
+    "get_rnn_path",
+    "rnn_path",
+    "run_rnn",
+    "run_ws_birnn",
+    "uses_fast_path",
+]
 
 RNN_PATHS = ("auto", "fast", "native")
 _ENV = "CRNN_RNN_PATH"
@@ -130,6 +139,11 @@ _ONE_WAY, _PAIR, _MERGED = 0, 1, 2
 """Outputs of :class:`_VanillaRNNFunction`: one direction; both directions; both, summed."""
 
 
+def fast_rnn_directions(out: int) -> int:
+    """Directions run by the fast op called with ``out`` (its last argument): 1 or 2."""
+    return 1 if out == _ONE_WAY else 2
+
+
 def _weights(rnn: nn.RNNBase) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0
 
@@ -141,7 +155,9 @@ takes its AVX2 path). float64 and builds without oneDNN use ``torch.mm``."""
 
 
 def _onednn(t: Tensor) -> bool:
-    return _ONEDNN and t.dtype == torch.float32 and t.device.type == "cpu"
+    # the tracer cannot record the private op's arguments: a traced fast path (rnn_path("fast"))
+    # runs on torch.mm
+    return _ONEDNN and t.dtype == torch.float32 and t.device.type == "cpu" and not torch.jit.is_tracing()
 
 
 def _linear(x: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -253,3 +269,7 @@ class _VanillaRNNFunction(torch.autograd.Function):
         grad_w_ih = dproj.t().mm(x_flat)
         grad_x = _linear(dproj, w_ih.t().contiguous()).view(ctx.x_shape) if ctx.needs_input_grad[0] else None
         return grad_x, grad_w_ih, grad_w_hh, grad_b, grad_b.clone(), None, None
+
+
+FAST_RNN_OP = f"prim::PythonOp.{_VanillaRNNFunction.__name__}"
+"""The name of the fast op in a traced graph (fvcore's naming), for :mod:`crnn.complexity`."""

@@ -5,10 +5,11 @@ Layout. ``torch.nn`` RNNs are sequence-first natively (``(L, N, C)``), so the pa
 into the batch, sequences of length W) and the column pass sees its output permuted to
 ``(H, B, W, hidden)`` (columns folded into the batch, sequences of length H). Each permute is a free
 view; the single copy per pass happens where the pass must make its input contiguous anyway
-(``reshape`` before the RNN, or the ``cat`` that stacks a sequence with its reverse), plus one final
-copy back to ``(B, C_out, H, W)``. A weight-shared pass runs both directions in one call (the
-sequence and its reverse stacked along the batch): one cuDNN call on GPU, twice-as-tall matmuls on
-CPU, where the fused RNN's own per-step work (matmul, bias add, activation) dominates the time.
+(``reshape`` before the RNN), plus one final copy back to ``(B, C_out, H, W)``. A weight-shared
+pass runs both directions in one call (:func:`~crnn.layers.fast_rnn.run_ws_birnn`): on CPU with a
+vanilla cell the fast path of :mod:`crnn.layers.fast_rnn` (one input projection read both ways);
+otherwise one ``nn.RNN`` call (one cuDNN call on GPU) on the sequence and its reverse stacked along
+the batch.
 
 Notation for the closed forms: ``C = C_in``, ``O = C_out``, ``h = hidden_channels`` (default
 ``C_out``), ``g`` the gate multiplier of the cell (1 rnn_tanh/rnn_relu, 3 gru, 4 lstm),
@@ -18,7 +19,6 @@ Notation for the closed forms: ``C = C_in``, ``O = C_out``, ``h = hidden_channel
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from .cells import get_cell, rnn_macs_per_token, rnn_params

@@ -16,9 +16,6 @@ accumulation, the same 12 numbers as pycocotools: tests/test_coco_eval.py), shar
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import io
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -31,19 +28,6 @@ log = logging.getLogger("crnn")
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 """Names of ``COCOeval.stats`` in order."""
-
-
-@contextlib.contextmanager
-def stdout_to_log(level: int = logging.INFO):
-    """Run a block with its ``print`` output sent to the ``crnn`` logger instead of stdout."""
-    buffer = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(buffer):
-            yield
-    finally:
-        text = buffer.getvalue().rstrip()
-        if text:
-            log.log(level, "%s", text)
 
 
 def to_coco_detections(
@@ -78,11 +62,12 @@ def to_coco_detections(
 
 
 def _as_faster_coco(coco: Any) -> COCO:
-    """faster-coco-eval's ``COCO`` of a ground truth given as one, or as a pycocotools ``COCO``
-    (its ``dataset`` dict, copied: evaluation writes flags into the annotations)."""
+    """faster-coco-eval's ``COCO`` of a ground truth given as one, or as a pycocotools ``COCO`` (its
+    ``dataset``, the annotation dicts copied one level: evaluation writes flags into them)."""
     if isinstance(coco, COCO):
         return coco
-    return COCO(coco.dataset, use_deepcopy=True, print_function=log.debug)
+    dataset = dict(coco.dataset, annotations=[dict(a) for a in coco.dataset.get("annotations", [])])
+    return COCO(dataset, print_function=log.debug)
 
 
 def f1_at_best_threshold(
@@ -110,7 +95,8 @@ def f1_at_best_threshold(
     gt_of = {int(key.split("_")[0]): int(key.split("_")[1]) for key in ev.eval["matched"]}
 
     def ignored(gt: Mapping[str, Any]) -> bool:
-        return bool(gt.get("ignore", 0) or gt.get("iscrowd", 0)) or not area_all[0] <= gt["area"] <= area_all[1]
+        flagged = gt.get("ignore", 0) or gt.get("iscrowd", 0)
+        return bool(flagged) or not area_all[0] <= gt["area"] <= area_all[1]
 
     imgs, cats = set(p.imgIds), set(p.catIds)
     gts = [g for g in coco_gt.dataset["annotations"] if g["image_id"] in imgs and g["category_id"] in cats]
@@ -177,14 +163,14 @@ def evaluate_detections(
         log.info("COCO eval: no detections on %d images -> AP 0", len(img_ids))
         return zero | {"num_detections": 0.0}
     gt = _as_faster_coco(coco_gt)
-    dt = gt.loadRes(copy.deepcopy(dets))
+    dt = gt.loadRes([dict(d) for d in dets])  # loadRes adds keys (id, area) to the dicts it gets
     coco_eval = COCOeval_faster(gt, dt, iouType="bbox", print_function=log.debug)
     coco_eval.params.imgIds = img_ids
     coco_eval.params.catIds = cats
     coco_eval.evaluate()
     coco_eval.accumulate()
-    with stdout_to_log():
-        coco_eval.summarize()
+    coco_eval.print_function = log.info  # the summary table
+    coco_eval.summarize()
     out = {name: float(v) for name, v in zip(STAT_NAMES, coco_eval.stats, strict=True)}
     f1, thresh, prec, rec = f1_at_best_threshold(gt, dt, img_ids, cats, 0.5)
     out.update(F1=f1, F1_thresh=thresh, F1_precision=prec, F1_recall=rec, num_detections=float(len(dets)))

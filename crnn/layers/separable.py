@@ -186,7 +186,7 @@ class _SeparableRNN2d(Layer2d):
         )
 
 
-@register_layer("srnn", family="separable_rnn", order=3, marker="^", cells=ALL_CELLS)
+@register_layer("srnn", family="separable_rnn", order=3, marker="^", cells=ALL_CELLS, fast_path=True)
 class SRNN(_SeparableRNN2d):
     """Separable RNN: a unidirectional RNN along every row, then one along every column.
 
@@ -206,7 +206,7 @@ class SRNN(_SeparableRNN2d):
         self.col = RNNPass(self.hidden_channels, out_channels, cell)
 
 
-@register_layer("sws_birnn", family="separable_rnn", order=4, marker="*", cells=ALL_CELLS)
+@register_layer("sws_birnn", family="separable_rnn", order=4, marker="*", cells=ALL_CELLS, fast_path=True)
 class SWSBiRNN(_SeparableRNN2d):
     """Separable weight-shared BiRNN (the paper's layer): SRNN whose passes are :class:`WSBiRNN`.
 

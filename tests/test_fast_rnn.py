@@ -143,3 +143,21 @@ def test_tracing_takes_nn_rnn():
     m = WSBiRNN(3, 4)
     kinds = {n.kind() for n in torch.jit.trace(m, torch.randn(2, 5, 3)).inlined_graph.nodes()}
     assert "aten::rnn_tanh" in kinds and "prim::PythonOp" not in kinds
+
+
+@pytest.mark.parametrize(
+    ("layer", "cell"), [("sws_birnn", "rnn_tanh"), ("srnn", "gru"), ("sbirnn_sum", "lstm")]
+)
+def test_autocast_runs_the_recurrence_in_float32(layer, cell):
+    """Under bf16 autocast (trainer=gpu's precision; CPU autocast here) the nn.RNN path runs in
+    float32, a precision cuDNN supports: the output equals the float32 layer's."""
+    torch.manual_seed(0)
+    m = build_layer(layer, 8, 8, cell=cell)
+    x = torch.randn(2, 8, 5, 6)
+    with rnn_path("native"):
+        expected = m(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = m(x)
+        got.float().sum().backward()
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)

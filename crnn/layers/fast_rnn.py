@@ -30,6 +30,8 @@ Which path runs (:func:`rnn_path`, or the environment variable ``CRNN_RNN_PATH``
 * ``fast``: the fast path wherever it applies (CPU or not; also under tracing, where the op is a
   ``prim::PythonOp`` that :func:`crnn.complexity.count_macs` counts with the closed form);
 * ``native``: ``nn.RNN`` always.
+
+Under autocast the ``nn.RNN`` path runs in a precision cuDNN supports (see :func:`_native`).
 """
 
 from __future__ import annotations
@@ -106,10 +108,28 @@ def uses_fast_path(rnn: nn.RNNBase, x: Tensor) -> bool:
 
 
 def run_rnn(rnn: nn.RNNBase, x: Tensor) -> Tensor:
-    """``rnn(x)[0]`` for ``x (L, N, I) -> (L, N, H)``, zero initial state, through the chosen path."""
+    """``rnn(x)[0]`` for ``x (L, N, I) -> (L, N, D*H)``, zero initial state, through the chosen path
+    (any ``nn.RNN``/``GRU``/``LSTM``; the fast path where it applies)."""
     if uses_fast_path(rnn, x):
         return _VanillaRNNFunction.apply(x, *_weights(rnn), rnn.mode == "RNN_RELU", _ONE_WAY)
-    return rnn(x)[0]
+    return _native(rnn, x)
+
+
+def _native(rnn: nn.RNNBase, x: Tensor) -> Tensor:
+    """``rnn(x)[0]`` in a precision the fused kernels support under autocast.
+
+    cuDNN's RNNs run in float32 or float16: under float16 autocast on CUDA the call is left to
+    autocast (cuDNN in half precision); under any other autocast (bfloat16, ``trainer=gpu``'s
+    ``bf16-mixed``, or CPU autocast) the recurrence runs in float32 with autocast off, and its
+    float32 output goes on to the next (autocast) layer.
+    """
+    device = x.device.type
+    if not torch.is_autocast_enabled(device) or (
+        device == "cuda" and torch.get_autocast_dtype(device) == torch.float16
+    ):
+        return rnn(x)[0]
+    with torch.autocast(device, enabled=False):
+        return rnn(x.float())[0]
 
 
 def run_ws_birnn(rnn: nn.RNNBase, x: Tensor, merge: bool) -> Tensor:
@@ -127,7 +147,7 @@ def run_ws_birnn(rnn: nn.RNNBase, x: Tensor, merge: bool) -> Tensor:
         forward, backward = _VanillaRNNFunction.apply(x, *_weights(rnn), relu, _PAIR).unbind(0)
         return torch.cat([forward, backward.flip(0)], dim=1)
     n = x.shape[1]
-    y, _ = rnn(torch.cat([x, x.flip(0)], dim=1))
+    y = _native(rnn, torch.cat([x, x.flip(0)], dim=1))
     if not merge:
         return y
     # unbind, not y[:, :n] / y[:, n:]: its backward is one stack, a slice's is a zero-filled copy each

@@ -135,7 +135,7 @@ class BiRNNPass(_AxisPass):
 
     def forward_seq_first(self, x: Tensor) -> Tensor:
         L, batch = x.shape[0], x.shape[1:-1]
-        y, _ = self.rnn(x.reshape(L, -1, x.shape[-1]))  # (L, N, 2H): [forward | backward]
+        y = run_rnn(self.rnn, x.reshape(L, -1, x.shape[-1]))  # (L, N, 2H): [forward | backward]
         if self.merge == "sum":
             forward, backward = y.view(L, -1, 2, self.hidden_size).unbind(2)
             y = forward + backward

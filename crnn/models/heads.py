@@ -104,7 +104,7 @@ class SequenceHead(nn.Module):
             forward, reverse = out.chunk(2, dim=1)
             summary = self._read(forward, backward=False) + self._read(reverse, backward=False)
         elif self.bidirectional == "standard":
-            out, _ = self.rnn(seq)
+            out = run_rnn(self.rnn, seq)
             forward, backward = out.chunk(2, dim=-1)
             summary = torch.cat([self._read(forward, False), self._read(backward, True)], dim=-1)
         else:

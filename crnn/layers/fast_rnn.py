@@ -187,60 +187,57 @@ def _linear(x: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
     return x.mm(w.t()) if bias is None else torch.addmm(bias, x, w.t())
 
 
-def _accumulate(acc: Tensor, x: Tensor, w: Tensor) -> Tensor:
-    """``acc += x (M, K) @ w (N, K)^T`` in place; returns ``acc``."""
-    if _onednn(acc):
-        return acc.copy_(torch.ops.mkldnn._linear_pointwise.binary(x, acc, w, None, "add"))
-    return acc.addmm_(x, w.t())
+def _step(base: Tensor, x: Tensor, w: Tensor) -> Tensor:
+    """A new ``base + x (M, K) @ w (N, K)^T`` (one fused oneDNN call for float32)."""
+    if _onednn(x):
+        return torch.ops.mkldnn._linear_pointwise.binary(x, base, w, None, "add")
+    return torch.addmm(base, x, w.t())
 
 
-def _steps(length: int, reverse: bool) -> range:
-    return range(length - 2, -1, -1) if reverse else range(1, length)
+def _recurrence(p: Tensor, first: Tensor, w_hh: Tensor, relu: bool, reverse: bool, out: Tensor) -> None:
+    """The forward recurrence over ``p (L, M, H)`` (input projections; ``first``: the first step's
+    replacement), read from t = 0 up (``reverse``: from L-1 down), states written to ``out (L, M, H)``
+    in sequence-position order: each step one new tensor, all stacked once at the end.
 
-
-def _recurrence(s: Tensor, w_hh: Tensor, relu: bool, reverse: bool) -> None:
-    """In place over ``s (L, M, H)`` holding the input projections: the forward recurrence, read
-    from t = 0 up (``reverse``: from L-1 down).
-
-    relu: ``s[t] = relu(s[t] + s[prev] W_hh^T)`` (states). tanh: ``s`` holds ``2 * projection -
-    2 W_hh 1`` (the ``-2 W_hh 1`` left out at the first step) and becomes ``u_t = sigmoid(2 a_t)``
+    relu: ``h_t = relu(p[t] + h_prev W_hh^T)``. tanh: ``p`` holds ``2 * projection - 2 W_hh 1``,
+    ``first`` is ``2 * projection`` at the first step and the states are ``u_t = sigmoid(2 a_t)``
     (``w_hh`` is then passed as ``4 W_hh``: scaling by 4 is exact).
     """
-    first, step = (-1, 1) if reverse else (0, -1)
     activation = torch.relu_ if relu else torch.sigmoid_
-    activation(s[first])
-    for t in _steps(s.shape[0], reverse):
-        activation(_accumulate(s[t], s[t + step], w_hh))
+    order = range(p.shape[0] - 1, -1, -1) if reverse else range(p.shape[0])
+    states = [activation(first)]
+    for t in list(order)[1:]:
+        states.append(activation(_step(p[t], states[-1], w_hh)))
+    torch.stack(states[::-1] if reverse else states, out=out)
 
 
-def _recurrence_grad(da: Tensor, h: Tensor, w_hh: Tensor, relu: bool, reverse: bool) -> None:
-    """In place over ``da (L, M, H)`` holding the output gradients: the pre-activation gradients,
-    ``da[t] = (grad[t] + da[next] W_hh) * act'(h[t])``, from the last step read back to the first.
-
-    ``act'`` is formed per step in one small buffer: a whole-sequence derivative tensor would be a
-    fresh large allocation, whose page faults cost more than the per-step op on this machine."""
+def _recurrence_grad(grad: Tensor, h: Tensor, w_hh: Tensor, relu: bool, reverse: bool, out: Tensor) -> None:
+    """The pre-activation gradients ``da[t] = (grad[t] + da[next] W_hh) * act'(h[t])``, from the
+    last step read back to the first, written to ``out (L, M, H)``; ``act'`` is formed per step in
+    one small buffer (a whole sequence's would be a large fresh allocation, whose page faults cost
+    more on this machine)."""
     deriv = torch.empty_like(h[0])
     one = h.new_ones(())
     w_hh_t = w_hh.t().contiguous()
-    last = 0 if reverse else da.shape[0] - 1
-    order = range(1, da.shape[0]) if reverse else range(da.shape[0] - 2, -1, -1)
-    for t in (last, *order):
-        if t != last:
-            _accumulate(da[t], da[t - 1 if reverse else t + 1], w_hh_t)
+    order = range(h.shape[0]) if reverse else range(h.shape[0] - 1, -1, -1)
+    da: list[Tensor] = []
+    for t in order:
+        da.append(_step(grad[t], da[-1], w_hh_t) if da else grad[t].clone())
         if relu:
             torch.sign(h[t], out=deriv)  # relu states are >= 0: sign is the step function's 0 / 1
         else:
             torch.addcmul(one, h[t], h[t], value=-1, out=deriv)  # tanh' = 1 - h^2
-        da[t].mul_(deriv)
+        da[-1].mul_(deriv)
+    torch.stack(da if reverse else da[::-1], out=out)
 
 
 class _VanillaRNNFunction(torch.autograd.Function):
-    """``(x (L, N, I), W_ih, W_hh, b_ih, b_hh, relu, pair) -> states``.
+    """``(x (L, N, I), W_ih, W_hh, b_ih, b_hh, relu, out) -> states``.
 
-    ``out=_ONE_WAY``: one direction, ``(L, N, H)``. ``_PAIR``: the sequence and its reverse
-    through the shared weights, ``(2, L, N, H)``, both indexed by sequence position (``[1, t]`` is
-    the reversed pass's state after reading ``x[L-1] ... x[t]``), so no flip is ever copied.
-    ``_MERGED``: the two summed, ``(L, N, H)``.
+    ``out=_ONE_WAY``: one direction, ``(L, N, H)``. ``_PAIR``: the sequence and its reverse through
+    the shared weights, ``(2, L, N, H)``, both indexed by sequence position (``[1, t]`` is the
+    reversed pass's state after reading ``x[L-1] ... x[t]``): both read the one projection, and no
+    flip is ever copied. ``_MERGED``: the two summed, ``(L, N, H)``.
     """
 
     @staticmethod
@@ -254,37 +251,36 @@ class _VanillaRNNFunction(torch.autograd.Function):
             bias = bias - 2.0 * row_sum  # the -2 W_hh 1 of every step but the first
         x_flat = x.reshape(L * N, In)
         proj = _linear(x_flat, w_ih * scale, bias).view(L, N, H)  # scale 1 or 2: exact
-        pair = out != _ONE_WAY
-        s = proj.unsqueeze(0).expand(2, L, N, H).contiguous() if pair else proj
-        directions = ((s[0], False), (s[1], True)) if pair else ((s, False),)
-        for seq, reverse in directions:
-            if not relu:
-                seq[-1 if reverse else 0].add_(2.0 * row_sum)
-            _recurrence(seq, w_hh if relu else 4.0 * w_hh, relu, reverse)
-        h = s if relu else s.mul_(2.0).sub_(1.0)  # u -> h = 2u - 1, in place
+        w_step = w_hh if relu else 4.0 * w_hh
+        directions = (False,) if out == _ONE_WAY else (False, True)
+        h = proj.new_empty(len(directions), L, N, H)
+        for d, reverse in enumerate(directions):
+            start = proj[-1 if reverse else 0]
+            first = start.clone() if relu else start + 2.0 * row_sum
+            _recurrence(proj, first, w_step, relu, reverse, out=h[d])
+        if not relu:
+            h.mul_(2.0).sub_(1.0)  # u -> h = 2u - 1, in place
         ctx.save_for_backward(x_flat, w_ih, w_hh, h)
         ctx.relu, ctx.out, ctx.x_shape = relu, out, x.shape
-        return h[0] + h[1] if out == _MERGED else h
+        if out == _ONE_WAY:
+            return h[0]
+        return h if out == _PAIR else h[0] + h[1]
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
         x_flat, w_ih, w_hh, h = ctx.saved_tensors
         H = w_hh.shape[0]
-        if ctx.out == _MERGED:
-            da = grad.unsqueeze(0).expand(2, *grad.shape).contiguous()
-        else:
-            da = grad.clone(memory_format=torch.contiguous_format)
-        pair = ctx.out != _ONE_WAY
-        directions = ((0, False), (1, True)) if pair else ((None, False),)
+        grad = grad.contiguous()
+        da = torch.empty_like(h)
         grad_w_hh = w_hh.new_zeros(H, H)
-        for d, reverse in directions:
-            da_d, h_d = (da, h) if d is None else (da[d], h[d])
-            _recurrence_grad(da_d, h_d, w_hh, ctx.relu, reverse)
+        for d in range(len(h)):
+            reverse = d == 1
+            _recurrence_grad(grad[d] if ctx.out == _PAIR else grad, h[d], w_hh, ctx.relu, reverse, out=da[d])
             # h[prev] pairs with da[t]; the zero initial state adds nothing
-            later, earlier = (da_d[:-1], h_d[1:]) if reverse else (da_d[1:], h_d[:-1])
+            later, earlier = (da[d, :-1], h[d, 1:]) if reverse else (da[d, 1:], h[d, :-1])
             grad_w_hh.addmm_(later.reshape(-1, H).t(), earlier.reshape(-1, H))
-        dproj = (da[0] + da[1] if pair else da).view(-1, H)
+        dproj = (da[0] + da[1] if len(da) == 2 else da[0]).view(-1, H)
         grad_b = dproj.sum(0)
         grad_w_ih = dproj.t().mm(x_flat)
         grad_x = _linear(dproj, w_ih.t().contiguous()).view(ctx.x_shape) if ctx.needs_input_grad[0] else None

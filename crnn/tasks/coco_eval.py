@@ -70,9 +70,7 @@ def _as_faster_coco(coco: Any) -> COCO:
     return COCO(dataset, print_function=log.debug)
 
 
-def f1_at_best_threshold(
-    coco_gt: COCO, coco_dt: COCO, img_ids: Sequence[int], cat_ids: Sequence[int], iou: float = 0.5
-) -> tuple[float, float, float, float]:
+def f1_at_best_threshold(coco_eval: COCOeval_faster, iou: float = 0.5) -> tuple[float, float, float, float]:
     """``(F1, score threshold, precision, recall)`` maximising F1 at IoU ``iou`` (area all, 100
     detections per image and category, as COCOeval keeps), all categories pooled.
 
@@ -82,10 +80,14 @@ def f1_at_best_threshold(
     at ``iou``. As in COCOeval, a detection matched to an ignored ground truth (crowd, ``ignore``)
     is ignored, every other kept detection that is not matched is a false positive, and the
     positives are the ground truths that are not ignored.
+
+    ``coco_eval``: an evaluated bbox COCOeval (its images, categories and box IoUs are reused).
     """
+    coco_gt, coco_dt = coco_eval.cocoGt, coco_eval.cocoDt
     ev = COCOeval_faster(coco_gt, coco_dt, iouType="bbox", print_function=log.debug)
+    ev.computeIoU = lambda img_id, cat_id: coco_eval.ious[img_id, cat_id]  # computed once, reused
     p = ev.params
-    p.imgIds, p.catIds = list(img_ids), list(cat_ids)
+    p.imgIds, p.catIds = list(coco_eval.params.imgIds), list(coco_eval.params.catIds)
     p.iouThrs = np.array([iou])
     p.maxDets = [p.maxDets[-1]]
     area_all = p.areaRng[p.areaRngLbl.index("all")]
@@ -172,7 +174,7 @@ def evaluate_detections(
     coco_eval.print_function = log.info  # the summary table
     coco_eval.summarize()
     out = {name: float(v) for name, v in zip(STAT_NAMES, coco_eval.stats, strict=True)}
-    f1, thresh, prec, rec = f1_at_best_threshold(gt, dt, img_ids, cats, 0.5)
+    f1, thresh, prec, rec = f1_at_best_threshold(coco_eval, 0.5)
     out.update(F1=f1, F1_thresh=thresh, F1_precision=prec, F1_recall=rec, num_detections=float(len(dets)))
     return out
 

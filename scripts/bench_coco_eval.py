@@ -122,25 +122,29 @@ def main(argv: list[str] | None = None) -> None:
         gt.createIndex()
     fast_gt = FasterCOCO(copy.deepcopy(dataset), print_function=lambda *a: None)
     print(f"{args.images} images, {len(dataset['annotations'])} objects, {len(dets)} detections")
-    times: dict[str, list[float]] = {"pycocotools": [], "faster-coco-eval": []}
-    for _ in range(args.repeats):  # interleaved: contention on a shared machine hits both alike
-        start = time.perf_counter()
-        reference = pycocotools_stats(gt, dets)
-        times["pycocotools"].append(time.perf_counter() - start)
-        start = time.perf_counter()
-        faster = faster_stats(fast_gt, dets)
-        times["faster-coco-eval"].append(time.perf_counter() - start)
-    start = time.perf_counter()
-    crnn_metrics = evaluate_detections(gt, dets)
-    crnn_time = time.perf_counter() - start
+    # interleaved rounds: contention on a shared machine hits all alike; wall and CPU time of each
+    runs = {
+        "pycocotools": lambda: pycocotools_stats(gt, dets),
+        "faster-coco-eval": lambda: faster_stats(fast_gt, dets),
+        "crnn evaluate_detections": lambda: evaluate_detections(gt, dets),
+    }
+    wall: dict[str, list[float]] = {k: [] for k in runs}
+    cpu: dict[str, list[float]] = {k: [] for k in runs}
+    results = {}
+    for _ in range(args.repeats):
+        for name, run in runs.items():
+            start_wall, start_cpu = time.perf_counter(), time.process_time()
+            results[name] = run()
+            wall[name].append(time.perf_counter() - start_wall)
+            cpu[name].append(time.process_time() - start_cpu)
+    reference, faster, crnn_metrics = results.values()
 
-    median = {k: float(np.median(v)) for k, v in times.items()}
-    print(f"pycocotools      {median['pycocotools']:8.2f} s")
-    print(
-        f"faster-coco-eval {median['faster-coco-eval']:8.2f} s   "
-        f"({median['pycocotools'] / median['faster-coco-eval']:.1f}x faster)"
-    )
-    print(f"crnn evaluate_detections (faster-coco-eval + F1 pass, from a pycocotools COCO) {crnn_time:.2f} s")
+    print(f"{'':26s} {'wall s':>8s} {'CPU s':>8s}  x pycocotools (wall, CPU)")
+    base_wall, base_cpu = float(np.median(wall["pycocotools"])), float(np.median(cpu["pycocotools"]))
+    for name in runs:
+        w, c = float(np.median(wall[name])), float(np.median(cpu[name]))
+        print(f"{name:26s} {w:8.2f} {c:8.2f}  {base_wall / w:.1f}x, {base_cpu / c:.1f}x faster")
+    print("(crnn evaluate_detections: faster-coco-eval + the F1 pass, from a pycocotools COCO)")
     print(f"\n{'metric':6s} {'pycocotools':>12s} {'faster':>12s} {'crnn':>12s}")
     for i, name in enumerate(STAT_NAMES):
         print(f"{name:6s} {reference[i]:12.8f} {faster[i]:12.8f} {crnn_metrics[name]:12.8f}")

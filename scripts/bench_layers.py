@@ -142,9 +142,8 @@ def bench(device: torch.device, shapes: list[str], layers: list[str], cell: str,
             assert macs == B * layer.closed_form_macs(H, W), name
             fast = info.fast_path and cell in ("rnn_tanh", "rnn_relu") and device.type == "cpu"
             for path in ("fast", "native") if fast else ("auto",):
-                label = {"fast": "fast", "native": "nn.RNN", "auto": "-" if not info.cells else "nn.RNN"}[
-                    path
-                ]
+                own = "python loop" if info.python_loop else "nn.RNN" if info.cells else "-"
+                label = {"fast": "fast", "native": "nn.RNN", "auto": own}[path]
                 candidates[(name, kwargs.get("cell", "-"), label)] = (macs, fwd_bwd_step(layer, x, path))
         times = interleaved({key: step for key, (_, step) in candidates.items()}, device, repeats, warmup)
         block_t = times[next(iter(candidates))]

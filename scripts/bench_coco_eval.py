@@ -23,16 +23,18 @@ from typing import Any
 
 import numpy as np
 
-CATEGORY_IDS = (1, 3, 7, 18, 44, 90)
+from crnn.data.coco_categories import COCO_CATEGORIES
+
+CATEGORY_IDS = tuple(cat_id for cat_id, _ in COCO_CATEGORIES)  # COCO's 80 (ids 1..90 with gaps)
 
 
 def synthetic_coco(
     n_images: int, dets_per_image: int = 100, seed: int = 0
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """``(ground truth dataset dict, result list)``: 0-11 objects per 640x480 image (5% crowd,
-    2% flagged ``ignore``, all sizes), ``dets_per_image`` detections each (about half jittered copies
-    of an object, 10% of those with a wrong class, the rest random boxes), scores rounded to 3
-    decimals so that ties occur."""
+    """``(ground truth dataset dict, result list)``: 0-11 objects per 640x480 image (5% crowd, 2%
+    flagged ``ignore``, all sizes, COCO's 80 categories), ``dets_per_image`` detections each (about
+    half jittered copies of an object, 10% of those with a wrong class, the rest random boxes),
+    scores rounded to 3 decimals so that ties occur."""
     rng = np.random.default_rng(seed)
     images, anns, dets = [], [], []
     for image_id in range(1, n_images + 1):
@@ -74,7 +76,7 @@ def synthetic_coco(
                     "score": round(float(rng.random()), 3),
                 }
             )
-    categories = [{"id": c, "name": f"category_{c}", "supercategory": "thing"} for c in CATEGORY_IDS]
+    categories = [{"id": cat_id, "name": name} for cat_id, name in COCO_CATEGORIES]
     return {"images": images, "annotations": anns, "categories": categories}, dets
 
 

@@ -12,6 +12,8 @@ convolution**: one per weight use per output position. Concretely, for each op i
   ``*_cell`` forms): for every token, every weight matrix of every layer and direction is used
   once: ``tokens * sum(numel of the 2-D weights)``, i.e. ``L*N*D*g*H*(I + H)`` for one layer
   (``g`` = 1, 3, 4 gates); the recurrent product at the first step counts like any other;
+* crnn's fast vanilla-RNN op (``prim::PythonOp._VanillaRNNFunction``, seen when a trace runs with
+  ``crnn.layers.rnn_path("fast")``; by default a trace takes ``nn.RNN``): as the fused op it replaces;
 * ``aten::addcmul`` (``out = a + b * c``): one MAC per output element. Layers use it precisely
   where an elementwise product is a product with a *weight* (the per-channel recurrence of
   DS-RNN): addcmul is a multiply-add with a weight: counted; plain gate products are not.
@@ -23,7 +25,7 @@ upsampling are turned off for that reason.
 No silent undercount: after tracing, any op that has no handle here and is not in the explicit
 allow-list of MAC-free ops (:data:`MAC_FREE_OPS`) makes :func:`count_macs` raise
 :class:`UnsupportedOpError` naming it (e.g. ``aten::baddbmm``, ``aten::bilinear``, attention
-kernels, a custom ``torch.autograd.Function``: none of them is used by crnn's layers). To support
+kernels, any other custom ``torch.autograd.Function``: none of them is used by crnn's layers). To support
 a new op, add a handle to :data:`MAC_HANDLES` (if it multiplies by weights) or its name to
 :data:`MAC_FREE_OPS` (if it does not).
 
@@ -58,6 +60,8 @@ with warnings.catch_warnings():  # fvcore's import touches deprecated torch.jit 
     warnings.simplefilter("ignore")
     from fvcore.nn import FlopCountAnalysis
     from fvcore.nn.jit_handles import einsum_flop_jit, get_shape
+
+from crnn.layers.fast_rnn import FAST_RNN_OP, fast_rnn_directions
 
 __all__ = [
     "MAC_FREE_OPS",
@@ -96,9 +100,9 @@ def counting_mode(model: nn.Module) -> Iterator[nn.Module]:
 # ----------------------------------------------------------------------------------------------
 
 
-def count_params(model: nn.Module, trainable_only: bool = False) -> int:
+def count_params(model: nn.Module) -> int:
     """Number of parameters (shared parameters once)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+    return sum(p.numel() for p in model.parameters())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -176,6 +180,19 @@ def _fused_rnn_macs(inputs: list[Any], outputs: list[Any]) -> int:
     return tokens * sum(math.prod(s) for s in weights if len(s) == 2)  # biases are 1-D
 
 
+def _fast_rnn_macs(inputs: list[Any], outputs: list[Any]) -> int:
+    """crnn's fast vanilla RNN (:mod:`crnn.layers.fast_rnn`, traced as a ``prim::PythonOp``), counted
+    like the fused op it replaces: tokens x directions x (numel W_ih + numel W_hh). A weight-shared
+    pass projects its input once and reads it both ways, but counts as two directions, so the count
+    does not depend on the path (and equals the closed forms).
+
+    Inputs ``(x (L, N, I), W_ih, W_hh, b_ih, b_hh)``; scalar arguments ``(relu, out)``.
+    """
+    x, w_ih, w_hh = (_shape(v) for v in inputs[:3])
+    directions = fast_rnn_directions(outputs[0].node().scalar_args()[-1])
+    return directions * math.prod(x[:-1]) * (math.prod(w_ih) + math.prod(w_hh))
+
+
 def _rnn_cell_macs(inputs: list[Any], outputs: list[Any]) -> int:
     # aten::{rnn_tanh,rnn_relu,gru,lstm}_cell(input, hx, w_ih, w_hh, b_ih, b_hh)
     tokens = math.prod(_shape(inputs[0])[:-1])
@@ -208,6 +225,7 @@ MAC_HANDLES: dict[str, Handle] = {
     "aten::rnn_relu": _fused_rnn_macs,
     "aten::gru": _fused_rnn_macs,
     "aten::lstm": _fused_rnn_macs,
+    FAST_RNN_OP: _fast_rnn_macs,
     "aten::rnn_tanh_cell": _rnn_cell_macs,
     "aten::rnn_relu_cell": _rnn_cell_macs,
     "aten::gru_cell": _rnn_cell_macs,

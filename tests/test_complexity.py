@@ -9,23 +9,27 @@ import pytest
 import torch
 from torch import nn
 
-from crnn.complexity import MAC_FREE_OPS, MAC_HANDLES, UnsupportedOpError, count_macs, count_params
-from crnn.layers import LAYERS, WSBiRNN, build_layer
-
-ALL_CELLS = ["rnn_tanh", "rnn_relu", "gru", "lstm"]
-VANILLA_ONLY = {"ds_rnn", "rnn2d", "rnn2d_4way"}
-CONVS = {"conv", "dsconv"}
+from crnn.complexity import (
+    MAC_FREE_OPS,
+    MAC_HANDLES,
+    UnsupportedOpError,
+    count_macs,
+    count_params,
+    mac_analysis,
+)
+from crnn.layers import CELLS, LAYERS, WSBiRNN, build_layer, layer_info, rnn_path
 
 
 def layer_configs():
     """(layer, kwargs) for every registered layer x accepted cell x hidden width."""
     for name in sorted(LAYERS):
-        if name in CONVS:
+        info = layer_info(name)
+        if info.family == "conv":
             for k in (1, 3, 5):
                 yield name, {"kernel_size": k}
             continue
-        for cell in ALL_CELLS:
-            if name in VANILLA_ONLY and cell not in ("rnn_tanh", "rnn_relu"):
+        for cell in CELLS:
+            if not info.takes_cell(cell):
                 continue
             hiddens = [None] if name == "ds_rnn" else [None, 12]
             for hidden in hiddens:
@@ -42,10 +46,37 @@ def test_closed_forms(name, kwargs):
     assert count_params(layer) == layer.closed_form_params() == numel
     for batch, height, width in [(2, 3, 5), (3, 4, 1)]:
         x = torch.randn(batch, 6, height, width)
-        assert count_macs(layer, x) == batch * layer.closed_form_macs(height, width)
+        for path in ("auto", "fast"):  # a trace takes nn.RNN by default; "fast" traces the fast op
+            with rnn_path(path):
+                assert count_macs(layer, x) == batch * layer.closed_form_macs(height, width), path
 
 
-@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_fast_path_op_is_counted_and_other_functions_raise():
+    layer = build_layer("sws_birnn", 6, 8)
+    x = torch.randn(2, 6, 3, 5)
+    with rnn_path("fast"):
+        ops = mac_analysis(layer, x).by_operator()
+    assert set(ops) == {"PythonOp._VanillaRNNFunction"}  # fvcore drops the "prim::" here
+    assert count_macs(layer, x) == 2 * layer.closed_form_macs(3, 5)
+
+    class Double(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return 2 * x
+
+        @staticmethod
+        def backward(ctx, grad):
+            return 2 * grad
+
+    class Custom(nn.Module):
+        def forward(self, x):
+            return Double.apply(x)
+
+    with pytest.raises(UnsupportedOpError, match="prim::PythonOp.Double"):
+        count_macs(Custom(), x)
+
+
+@pytest.mark.parametrize("cell", CELLS)
 def test_wsbirnn_closed_form(cell):
     m = WSBiRNN(5, 7, cell=cell)
     assert count_params(m) == m.closed_form_params() == sum(p.numel() for p in m.parameters())

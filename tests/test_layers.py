@@ -6,16 +6,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from crnn.layers import CELLS, LAYERS, WSBiRNN, build_layer, layer_kwargs
+from crnn.layers import CELLS, LAYERS, WSBiRNN, build_layer, layer_info, layer_kwargs, list_layers
 
 RNN_LAYERS = ["srnn", "sws_birnn", "sbirnn_sum", "sbirnn_cat", "sequencer", "ds_rnn", "rnn2d", "rnn2d_4way"]
 CONV_LAYERS = ["conv", "dsconv"]
-VANILLA_ONLY = {"ds_rnn", "rnn2d", "rnn2d_4way"}
 ALL_CELLS = ["rnn_tanh", "rnn_relu", "gru", "lstm"]
+VANILLA_CELLS = [c for c in ALL_CELLS if CELLS[c].gates == 1]
 
 
 def accepted(layer: str, cell: str) -> bool:
-    return layer not in VANILLA_ONLY or cell in ("rnn_tanh", "rnn_relu")
+    return layer_info(layer).takes_cell(cell)
 
 
 COMBOS = [(layer, cell) for layer in RNN_LAYERS for cell in ALL_CELLS if accepted(layer, cell)]
@@ -125,7 +125,10 @@ def test_gradcheck(layer, cell):
 def _param_gradcheck_cases():
     """Every combo; those whose parameters only feed torch.nn RNNs (PyTorch's own gradients) are slow."""
     for layer, cell in COMBOS + [(c, "rnn_tanh") for c in CONV_LAYERS]:
-        own_math = layer in VANILLA_ONLY or layer in CONV_LAYERS or (layer, cell) == ("sequencer", "rnn_tanh")
+        # layers taking vanilla cells only, and srnn / sws_birnn's fast path run crnn's own math
+        vanilla_only = layer not in list_layers(cell="gru") or layer in CONV_LAYERS
+        fast_path = layer in ("srnn", "sws_birnn") and cell in VANILLA_CELLS
+        own_math = vanilla_only or fast_path or (layer, cell) == ("sequencer", "rnn_tanh")
         yield pytest.param(layer, cell, marks=() if own_math else pytest.mark.slow)
 
 

@@ -6,6 +6,10 @@ Pick one by name::
 
     layer = build_layer("sws_birnn", 64, 64, cell="rnn_tanh", hidden_channels=None)
 
+Vanilla-cell passes of ``srnn``, ``sws_birnn`` (and the weight-shared sequence head) take a fast
+CPU path by default (:mod:`crnn.layers.fast_rnn`); ``rnn_path("native")`` or
+``CRNN_RNN_PATH=native`` forces ``nn.RNN``, ``"fast"`` forces the fast path.
+
 Every layer exposes ``closed_form_params()`` and ``closed_form_macs(height, width)`` (per sample),
 which the tests check against :mod:`crnn.complexity`.
 """
@@ -13,6 +17,7 @@ which the tests check against :mod:`crnn.complexity`.
 from .cells import CELLS, CellSpec, get_cell, rnn_macs_per_token, rnn_params
 from .conv import ConvLayer, DSConvLayer
 from .ds_rnn import DSRNN
+from .fast_rnn import RNN_PATHS, get_rnn_path, rnn_path, run_rnn, run_ws_birnn, uses_fast_path
 from .registry import (
     LAYERS,
     NO_LAYER,
@@ -40,6 +45,7 @@ __all__ = [
     "Layer2d",
     "LayerInfo",
     "NO_LAYER",
+    "RNN_PATHS",
     "RNN2D4Way",
     "SBiRNNCat",
     "SBiRNNSum",
@@ -48,10 +54,15 @@ __all__ = [
     "WSBiRNN",
     "build_layer",
     "get_cell",
+    "get_rnn_path",
     "layer_info",
     "layer_kwargs",
     "list_layers",
     "register_layer",
     "rnn_macs_per_token",
     "rnn_params",
+    "rnn_path",
+    "run_rnn",
+    "run_ws_birnn",
+    "uses_fast_path",
 ]

@@ -33,7 +33,9 @@ class LayerInfo:
     * ``family``: ``"baseline"`` (the plain CNN), ``"conv"``, ``"separable_rnn"``,
       ``"sequencer"``, ``"diagonal_rnn"`` or ``"rnn2d"``;
     * ``order``: position in the paper's tables (smaller first);
-    * ``marker``: its matplotlib marker in the accuracy-vs-cost plots.
+    * ``marker``: its matplotlib marker in the accuracy-vs-cost plots;
+    * ``fast_path``: its vanilla-cell passes take :mod:`crnn.layers.fast_rnn`'s CPU path by default
+      (so benchmarks show it beside ``nn.RNN``).
     """
 
     name: str
@@ -42,6 +44,7 @@ class LayerInfo:
     marker: str
     cells: tuple[str, ...] = ()
     python_loop: bool = False
+    fast_path: bool = False
 
     def takes_cell(self, cell: str) -> bool:
         return cell in self.cells
@@ -85,10 +88,11 @@ def register_layer(
     marker: str,
     cells: tuple[str, ...] = (),
     python_loop: bool = False,
+    fast_path: bool = False,
 ) -> Callable[[type[Layer2d]], type[Layer2d]]:
     """Class decorator: make a layer buildable as ``build_layer(name, ...)`` and record its
     :class:`LayerInfo` as ``cls.info``."""
-    info = LayerInfo(name, family, order, marker, tuple(cells), python_loop)
+    info = LayerInfo(name, family, order, marker, tuple(cells), python_loop, fast_path)
 
     def deco(cls: type[Layer2d]) -> type[Layer2d]:
         if name in LAYERS or name == NO_LAYER.name:

@@ -5,10 +5,11 @@ Layout. ``torch.nn`` RNNs are sequence-first natively (``(L, N, C)``), so the pa
 into the batch, sequences of length W) and the column pass sees its output permuted to
 ``(H, B, W, hidden)`` (columns folded into the batch, sequences of length H). Each permute is a free
 view; the single copy per pass happens where the pass must make its input contiguous anyway
-(``reshape`` before the RNN, or the ``cat`` that stacks a sequence with its reverse), plus one final
-copy back to ``(B, C_out, H, W)``. A weight-shared pass runs both directions in one call (the
-sequence and its reverse stacked along the batch): one cuDNN call on GPU, twice-as-tall matmuls on
-CPU, where the fused RNN's own per-step work (matmul, bias add, activation) dominates the time.
+(``reshape`` before the RNN), plus one final copy back to ``(B, C_out, H, W)``. A weight-shared
+pass runs both directions in one call (:func:`~crnn.layers.fast_rnn.run_ws_birnn`): on CPU with a
+vanilla cell the fast path of :mod:`crnn.layers.fast_rnn` (one input projection read both ways);
+otherwise one ``nn.RNN`` call (one cuDNN call on GPU) on the sequence and its reverse stacked along
+the batch.
 
 Notation for the closed forms: ``C = C_in``, ``O = C_out``, ``h = hidden_channels`` (default
 ``C_out``), ``g`` the gate multiplier of the cell (1 rnn_tanh/rnn_relu, 3 gru, 4 lstm),
@@ -18,10 +19,10 @@ Notation for the closed forms: ``C = C_in``, ``O = C_out``, ``h = hidden_channel
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from .cells import get_cell, rnn_macs_per_token, rnn_params
+from .fast_rnn import run_rnn, run_ws_birnn
 from .registry import ALL_CELLS, Layer2d, check_positive, register_layer
 
 __all__ = ["SRNN", "SWSBiRNN", "SBiRNNCat", "SBiRNNSum", "WSBiRNN"]
@@ -53,7 +54,7 @@ class RNNPass(_AxisPass):
 
     def forward_seq_first(self, x: Tensor) -> Tensor:
         L, batch = x.shape[0], x.shape[1:-1]
-        y, _ = self.rnn(x.reshape(L, -1, x.shape[-1]))
+        y = run_rnn(self.rnn, x.reshape(L, -1, x.shape[-1]))
         return y.view(L, *batch, self.out_size)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -75,7 +76,9 @@ class WSBiRNN(_AxisPass):
         y = rnn(x) + flip(rnn(flip(x)))
 
     Half the weights and half the output width of a standard BiRNN. Both directions run in ONE
-    fused call: ``x`` and ``flip(x)`` are stacked along the batch. ``y`` is flip-equivariant:
+    call (:func:`crnn.layers.fast_rnn.run_ws_birnn`): for vanilla cells on CPU the fast path, which
+    projects ``x`` once and reads the projection forwards and backwards; otherwise ``nn.RNN`` on
+    ``x`` and ``flip(x)`` stacked along the batch. ``y`` is flip-equivariant:
     ``f(flip(x)) == flip(f(x))``.
 
     ``forward`` is batch-first (the public 1-D API); ``forward_seq_first`` takes
@@ -98,13 +101,9 @@ class WSBiRNN(_AxisPass):
 
     def forward_seq_first(self, x: Tensor) -> Tensor:
         """``(L, *batch, C) -> (L, *batch, hidden)``, any strides."""
-        L, batch, n = x.shape[0], x.shape[1:-1], x.shape[1:-1].numel()
-        # the cat is the one copy that makes the (possibly permuted) input contiguous
-        xx = torch.cat([x, x.flip(0)], dim=1)  # (L, 2 * batch[0], *batch[1:], C)
-        y, _ = self.rnn(xx.view(L, 2 * n, x.shape[-1]))
-        # unbind, not y[:, 0] / y[:, 1]: its backward is one stack, a select's is a zero-filled copy each
-        forward, backward = y.view(L, 2, n, self.hidden_size).unbind(1)
-        return (forward + backward.flip(0)).view(L, *batch, self.hidden_size)
+        L, batch = x.shape[0], x.shape[1:-1]
+        y = run_ws_birnn(self.rnn, x.reshape(L, -1, x.shape[-1]), merge=True)  # (L, N, hidden)
+        return y.view(L, *batch, self.hidden_size)
 
     def closed_form_params(self) -> int:
         return rnn_params(self.cell, self.input_size, self.hidden_size)
@@ -136,7 +135,7 @@ class BiRNNPass(_AxisPass):
 
     def forward_seq_first(self, x: Tensor) -> Tensor:
         L, batch = x.shape[0], x.shape[1:-1]
-        y, _ = self.rnn(x.reshape(L, -1, x.shape[-1]))  # (L, N, 2H): [forward | backward]
+        y = run_rnn(self.rnn, x.reshape(L, -1, x.shape[-1]))  # (L, N, 2H): [forward | backward]
         if self.merge == "sum":
             forward, backward = y.view(L, -1, 2, self.hidden_size).unbind(2)
             y = forward + backward
@@ -187,7 +186,7 @@ class _SeparableRNN2d(Layer2d):
         )
 
 
-@register_layer("srnn", family="separable_rnn", order=3, marker="^", cells=ALL_CELLS)
+@register_layer("srnn", family="separable_rnn", order=3, marker="^", cells=ALL_CELLS, fast_path=True)
 class SRNN(_SeparableRNN2d):
     """Separable RNN: a unidirectional RNN along every row, then one along every column.
 
@@ -207,7 +206,7 @@ class SRNN(_SeparableRNN2d):
         self.col = RNNPass(self.hidden_channels, out_channels, cell)
 
 
-@register_layer("sws_birnn", family="separable_rnn", order=4, marker="*", cells=ALL_CELLS)
+@register_layer("sws_birnn", family="separable_rnn", order=4, marker="*", cells=ALL_CELLS, fast_path=True)
 class SWSBiRNN(_SeparableRNN2d):
     """Separable weight-shared BiRNN (the paper's layer): SRNN whose passes are :class:`WSBiRNN`.
 

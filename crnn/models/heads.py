@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from crnn.layers.cells import get_cell
+from crnn.layers.fast_rnn import run_rnn, run_ws_birnn
 from crnn.models.blocks import PositiveInt
 
 
@@ -106,14 +107,14 @@ class SequenceHead(nn.Module):
         seq = self.to_sequence(x)
         if self.bidirectional == "shared":
             # Both directions in one call: the reversed sequence rides along the batch.
-            out, _ = self.rnn(torch.cat([seq, seq.flip(0)], dim=1))
+            out = run_ws_birnn(self.rnn, seq, merge=False)  # (L, 2B, H): the fast path for vanilla cells
             forward, reverse = out.chunk(2, dim=1)
             summary = self._read(forward, backward=False) + self._read(reverse, backward=False)
         elif self.bidirectional == "standard":
-            out, _ = self.rnn(seq)
+            out = run_rnn(self.rnn, seq)
             forward, backward = out.chunk(2, dim=-1)
             summary = torch.cat([self._read(forward, False), self._read(backward, True)], dim=-1)
         else:
-            out, _ = self.rnn(seq)
+            out = run_rnn(self.rnn, seq)
             summary = self._read(out, backward=False)
         return self.fc(self.dropout(summary))

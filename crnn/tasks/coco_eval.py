@@ -1,4 +1,6 @@
-"""COCO box evaluation with pycocotools, shared by training, ``crnn-eval`` and the tests.
+"""COCO box evaluation with faster-coco-eval (a maintained drop-in COCOeval, C++ matching and
+accumulation, the same 12 numbers as pycocotools: tests/test_coco_eval.py), shared by training,
+``crnn-eval`` and the tests.
 
 - :func:`to_coco_detections`: model outputs (xyxy boxes, contiguous labels) -> COCO results
   (``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``).
@@ -7,42 +9,25 @@
   summary numbers, -1 where undefined, e.g. no small objects) plus ``F1`` (micro-averaged over
   classes, at the score threshold that maximises it, IoU 0.5, area all, 100 detections per image)
   and ``F1_thresh``. An empty result list gives 0 (not a crash); COCOeval's printing goes to the
-  ``crnn`` logger.
+  ``crnn`` logger. ``python scripts/bench_coco_eval.py`` times it against pycocotools.
 - :func:`gather_detections`: all processes' results, deduplicated per image (distributed samplers
   repeat images to even out shards).
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import io
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
+from faster_coco_eval import COCO, COCOeval_faster
 
 log = logging.getLogger("crnn")
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 """Names of ``COCOeval.stats`` in order."""
-
-
-@contextlib.contextmanager
-def stdout_to_log(level: int = logging.INFO):
-    """Run a block with its ``print`` output sent to the ``crnn`` logger instead of stdout."""
-    buffer = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(buffer):
-            yield
-    finally:
-        text = buffer.getvalue().rstrip()
-        if text:
-            log.log(level, "%s", text)
 
 
 def to_coco_detections(
@@ -76,47 +61,73 @@ def to_coco_detections(
     ]
 
 
-def load_results(coco_gt: COCO, detections: Sequence[Mapping[str, Any]]) -> COCO:
-    """``COCO.loadRes`` for bbox results that also accepts an empty list."""
-    if detections:
-        with stdout_to_log(logging.DEBUG):
-            return coco_gt.loadRes(copy.deepcopy(list(detections)))
-    coco_dt = COCO()
-    coco_dt.dataset = {"images": list(coco_gt.dataset.get("images", [])), "categories": [], "annotations": []}
-    coco_dt.dataset["categories"] = copy.deepcopy(coco_gt.dataset.get("categories", []))
-    with stdout_to_log(logging.DEBUG):
-        coco_dt.createIndex()
-    return coco_dt
+def _as_faster_coco(coco: Any) -> COCO:
+    """faster-coco-eval's ``COCO`` of a ground truth given as one, or as a pycocotools ``COCO`` (its
+    ``dataset``, the annotation dicts copied one level: evaluation writes flags into them)."""
+    if isinstance(coco, COCO):
+        return coco
+    dataset = dict(coco.dataset, annotations=[dict(a) for a in coco.dataset.get("annotations", [])])
+    return COCO(dataset, print_function=log.debug)
 
 
-def f1_at_best_threshold(coco_eval: COCOeval, iou: float = 0.5) -> tuple[float, float, float, float]:
-    """``(F1, score threshold, precision, recall)`` maximising F1 at IoU ``iou`` (area all, most
-    detections per image), all evaluated categories pooled. Uses the matches of
-    ``coco_eval.evaluate()`` (crowd and ignored boxes handled as COCOeval does)."""
-    p = coco_eval.params
-    t = int(np.argmin(np.abs(np.asarray(p.iouThrs) - iou)))
-    area_all = list(p.areaRng[p.areaRngLbl.index("all")])
-    scores, tps, fps, npos = [], [], [], 0
-    for e in coco_eval.evalImgs:
-        if e is None or list(e["aRng"]) != area_all:
-            continue
-        npos += int(np.count_nonzero(np.asarray(e["gtIgnore"]) == 0))
-        if len(e["dtScores"]) == 0:
-            continue
-        matched = np.asarray(e["dtMatches"])[t] > 0
-        ignored = np.asarray(e["dtIgnore"])[t].astype(bool)
-        scores.append(np.asarray(e["dtScores"])[~ignored])
-        tps.append(matched[~ignored])
-        fps.append(~matched[~ignored])
+def f1_at_best_threshold(coco_eval: COCOeval_faster, iou: float = 0.5) -> tuple[float, float, float, float]:
+    """``(F1, score threshold, precision, recall)`` maximising F1 at IoU ``iou`` (area all, 100
+    detections per image and category, as COCOeval keeps), all categories pooled.
+
+    faster-coco-eval keeps its per-image results in C++ (no ``evalImgs``); what it returns is
+    ``eval["matched"]``, the ``"<dt id>_<gt id>"`` pairs its matching made. Run with the one IoU
+    threshold ``iou``, one area range and one detection limit, those are exactly COCOeval's matches
+    at ``iou``. As in COCOeval, a detection matched to an ignored ground truth (crowd, ``ignore``)
+    is ignored, every other kept detection that is not matched is a false positive, and the
+    positives are the ground truths that are not ignored.
+
+    ``coco_eval``: an evaluated bbox COCOeval (its images, categories and box IoUs are reused).
+    """
+    coco_gt, coco_dt = coco_eval.cocoGt, coco_eval.cocoDt
+    ev = COCOeval_faster(coco_gt, coco_dt, iouType="bbox", print_function=log.debug)
+    ev.computeIoU = lambda img_id, cat_id: coco_eval.ious[img_id, cat_id]  # computed once, reused
+    p = ev.params
+    p.imgIds, p.catIds = list(coco_eval.params.imgIds), list(coco_eval.params.catIds)
+    p.iouThrs = np.array([iou])
+    p.maxDets = [p.maxDets[-1]]
+    area_all = p.areaRng[p.areaRngLbl.index("all")]
+    p.areaRng, p.areaRngLbl = [area_all], ["all"]
+    ev.evaluate()
+    ev.accumulate()
+    gt_of = {int(key.split("_")[0]): int(key.split("_")[1]) for key in ev.eval["matched"]}
+
+    def ignored(gt: Mapping[str, Any]) -> bool:
+        flagged = gt.get("ignore", 0) or gt.get("iscrowd", 0)
+        return bool(flagged) or not area_all[0] <= gt["area"] <= area_all[1]
+
+    imgs, cats = set(p.imgIds), set(p.catIds)
+    gts = [g for g in coco_gt.dataset["annotations"] if g["image_id"] in imgs and g["category_id"] in cats]
+    npos = sum(not ignored(g) for g in gts)
+    by_image_cat: dict[tuple[int, int], list[Mapping[str, Any]]] = {}
+    for d in coco_dt.dataset["annotations"]:
+        if d["image_id"] in imgs and d["category_id"] in cats:
+            by_image_cat.setdefault((d["image_id"], d["category_id"]), []).append(d)
+    scores, tps = [], []
+    for dets in by_image_cat.values():
+        order = np.argsort([-d["score"] for d in dets], kind="mergesort")[: p.maxDets[-1]]  # as COCOeval
+        for d in (dets[i] for i in order):
+            gt_id = gt_of.get(d["id"])
+            if gt_id is None:
+                if not area_all[0] <= d["area"] <= area_all[1]:
+                    continue  # an unmatched detection outside the area range is ignored
+                tps.append(False)
+            elif ignored(coco_gt.anns[gt_id]):
+                continue
+            else:
+                tps.append(True)
+            scores.append(d["score"])
     if npos == 0 or not scores:
         return 0.0, 0.0, 0.0, 0.0
-    s = np.concatenate(scores)
+    s = np.asarray(scores, dtype=float)
     order = np.argsort(-s, kind="mergesort")
     s = s[order]
-    tp = np.cumsum(np.concatenate(tps)[order])
-    fp = np.cumsum(np.concatenate(fps)[order])
-    if len(s) == 0:
-        return 0.0, 0.0, 0.0, 0.0
+    tp = np.cumsum(np.asarray(tps)[order])
+    fp = np.arange(1, len(s) + 1) - tp
     # a threshold keeps all detections scoring >= it: only the last of a run of equal scores counts
     last = np.r_[s[1:] != s[:-1], True]
     precision = tp[last] / np.maximum(tp[last] + fp[last], 1)
@@ -127,12 +138,13 @@ def f1_at_best_threshold(coco_eval: COCOeval, iou: float = 0.5) -> tuple[float, 
 
 
 def evaluate_detections(
-    coco_gt: COCO,
+    coco_gt: Any,
     detections: Sequence[Mapping[str, Any]],
     image_ids: Iterable[int] | None = None,
     cat_ids: Iterable[int] | None = None,
 ) -> dict[str, float]:
-    """COCOeval bbox metrics of ``detections`` against ``coco_gt``.
+    """COCOeval bbox metrics of ``detections`` against ``coco_gt`` (a pycocotools or
+    faster-coco-eval ``COCO``), computed by faster-coco-eval (the same numbers as pycocotools').
 
     ``image_ids``: the images evaluated (default: all of ``coco_gt``); detections on other images
     are dropped. ``cat_ids``: the categories evaluated (default: all of ``coco_gt``). Returns
@@ -152,15 +164,16 @@ def evaluate_detections(
     if not dets or not img_ids:
         log.info("COCO eval: no detections on %d images -> AP 0", len(img_ids))
         return zero | {"num_detections": 0.0}
-    coco_dt = load_results(coco_gt, dets)
-    coco_eval = COCOeval(coco_gt, coco_dt, iouType="bbox")
+    gt = _as_faster_coco(coco_gt)
+    dt = gt.loadRes([dict(d) for d in dets])  # loadRes adds keys (id, area) to the dicts it gets
+    coco_eval = COCOeval_faster(gt, dt, iouType="bbox", print_function=log.debug)
     coco_eval.params.imgIds = img_ids
     coco_eval.params.catIds = cats
-    with stdout_to_log():
-        coco_eval.evaluate()
-        coco_eval.accumulate()
-        coco_eval.summarize()
-    out = {name: float(v) for name, v in zip(STAT_NAMES, coco_eval.stats, strict=False)}
+    coco_eval.evaluate()
+    coco_eval.accumulate()
+    coco_eval.print_function = log.info  # the summary table
+    coco_eval.summarize()
+    out = {name: float(v) for name, v in zip(STAT_NAMES, coco_eval.stats, strict=True)}
     f1, thresh, prec, rec = f1_at_best_threshold(coco_eval, 0.5)
     out.update(F1=f1, F1_thresh=thresh, F1_precision=prec, F1_recall=rec, num_detections=float(len(dets)))
     return out

@@ -1,0 +1,163 @@
+"""crnn.layers.fast_rnn: the fast CPU path equals nn.RNN, and the path switch picks the right one."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+from crnn.layers import (
+    CELLS,
+    WSBiRNN,
+    build_layer,
+    get_rnn_path,
+    rnn_path,
+    run_rnn,
+    run_ws_birnn,
+    uses_fast_path,
+)
+from crnn.models.heads import SequenceHead
+
+VANILLA = [c for c in CELLS if CELLS[c].gates == 1]
+FAST_LAYERS = ["srnn", "sws_birnn"]
+
+
+def outputs_and_grads(module: nn.Module, x: torch.Tensor, path: str) -> list[torch.Tensor]:
+    x = x.detach().requires_grad_(True)
+    with rnn_path(path):
+        y = module(x)
+        grads = torch.autograd.grad(y, [x, *module.parameters()], torch.randn_like(y))
+    return [y, *grads]
+
+
+def max_difference(module: nn.Module, x: torch.Tensor) -> float:
+    torch.manual_seed(1)
+    native = outputs_and_grads(module, x, "native")
+    torch.manual_seed(1)
+    fast = outputs_and_grads(module, x, "fast")
+    assert len(native) == len(fast)
+    return max((a - b).abs().max().item() for a, b in zip(native, fast, strict=True))
+
+
+CASES = list(
+    itertools.product(FAST_LAYERS, VANILLA, [(2, 3, 4, 5), (3, 2, 1, 6), (1, 4, 7, 1)], [None, 3, 9], [5, 8])
+)
+
+
+@pytest.mark.parametrize(("layer", "cell", "shape", "hidden", "out"), CASES)
+def test_float64_equals_nn_rnn(layer, cell, shape, hidden, out):
+    torch.manual_seed(0)
+    m = build_layer(layer, shape[1], out, cell=cell, hidden_channels=hidden).double()
+    with torch.no_grad():  # non-zero biases, so that they matter
+        for p in m.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    assert max_difference(m, torch.randn(*shape, dtype=torch.float64)) < 1e-10
+
+
+@pytest.mark.parametrize(("layer", "cell"), itertools.product(FAST_LAYERS, VANILLA))
+def test_float32_equals_nn_rnn_to_rounding(layer, cell):
+    torch.manual_seed(0)
+    m = build_layer(layer, 16, 16, cell=cell)
+    assert max_difference(m, torch.randn(4, 16, 9, 7)) < 1e-4  # values and grads are O(1)..O(10)
+
+
+@pytest.mark.parametrize(
+    ("bidirectional", "cell", "readout"), itertools.product(["shared", "none"], VANILLA, ["last", "mean"])
+)
+def test_sequence_head_equals_nn_rnn(bidirectional, cell, readout):
+    torch.manual_seed(0)
+    head = SequenceHead((4, 3, 5), 6, cell=cell, hidden_size=7, bidirectional=bidirectional, readout=readout)
+    assert max_difference(head.double(), torch.randn(2, 4, 3, 5, dtype=torch.float64)) < 1e-10
+
+
+@pytest.mark.parametrize(("merge", "relu"), itertools.product([False, True], [False, True]))
+def test_gradcheck(merge, relu):
+    torch.manual_seed(0)
+    rnn = nn.RNN(3, 4, nonlinearity="relu" if relu else "tanh").double()
+    params = [p.detach().clone().requires_grad_(True) for p in rnn.parameters()]
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+
+    with rnn_path("fast"):
+        assert torch.autograd.gradcheck(lambda x, *w: run_rnn(_Module(rnn, w), x), (x, *params))
+        assert torch.autograd.gradcheck(lambda x, *w: run_ws_birnn(_Module(rnn, w), x, merge), (x, *params))
+
+
+class _Module(nn.Module):
+    """An nn.RNN whose weights are given tensors (so that gradcheck can differentiate them)."""
+
+    def __init__(self, rnn: nn.RNN, weights):
+        super().__init__()
+        self.mode, self.num_layers, self.bidirectional, self.bias = rnn.mode, 1, False, True
+        self.batch_first, self.proj_size = False, 0
+        self.weight_ih_l0, self.weight_hh_l0, self.bias_ih_l0, self.bias_hh_l0 = weights
+
+
+def test_second_derivative_raises_clearly():
+    m = build_layer("sws_birnn", 3, 4).double()
+    x = torch.randn(2, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    with rnn_path("fast"):
+        (g,) = torch.autograd.grad(m(x).square().sum(), x, create_graph=True)
+        with pytest.raises(RuntimeError, match="once_differentiable|differentiate twice"):
+            g.sum().backward()
+
+
+# ----------------------------------------------------------------------------------- path choice
+
+
+def test_default_is_fast_on_cpu_for_vanilla_cells_only():
+    x = torch.randn(4, 2, 3)
+    assert get_rnn_path() == "auto"
+    assert uses_fast_path(nn.RNN(3, 5), x)
+    assert uses_fast_path(nn.RNN(3, 5, nonlinearity="relu"), x)
+    assert uses_fast_path(nn.RNN(3, 5).double(), x.double())
+    for gated in (nn.GRU(3, 5), nn.LSTM(3, 5)):
+        assert not uses_fast_path(gated, x)
+    for unusual in (nn.RNN(3, 5, num_layers=2), nn.RNN(3, 5, bidirectional=True), nn.RNN(3, 5, bias=False)):
+        assert not uses_fast_path(unusual, x)
+    assert not uses_fast_path(nn.RNN(3, 5).half(), x.half())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not uses_fast_path(nn.RNN(3, 5), x)
+
+
+def test_switches_force_either_path(monkeypatch):
+    rnn, x = nn.RNN(3, 5), torch.randn(4, 2, 3)
+    with rnn_path("native"):
+        assert not uses_fast_path(rnn, x)
+        with rnn_path("fast"):
+            assert uses_fast_path(rnn, x)
+            assert not uses_fast_path(nn.GRU(3, 5), x)  # a gated cell has no fast path
+    monkeypatch.setenv("CRNN_RNN_PATH", "native")
+    assert not uses_fast_path(rnn, x)
+    monkeypatch.setenv("CRNN_RNN_PATH", "fastest")
+    with pytest.raises(ValueError, match="CRNN_RNN_PATH='fastest'.*auto, fast, native"):
+        uses_fast_path(rnn, x)
+    with pytest.raises(ValueError, match="auto, fast, native"), rnn_path("quick"):
+        pass
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_tracing_takes_nn_rnn():
+    """ONNX export and TorchScript traces see the fused aten::rnn_* op (ONNX maps it to RNN)."""
+    m = WSBiRNN(3, 4)
+    kinds = {n.kind() for n in torch.jit.trace(m, torch.randn(2, 5, 3)).inlined_graph.nodes()}
+    assert "aten::rnn_tanh" in kinds and "prim::PythonOp" not in kinds
+
+
+@pytest.mark.parametrize(
+    ("layer", "cell"), [("sws_birnn", "rnn_tanh"), ("srnn", "gru"), ("sbirnn_sum", "lstm")]
+)
+def test_autocast_runs_the_recurrence_in_float32(layer, cell):
+    """Under bf16 autocast (trainer=gpu's precision; CPU autocast here) the nn.RNN path runs in
+    float32, a precision cuDNN supports: the output equals the float32 layer's."""
+    torch.manual_seed(0)
+    m = build_layer(layer, 8, 8, cell=cell)
+    x = torch.randn(2, 8, 5, 6)
+    with rnn_path("native"):
+        expected = m(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = m(x)
+        got.float().sum().backward()
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)

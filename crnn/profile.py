@@ -1,8 +1,9 @@
-"""``crnn-profile``: complexity of the composed model without data or training (Hydra app).
+"""``crnn-profile``: complexity of the composed model, untrained (Hydra app; data only for embedded).
 
     crnn-profile backbone=resnet20 rnn=sws_birnn
     crnn-profile -m rnn=none,srnn,sws_birnn
     crnn-profile -m experiment=cifar100_last_block seed=0
+    crnn-profile -m rnn=none,srnn,sws_birnn profile.embedded=true data.root=<cifar> && crnn-tables <sweep>
 
 Same config groups as ``crnn-train`` (``conf/profile.yaml`` = ``train`` + profile settings). The
 model is built exactly as training builds it (``instantiate(cfg.data)``, whose constructor touches
@@ -14,7 +15,12 @@ no files, then :func:`crnn.builders.build_task`, then ``task.complexity_inputs()
   ``profile.batch_size`` (the embedded tensor arena: input included, parameters excluded; see
   :func:`crnn.complexity.activation_memory` for exactly how);
 * ``latency``: median CPU wall time of one forward pass on ``profile.latency.threads`` thread(s);
-* ``modules``: per-module params, MACs (fvcore ``by_module``) and output shape.
+* ``modules``: per-module params, MACs (fvcore ``by_module``) and output shape;
+* with ``profile.embedded=true`` (needs the ``embedded`` extra and the run's data at ``data.root``):
+  the int8 TFLite model run in TensorFlow Lite Micro (:func:`crnn.export.measure_embedded`, the
+  model's seeded initialisation, calibrated on ``profile.calibration_images`` training images):
+  ``arena_kib``, ``flash_kib``, ``float_acc``, ``int8_acc``, ``int8_acc_drop``, ``int8_agreement``
+  on the first ``profile.eval_images`` test images (the rest of the measurement under ``embedded``).
 
 Each job prints one summary row (plus the module table in a single run) and writes
 ``profile.json`` in its run folder; after a multirun :class:`SweepTable` prints the table of all
@@ -41,7 +47,7 @@ from omegaconf import DictConfig, OmegaConf
 from crnn import complexity
 from crnn.builders import build_model
 from crnn.complexity import activation_memory, cpu_latency, module_table
-from crnn.errors import USER_ERRORS
+from crnn.errors import USER_ERRORS, ConfigError
 from crnn.runtime import choices, git_commit, print_config, write_json_atomic
 
 log = logging.getLogger("crnn.profile")
@@ -103,6 +109,37 @@ def profile_model(
     return result
 
 
+def _require_embedded_extra() -> None:
+    from crnn.export.embedded import INSTALL_HINT, missing_extra
+
+    missing = missing_extra()
+    if missing:
+        raise ConfigError(
+            f"profile.embedded=true needs the embedded extra ({', '.join(missing)} not installed): "
+            f"{INSTALL_HINT}"
+        )
+
+
+def measure_embedded_model(
+    cfg: DictConfig, module: torch.nn.Module, settings: dict[str, Any]
+) -> dict[str, Any]:
+    """``profile.embedded=true``: :func:`crnn.export.measure_embedded` of ``module`` on the run's own
+    images (``profile.calibration_images`` training images, the first ``profile.eval_images`` test
+    images): the :data:`crnn.results.read.EMBEDDED_KEYS` numbers (what ``crnn-tables`` shows), the
+    rest of its result under ``embedded``."""
+    from crnn.export import measure_embedded, normalized_images
+    from crnn.results.read import EMBEDDED_KEYS
+
+    calibration, images, labels = normalized_images(
+        cfg, int(settings["calibration_images"]), int(settings["eval_images"]), int(cfg.get("seed") or 0)
+    )
+    measured = measure_embedded(module, calibration, images, labels)
+    return {
+        **{k: measured[k] for k in EMBEDDED_KEYS},
+        "embedded": {k: v for k, v in measured.items() if k not in EMBEDDED_KEYS},
+    }
+
+
 def _task_overrides() -> list[str]:
     from hydra.core.hydra_config import HydraConfig
 
@@ -149,6 +186,8 @@ def profile(cfg: DictConfig) -> dict[str, Any]:
     path = output_dir / "profile.json"
     start = time.time()
     try:
+        if settings.get("embedded"):
+            _require_embedded_extra()  # before the (slower) measurements
         _, module, inputs = build_model(cfg)
         lat = settings.get("latency") or {}
         measured = profile_model(
@@ -160,6 +199,8 @@ def profile(cfg: DictConfig) -> dict[str, Any]:
             if lat.get("enabled", True)
             else None,
         )
+        if settings.get("embedded"):
+            measured.update(measure_embedded_model(cfg, module, settings))
     except BaseException as err:
         record.update(
             status="failed", error=f"{type(err).__name__}: {err}", wall_time_s=round(time.time() - start, 3)
@@ -209,10 +250,16 @@ def summary_line(record: dict[str, Any]) -> str:
     latency = (
         f"{lat['median_ms']:.2f} ms (median of {lat['repeats']}, {lat['threads']} thread)" if lat else "-"
     )
-    return (
+    line = (
         f"{label}: params {record['params']:,} | MACs {record['macs']:,} | "
         f"peak activations {_kib(record.get('peak_activation_bytes'))} | latency {latency}"
     )
+    if "arena_kib" in record:
+        line += (
+            f" | int8 TFLM: arena {record['arena_kib']:.1f} KiB, flash {record['flash_kib']:.1f} KiB, "
+            f"acc float {record['float_acc']:.1%} / int8 {record['int8_acc']:.1%}"
+        )
+    return line
 
 
 class SweepTable(Callback):

@@ -9,6 +9,9 @@ on the real CIFAR-100 records in ``../shared/data/cifar100_partial``.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -190,3 +193,49 @@ def test_int8_agrees_with_float_on_real_images(tmp_path):
     (result,) = _run_cli(["rnn=sws_birnn", *data, "--calibration", "64", "--eval", "128"], tmp_path)
     assert result["float_ok"] and result["n_eval"] == 128
     assert result["int8_agreement"] >= 0.8  # untrained ResNet-20 + SWS-BiRNN: 0.98 seen on 64 images
+
+
+@pytest.mark.slow
+def test_profile_embedded_sweep_gives_the_embedded_table(cifar_root, tmp_path, capsys):
+    """``crnn-profile -m rnn=none,srnn profile.embedded=true`` for real (fixture data), then
+    ``crnn-tables`` on its sweep prints the embedded table."""
+    from crnn.results.cli import main as tables_main
+
+    sweep = tmp_path / "sweep"
+    overrides = [
+        "rnn=none,srnn",
+        "profile.embedded=true",
+        "profile.calibration_images=16",
+        "profile.eval_images=24",
+        "profile.latency.enabled=false",
+        f"data.root={cifar_root}",
+        "data.verify_checksums=false",
+        "data.download=false",
+        "data.val_size=16",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    env = {**os.environ, "CI": "1", "WANDB_MODE": "offline"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "crnn.profile", "-m", *overrides],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/profile.json"))]
+    assert [(r["rnn"], r["status"]) for r in records] == [("none", "completed"), ("srnn", "completed")]
+    for r in records:
+        assert 0 < r["arena_kib"] < 512 and 0 < r["flash_kib"] < r["embedded"]["float_flash_kib"]
+        assert r["embedded"]["float_ok"] and r["embedded"]["n_eval"] == 24 and r["int8_agreement"] >= 0.5
+        assert r["int8_acc_drop"] == pytest.approx(r["float_acc"] - r["int8_acc"])
+    # the unrolled recurrence keeps one tensor and node record per step in the arena's tail
+    assert records[1]["arena_kib"] > records[0]["arena_kib"]
+    assert (proc.stdout + proc.stderr).count("int8 TFLM: arena") == 2
+
+    tables_main([str(sweep), "--no-plots"])
+    section = capsys.readouterr().out.split("## Embedded", 1)[1]
+    rows = [[c.strip() for c in ln.split("|")[1:-1]] for ln in section.splitlines() if ln.startswith("| ")]
+    assert [row[1] for row in rows[1:]] == ["none", "srnn"]
+    assert [row[5] for row in rows[1:]] == [f"{r['arena_kib']:.1f}" for r in records]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF, compose
+from conftest import CONF, cifar_overrides, compose
 from hydra.utils import instantiate
 from torch import nn
 
@@ -180,6 +180,95 @@ def test_sweep_table_lists_a_failed_job(tmp_path):
         rows[0][-1] == "completed" and rows[1][-1].startswith("failed: ConfigError") and "cell" in rows[1][-1]
     )
     assert (sweep / "profile_table.csv").read_text().count("\n") == 3
+
+
+# ------------------------------------------------------------------------------- embedded
+
+EMBEDDED = {"batch_size": 1, "memory": False, "latency": {"enabled": False}, "embedded": True}
+
+
+def _fake_measure_embedded(calls: list):
+    """A stand-in for ``crnn.export.measure_embedded`` (the real one: the slow test in
+    test_export_embedded.py): numbers derived from the model, so each row must get its own."""
+
+    def measure(module, calibration, images, labels):
+        assert calibration.dtype == images.dtype == torch.float32  # normalised, as the model sees them
+        calls.append((tuple(calibration.shape), tuple(images.shape), tuple(labels.shape)))
+        params = complexity.count_params(module)
+        return {
+            "arena_kib": params / 1000,
+            "flash_kib": params / 500,
+            "float_acc": 0.5,
+            "int8_acc": 0.25,
+            "int8_acc_drop": 0.25,
+            "int8_agreement": 0.75,
+            "n_calibration": len(calibration),
+            "n_eval": len(images),
+            "ops": {"FULLY_CONNECTED": 1},
+        }
+
+    return measure
+
+
+def test_profile_embedded_keys_and_table(cifar_root, tmp_path, monkeypatch):
+    """``profile.embedded=true``: profile.json gets the int8 TFLM numbers (measured on the run's own
+    images) and crnn-tables prints the embedded table from them."""
+    from omegaconf import open_dict
+
+    import crnn.export
+    import crnn.export.embedded
+    from crnn.results import make_tables
+
+    calls: list = []
+    monkeypatch.setattr(crnn.export.embedded, "missing_extra", lambda: [])
+    monkeypatch.setattr(crnn.export, "measure_embedded", _fake_measure_embedded(calls))
+    sweep = tmp_path / "sweep"
+    records = []
+    for num, rnn in enumerate(["none", "srnn"]):
+        cfg = compose(cifar_overrides(cifar_root, f"rnn={rnn}"), sweep / f"{num}_job")
+        with open_dict(cfg):
+            cfg.profile = {**EMBEDDED, "calibration_images": 8, "eval_images": 12}
+        profile(cfg)
+        records.append(json.loads((sweep / f"{num}_job" / "profile.json").read_text()))
+    assert calls == [((8, 3, 32, 32), (12, 3, 32, 32), (12,))] * 2
+    for r in records:
+        assert r["status"] == "completed"
+        assert r["arena_kib"] == r["params"] / 1000 and r["flash_kib"] == r["params"] / 500
+        assert (r["float_acc"], r["int8_acc"], r["int8_acc_drop"], r["int8_agreement"]) == (
+            0.5,
+            0.25,
+            0.25,
+            0.75,
+        )
+        assert r["embedded"] == {"n_calibration": 8, "n_eval": 12, "ops": {"FULLY_CONNECTED": 1}}
+
+    result = make_tables([sweep], tmp_path / "tables", plots=False)
+    section = result.markdown.split("## Embedded (int8 TFLite, TensorFlow Lite Micro)", 1)[1]
+    lines = [[c.strip() for c in ln.split("|")[1:-1]] for ln in section.strip().splitlines()[2:4]]
+    assert [ln[:2] for ln in lines] == [["resnet20", "none"], ["", "srnn"]]
+    for line, r in zip(lines, records, strict=True):
+        assert line[4:] == [f"{r['flash_kib']:.1f}", f"{r['arena_kib']:.1f}", "50.0", "25.0", "75.0"]
+    assert "8 calibration training images" in section and "on 12 test images" in section
+    csv = (tmp_path / "tables" / "embedded.csv").read_text().splitlines()
+    assert len(csv) == 3 and "arena_kib" in csv[0]
+    table = write_sweep_table(sweep)  # crnn-profile's own per-job table shows them too
+    assert "arena_kib" in table and f"{records[1]['arena_kib']:.3f}".rstrip("0") in table
+
+
+def test_profile_embedded_without_the_extra_says_how_to_install(tmp_path, monkeypatch):
+    from omegaconf import open_dict
+
+    import crnn.export.embedded
+    from crnn.errors import ConfigError
+
+    monkeypatch.setattr(crnn.export.embedded, "missing_extra", lambda: ["litert_torch", "tflite_micro"])
+    cfg, _ = _profile_cfg(tmp_path, "rnn=srnn")
+    with open_dict(cfg):
+        cfg.profile = {**EMBEDDED, "calibration_images": 8, "eval_images": 12}
+    with pytest.raises(ConfigError, match=r"make install-embedded.*pip install -e \"\.\[embedded\]\""):
+        profile(cfg)
+    record = json.loads((tmp_path / "profile.json").read_text())
+    assert record["status"] == "failed" and "litert_torch, tflite_micro not installed" in record["error"]
 
 
 def test_module_table_text():

@@ -13,7 +13,7 @@
 The TFLite modules need the ``embedded`` extra (``pip install -e ".[embedded]"``), imported lazily.
 """
 
-from crnn.export.embedded import measure_embedded
+from crnn.export.embedded import measure_embedded, missing_extra
 from crnn.export.onnx import ExportCheck, check_onnx, export_and_check, export_onnx
 from crnn.export.source import ExportSource, load_checkpoint, load_config, normalized_images
 from crnn.export.unrolled import UnrolledPass, export_form
@@ -29,5 +29,6 @@ __all__ = [
     "load_checkpoint",
     "load_config",
     "measure_embedded",
+    "missing_extra",
     "normalized_images",
 ]

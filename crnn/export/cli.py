@@ -35,11 +35,12 @@ import numpy as np
 import torch
 
 from crnn.errors import USER_ERRORS, ConfigError
+from crnn.export.embedded import EXTRA_MODULES, INSTALL_HINT
 from crnn.export.source import ExportSource, load_checkpoint, load_config, normalized_images
 
 __all__ = ["expand_multirun", "main", "markdown_table"]
 
-EMBEDDED_EXTRA = 'the embedded extra is not installed: pip install -e ".[embedded]" ({err})'
+EMBEDDED_EXTRA = f"the embedded extra is not installed: {INSTALL_HINT} ({{err}})"
 
 
 def expand_multirun(overrides: Sequence[str]) -> list[list[str]]:
@@ -229,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"crnn-export: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     except ModuleNotFoundError as err:
-        if err.name and err.name.split(".")[0] in ("litert_torch", "ai_edge_quantizer", "tflite_micro"):
+        if err.name and err.name.split(".")[0] in EXTRA_MODULES:
             print(f"crnn-export: {EMBEDDED_EXTRA.format(err=err)}", file=sys.stderr)
             raise SystemExit(2) from None
         raise

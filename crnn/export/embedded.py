@@ -18,6 +18,7 @@ Recurrent layers go through their export form first (:func:`crnn.export.unrolled
 from __future__ import annotations
 
 import collections
+import importlib.util
 import time
 from pathlib import Path
 from typing import Any
@@ -30,10 +31,25 @@ from crnn.export.micro import run_micro
 from crnn.export.tflite import for_micro, nhwc, quantize_int8, to_tflite
 from crnn.export.unrolled import export_form
 
-__all__ = ["FLOAT_ATOL", "measure_embedded", "tflite_ops"]
+__all__ = [
+    "EXTRA_MODULES",
+    "FLOAT_ATOL",
+    "INSTALL_HINT",
+    "measure_embedded",
+    "missing_extra",
+    "tflite_ops",
+]
 
 #: max |TFLM float - PyTorch| on the logits: float32 kernels reorder sums, nothing else differs
 FLOAT_ATOL = 1e-3
+#: the embedded extra's packages (pyproject ``embedded``), by import name
+EXTRA_MODULES = ("litert_torch", "ai_edge_quantizer", "tflite_micro")
+INSTALL_HINT = 'make install-embedded, or pip install -e ".[embedded]"'
+
+
+def missing_extra() -> list[str]:
+    """The packages of the embedded extra that are not installed (import names)."""
+    return [name for name in EXTRA_MODULES if importlib.util.find_spec(name) is None]
 
 
 def tflite_ops(model: bytes) -> dict[str, int]:

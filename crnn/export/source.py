@@ -103,7 +103,10 @@ def normalized_images(
         data = OmegaConf.merge(data, OmegaConf.from_dotlist([o.removeprefix("data.") for o in overrides]))
     except Exception as err:
         raise ConfigError(f"data overrides {' '.join(data_overrides)}: {err}") from None
-    dm = build_datamodule({"data": data})
+    # build_datamodule checks that data, task, backbone and head fit together: it needs all four
+    dm = build_datamodule(
+        {**{k: config[k] for k in ("task", "backbone", "head") if k in config}, "data": data}
+    )
     if not hasattr(dm, "transform_batch"):
         raise ConfigError(
             f"data ({data.get('_target_')}): the embedded export needs image-classification data"
@@ -113,7 +116,7 @@ def normalized_images(
     train, test = dm.train_set, dm.test_set
     gen = torch.Generator().manual_seed(seed)
     pick = torch.randperm(len(train.images), generator=gen)[: int(n_calibration)].sort().values
-    calibration = dm.transform_batch(train.images[pick], train=False)
+    calibration = dm.transform_batch(train.images[pick])  # no seed: normalisation only
     n_eval = min(int(n_eval), len(test.images))
-    eval_images = dm.transform_batch(test.images[:n_eval], train=False)
+    eval_images = dm.transform_batch(test.images[:n_eval])
     return calibration, eval_images, test.labels[:n_eval].clone()

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from crnn.results.read import BASE, Job, metric_value
+from crnn.results.read import BASE, EMBEDDED_KEYS, Job, metric_value
 
 __all__ = ["DEFAULT_METRICS", "build_rows", "jobs_frame", "layer_order", "pick_metric", "sort_key"]
 
@@ -155,6 +155,7 @@ def build_rows(jobs: Sequence[Job], metric: str) -> tuple[list[dict[str, Any]], 
                 "macs": _int(s["macs"], prof.get("macs")),
                 "peak_activation_bytes": prof.get("peak_activation_bytes"),
                 "latency_ms": prof.get("latency_ms"),
+                "embedded": _embedded(prof),
                 "metric": metric,
                 "mean": float(s["mean"]) if n else None,
                 "std": (float(s["std"]) if n > 1 else 0.0) if n else None,
@@ -168,6 +169,14 @@ def build_rows(jobs: Sequence[Job], metric: str) -> tuple[list[dict[str, Any]], 
     varying = _varying(rows)
     rows.sort(key=lambda r: sort_key(r, varying))
     return rows, varying
+
+
+def _embedded(prof: dict[str, Any]) -> dict[str, Any] | None:
+    """The int8 TFLM numbers of ``crnn-profile profile.embedded=true`` and their image counts."""
+    if "arena_kib" not in prof:
+        return None
+    counts = {k: (prof.get("embedded") or {}).get(k) for k in ("n_calibration", "n_eval")}
+    return {**{k: prof.get(k) for k in EMBEDDED_KEYS}, **counts}
 
 
 def _int(value: Any, fallback: Any) -> int | None:

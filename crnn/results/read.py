@@ -21,6 +21,7 @@ import yaml
 
 __all__ = [
     "BASE",
+    "EMBEDDED_KEYS",
     "Job",
     "TablesError",
     "dedupe",
@@ -33,6 +34,10 @@ __all__ = [
 
 BASE = ("data", "backbone", "rnn", "head")
 """The group choices that name a model in the tables."""
+EMBEDDED_KEYS = ("arena_kib", "flash_kib", "float_acc", "int8_acc", "int8_acc_drop", "int8_agreement")
+"""What ``crnn-profile profile.embedded=true`` adds to ``profile.json`` (int8 TFLite in TensorFlow
+Lite Micro: arena and flash in KiB, accuracies and top-1 agreement as fractions); the rest of the
+measurement (``n_calibration``, ``n_eval``, ...) is under its ``embedded`` key."""
 
 # Config keys that describe how a node is built, not what it is.
 _NODE_SKIP = ("_target_", "_partial_", "_recursive_", "_convert_")

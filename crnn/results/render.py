@@ -14,6 +14,8 @@ from crnn.results.read import BASE, Job
 
 __all__ = [
     "caption",
+    "embedded_markdown",
+    "embedded_table",
     "incomplete_section",
     "jobs_csv",
     "latex",
@@ -268,7 +270,9 @@ def _ago(seconds: float) -> str:
 
 
 def profile_table(jobs: Sequence[Job]) -> pd.DataFrame:
-    """One line per profiling job: its model, exact params and MACs, peak activations, latency."""
+    """One line per profiling job: its model, exact params and MACs, peak activations, latency (and
+    int8 TFLM flash, arena and accuracies when a job measured them: ``profile.embedded=true``)."""
+    embedded = any("arena_kib" in (j.profile or {}) for j in jobs)
     lines = []
     for j in jobs:
         prof = j.profile or {}
@@ -288,12 +292,69 @@ def profile_table(jobs: Sequence[Job]) -> pd.DataFrame:
                 "macs": prof.get("macs"),
                 "peak_act_kib": None if peak is None else round(peak / 1024, 1),
                 "latency_ms": None if prof.get("latency_ms") is None else round(prof["latency_ms"], 3),
+                **{
+                    k: _round(prof.get(k))
+                    for k in ("flash_kib", "arena_kib", "float_acc", "int8_acc")
+                    if embedded
+                },
                 "status": "completed" if j.profile else f"{j.status}: {j.error or ''}",
             }
         )
     return pd.DataFrame(lines, dtype=object)  # object: ints stay ints, missing stays None
 
 
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
 def profile_markdown(jobs: Sequence[Job]) -> str:
     """:func:`profile_table` as Markdown, params and MACs in full (``1,234,567``)."""
     return profile_table(jobs).to_markdown(index=False, intfmt=",", missingval="-")
+
+
+EMBEDDED_CAPTION = (
+    "int8: full-integer TFLite (ai-edge-quantizer a8w8, {cal} calibration training images) run in "
+    "TensorFlow Lite Micro: flash = the int8 flatbuffer, arena = the tensor arena TFLM allocated. "
+    "Accuracy (float: PyTorch) and int8 = float top-1 on {n_eval} test images, of the weights "
+    "crnn-profile measured (the config's seeded initialisation, untrained)."
+)
+
+
+def embedded_table(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """The rows measured with ``crnn-profile profile.embedded=true``: model, params, MACs and the
+    int8 TFLM numbers (:data:`crnn.results.read.EMBEDDED_KEYS`, ``n_calibration``, ``n_eval``)."""
+    lines = [
+        {**{k: r[k] for k in BASE}, "params": r["params"], "macs": r["macs"], **r["embedded"]}
+        for r in rows
+        if r.get("embedded")
+    ]
+    return pd.DataFrame(lines, dtype=object)
+
+
+def _counts(values: pd.Series) -> str:
+    return "/".join(str(v) for v in dict.fromkeys(values))
+
+
+def embedded_markdown(rows: Sequence[dict[str, Any]]) -> str | None:
+    """The embedded table of the paper's kind (backbone x layer -> params, MACs, flash, arena,
+    accuracy float / int8, agreement) and its caption; ``None`` when no row was measured."""
+    table = embedded_table(rows)
+    if table.empty:
+        return None
+    cols = _columns(table.to_dict("records"), ())
+    shown = table[cols].map(lambda v: "-" if v is None else str(v))
+    for c in ("data", "backbone"):
+        if c in shown:
+            shown.loc[shown[c].eq(shown[c].shift()), c] = ""
+    shown = shown.rename(columns={"rnn": "layer"})
+    shown["params"] = table["params"].map(_millions)
+    shown["MACs"] = table["macs"].map(_millions)
+    for key, name in (("flash_kib", "flash (KiB)"), ("arena_kib", "arena (KiB)")):
+        shown[name] = table[key].map(lambda v: f"{v:.1f}")
+    for key, name in (("float_acc", "acc float (%)"), ("int8_acc", "acc int8 (%)")):
+        shown[name] = table[key].map(lambda v: "-" if v is None else f"{100 * v:.1f}")
+    shown["int8 = float top-1 (%)"] = table["int8_agreement"].map(lambda v: f"{100 * v:.1f}")
+    align = ["left"] * len(cols) + ["right"] * (shown.shape[1] - len(cols))
+    text = shown.to_markdown(index=False, colalign=align, disable_numparse=True)
+    note = EMBEDDED_CAPTION.format(cal=_counts(table["n_calibration"]), n_eval=_counts(table["n_eval"]))
+    return f"{text}\n\n{note}"

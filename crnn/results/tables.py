@@ -11,7 +11,16 @@ from typing import Any
 from crnn.results.aggregate import build_rows, pick_metric
 from crnn.results.plot import plot
 from crnn.results.read import Job, TablesError, dedupe, read_sweep
-from crnn.results.render import caption, incomplete_section, jobs_csv, latex, markdown, rows_csv
+from crnn.results.render import (
+    caption,
+    embedded_markdown,
+    embedded_table,
+    incomplete_section,
+    jobs_csv,
+    latex,
+    markdown,
+    rows_csv,
+)
 
 __all__ = ["TablesResult", "make_tables", "read_sources"]
 
@@ -78,8 +87,10 @@ def make_tables(
 ) -> TablesResult:
     """Read the sources, write every table and plot to ``out_dir`` (default ``<first sweep>/tables``).
 
-    Files: ``table.md`` (the table and the incomplete jobs), ``table.csv`` (raw numbers),
-    ``table.tex`` (booktabs), ``jobs.csv`` (one line per job) and ``<metric>_vs_{macs,params}.png``.
+    Files: ``table.md`` (the table, the embedded table when the profile jobs measured it, and the
+    incomplete jobs), ``table.csv`` (raw numbers), ``table.tex`` (booktabs), ``jobs.csv`` (one line
+    per job), ``embedded.csv`` (the embedded table's raw numbers, when measured) and
+    ``<metric>_vs_{macs,params}.png``.
     """
     jobs = read_sources(sweeps, wandb_project, wandb_group, api)
     if out_dir is None:
@@ -96,6 +107,7 @@ def make_tables(
     sources = ", ".join(str(s) for s in sweeps)
     if wandb_project:
         sources += f"{', ' if sweeps else ''}W&B {wandb_project} {wandb_group or ''}".rstrip()
+    embedded = embedded_markdown(rows)
     md = "\n".join(
         [
             f"# {shown or 'Complexity'}: {len(rows)} configurations",
@@ -104,10 +116,14 @@ def make_tables(
             "",
             markdown(rows, varying, shown, factor),
             "",
+            *([f"## Embedded (int8 TFLite, TensorFlow Lite Micro)\n\n{embedded}\n"] if embedded else []),
             incomplete_section(jobs, metric),
         ]
     )
     files = {name: out / file for name, file in _FILES.items()}
+    if embedded:
+        files["embedded_csv"] = out / "embedded.csv"
+        embedded_table(rows).to_csv(files["embedded_csv"], index=False)
     files["markdown"].write_text(md)
     files["csv"].write_text(rows_csv(rows, varying))
     files["latex"].write_text(latex(rows, varying, shown, factor))

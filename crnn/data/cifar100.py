@@ -46,6 +46,7 @@ from crnn.data.sampling import (
     SeededBatch,
     next_training_batch,
     process_rank,
+    shuffles,
 )
 
 __all__ = ["CIFAR100_MEAN", "CIFAR100_STD", "CIFAR100DataModule", "TensorBatchDataset", "collate_batch"]
@@ -297,7 +298,10 @@ class CIFAR100DataModule(LightningDataModule):
         # DDP: each process trains on its shard of the epoch; evaluation reads the whole split everywhere.
         batches = EpochBatchSampler(
             EpochShuffleSampler(
-                len(dataset), self.seed, train, *process_rank(self.trainer if train else None)
+                len(dataset),
+                self.seed,
+                shuffles(self.trainer, train),
+                *process_rank(self.trainer if train else None),
             ),
             batch_size,
             drop_last=train and self.drop_last and len(dataset) >= batch_size,

@@ -64,6 +64,7 @@ from crnn.data.sampling import (
     derive_seed,
     next_training_batch,
     process_rank,
+    shuffles,
 )
 
 log = logging.getLogger("crnn")
@@ -442,7 +443,12 @@ class COCODataModule(L.LightningDataModule):
         seed = self.shuffle_seed if self.shuffle_seed is not None else torch.initial_seed()
         # DDP: each process trains on its shard of the epoch; evaluation reads the whole split everywhere.
         batches = EpochBatchSampler(
-            EpochShuffleSampler(len(dataset), seed, train, *process_rank(self.trainer if train else None)),
+            EpochShuffleSampler(
+                len(dataset),
+                seed,
+                shuffles(self.trainer, train),
+                *process_rank(self.trainer if train else None),
+            ),
             batch_size,
             drop_last=False,
             seeded=train,

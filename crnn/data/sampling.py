@@ -105,6 +105,12 @@ def next_training_batch(trainer: Any) -> int:
     return trainer.fit_loop.epoch_loop.batch_progress.current.ready
 
 
+def shuffles(trainer: Any, train: bool) -> bool:
+    """Whether a split's order is shuffled: training batches are, except under Lightning's
+    ``overfit_batches`` (the same first batches every epoch, as Lightning's own samplers do then)."""
+    return train and not (trainer is not None and getattr(trainer, "overfit_batches", 0))
+
+
 def process_rank(trainer: Any) -> tuple[int, int]:
     """``(rank, world_size)`` of this process in the trainer's run; ``(0, 1)`` without a trainer."""
     return (0, 1) if trainer is None else (int(trainer.global_rank), int(trainer.world_size))
@@ -198,7 +204,9 @@ class EpochLoader:
         first_batch: Callable[[], int] | None = None,
         **dataloader_kwargs: Any,
     ):
-        self.dataset, self.batch_sampler, self.sampler = dataset, batch_sampler, batch_sampler.sampler
+        # No `dataset` attribute: Lightning would otherwise rebuild the loader with its own sampler
+        # (`overfit_batches`), losing the epoch order; the order itself knows about overfitting.
+        self.batch_sampler, self.sampler = batch_sampler, batch_sampler.sampler
         self.first_batch = first_batch
         self.skipped: list[str] = []
         # DataLoader draws each iterator's worker base seed from `generator`; its own generator keeps

@@ -191,7 +191,7 @@ class EpochLoader:
     :class:`SkippedSamples` are unwrapped, their messages logged and kept in :attr:`skipped`.
     ``dataloader_kwargs`` go to the DataLoader (workers, pinning, ``collate_fn``).
 
-    ``sampler`` is the epoch sampler, where Lightning calls ``set_epoch``. ``state_dict()`` holds the
+    ``order`` is the epoch sampler (Lightning calls its ``set_epoch``). ``state_dict()`` holds the
     order's seed (the position itself is Lightning's batch counter, already in its checkpoint);
     having it also tells Lightning the loader resumes mid-epoch. ``load_state_dict`` warns when the
     checkpoint was made with another seed (the order then differs).
@@ -204,14 +204,15 @@ class EpochLoader:
         first_batch: Callable[[], int] | None = None,
         **dataloader_kwargs: Any,
     ):
-        # No `dataset` attribute: Lightning would otherwise rebuild the loader with its own sampler
-        # (`overfit_batches`), losing the epoch order; the order itself knows about overfitting.
-        self.batch_sampler, self.sampler = batch_sampler, batch_sampler.sampler
+        # The epoch order is `order`, not `sampler`: with a `sampler` attribute Lightning would rebuild
+        # the loader around its own sampler under `overfit_batches`; `shuffles()` handles that case.
+        # (Lightning still finds it for `set_epoch` as `batch_sampler.sampler`.)
+        self.dataset, self.batch_sampler, self.order = dataset, batch_sampler, batch_sampler.sampler
         self.first_batch = first_batch
         self.skipped: list[str] = []
         # DataLoader draws each iterator's worker base seed from `generator`; its own generator keeps
         # that draw off torch's global one (whose state the model's dropout depends on).
-        generator = torch.Generator().manual_seed(self.sampler.seed)
+        generator = torch.Generator().manual_seed(self.order.seed)
         self.loader = DataLoader(
             dataset, batch_sampler=batch_sampler, generator=generator, **dataloader_kwargs
         )
@@ -220,13 +221,13 @@ class EpochLoader:
         return len(self.batch_sampler)
 
     def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
+        self.order.set_epoch(epoch)
 
     def state_dict(self) -> dict[str, int]:
-        return {"seed": self.sampler.seed}
+        return {"seed": self.order.seed}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        saved, now = state.get("seed"), self.sampler.seed
+        saved, now = state.get("seed"), self.order.seed
         if saved is not None and saved != now:
             warnings.warn(
                 f"resuming with data seed {now}, but the checkpoint was made with {saved}: the batch order "

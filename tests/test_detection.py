@@ -15,7 +15,14 @@ from conftest import compose
 from torch import nn
 
 from crnn import complexity
-from crnn.builders import ConfigError, build_datamodule, build_detector, build_task, load_task, run_labels
+from crnn.builders import (
+    ConfigError,
+    build_datamodule,
+    build_detector,
+    build_task,
+    run_labels,
+    task_from_checkpoint,
+)
 from crnn.data import COCODataModule, SyntheticShapesDataModule, load_coco_json
 from crnn.layers import LAYERS, build_layer, list_layers
 from crnn.models.detection import FCOSDetector, FCOSNetwork, cifar_trunk_fpn, mobilenet_v3_fpn
@@ -384,7 +391,7 @@ def test_train_checkpoint_and_crnn_eval(coco_root, tmp_path):
     ckpt = tmp_path / "checkpoints" / "last.ckpt"
     task = DetectionTask.load_from_checkpoint(ckpt, map_location="cpu")
     assert run_labels(task)["rnn"] == "srnn" and task.image_size == 64
-    torch.testing.assert_close(load_task(ckpt).state_dict(), task.state_dict())
+    torch.testing.assert_close(task_from_checkpoint(ckpt).task.state_dict(), task.state_dict())
     evaluated = evaluate(ckpt, output_dir=tmp_path / "eval")
     assert evaluated["val/AP"] == pytest.approx(result["val/AP"], abs=1e-6)
     assert (tmp_path / "eval" / "metrics.json").is_file() and (

@@ -63,3 +63,20 @@ def cifar_overrides(root: Path, *extra: str) -> list[str]:
         "logger=none",
         *extra,
     ]
+
+
+def run_module(module: str, *args: str, cwd: Path, timeout: int = 600, **env: str):
+    """``python -m <module> <args>`` in ``cwd`` as a user would run it (no terminal: ``CI=1``; W&B
+    offline; this checkout first on the path), ``env`` added to the environment."""
+    import subprocess
+    import sys
+
+    base = {**os.environ, "CI": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

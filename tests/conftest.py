@@ -80,3 +80,23 @@ def run_module(module: str, *args: str, cwd: Path, timeout: int = 600, **env: st
         text=True,
         timeout=timeout,
     )
+
+
+def write_checkpoint(cfg, task, path: Path, choices: dict | None = None) -> Path:
+    """``task`` saved as crnn-train saves it: weights, hyper-parameters (the model config) and the
+    run's config under ``crnn_config`` (:class:`crnn.callbacks.StoreConfig`)."""
+    import lightning
+    from omegaconf import OmegaConf
+
+    from crnn.runtime import CONFIG_KEY
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stored = {"config": OmegaConf.to_container(cfg, resolve=True), "choices": dict(choices or {})}
+    checkpoint = {
+        "state_dict": task.state_dict(),
+        "hyper_parameters": dict(task.hparams),
+        "pytorch-lightning_version": lightning.__version__,
+        CONFIG_KEY: stored,
+    }
+    torch.save(checkpoint, path)
+    return path

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import compose
+from conftest import compose, write_checkpoint
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from crnn.builders import build_task
 from crnn.export import (
@@ -104,27 +103,13 @@ def test_onnx_round_trip_from_config(rnn, tmp_path):
 
 def test_onnx_round_trip_from_checkpoint(tmp_path):
     """A checkpoint as crnn-train writes it (weights + hyper-parameters + ``crnn_config``)."""
-    import lightning
-
     cfg = compose(["rnn=srnn", "rnn.cell=gru", "logger=none", f"data.root={tmp_path / 'none'}"], tmp_path)
     task = build_task(cfg, instantiate(cfg.data))
     with torch.no_grad():
         for p in task.parameters():
             p.add_(0.01 * torch.randn_like(p))  # weights that differ from a fresh init
-    ckpt = tmp_path / "checkpoints" / "best.ckpt"
-    ckpt.parent.mkdir()
-    torch.save(
-        {
-            "state_dict": task.state_dict(),
-            "hyper_parameters": dict(task.hparams),
-            "pytorch-lightning_version": lightning.__version__,
-            "crnn_config": {
-                "config": OmegaConf.to_container(cfg, resolve=True),
-                "choices": {"backbone": "resnet20", "rnn": "srnn", "head": "linear"},
-            },
-        },
-        ckpt,
-    )
+    choices = {"backbone": "resnet20", "rnn": "srnn", "head": "linear"}
+    ckpt = write_checkpoint(cfg, task, tmp_path / "checkpoints" / "best.ckpt", choices)
     source = source_from_checkpoint(ckpt)
     assert source.run_dir == tmp_path and source.stem == "resnet20-srnn-linear-best"
     x = torch.randn(1, 3, 32, 32)

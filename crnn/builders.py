@@ -43,6 +43,7 @@ __all__ = [
     "build_datamodule",
     "build_detector",
     "build_task",
+    "checkpoint_run_dir",
     "layer_factory",
     "TrainedTask",
     "run_labels",
@@ -222,8 +223,13 @@ class TrainedTask:
 
     @property
     def run_dir(self) -> Path:
-        """``<run>`` of ``<run>/checkpoints/<name>.ckpt``, else the checkpoint's folder."""
-        return self.path.parent.parent if self.path.parent.name == "checkpoints" else self.path.parent
+        return checkpoint_run_dir(self.path)
+
+
+def checkpoint_run_dir(ckpt_path: str | Path) -> Path:
+    """``<run>`` of ``<run>/checkpoints/<name>.ckpt``, else the checkpoint's folder."""
+    ckpt = Path(ckpt_path).expanduser().resolve()
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
 
 
 def task_from_checkpoint(ckpt_path: str | Path, trust: bool = False) -> TrainedTask:

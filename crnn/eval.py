@@ -22,7 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from crnn import complexity
-from crnn.builders import build_datamodule, task_from_checkpoint
+from crnn.builders import build_datamodule, checkpoint_run_dir, task_from_checkpoint
 from crnn.errors import USER_ERRORS, ConfigError
 from crnn.runtime import (
     CONFIG_KEY,
@@ -46,9 +46,7 @@ EVAL_KEYS = ("data", "trainer", "test_after_fit", "logger", "seed")
 
 def eval_dir(ckpt_path: str, stamp: str) -> str:
     """``<run>/eval/<stamp>`` for ``<run>/checkpoints/<x>.ckpt``, else ``<folder of x>/eval/<stamp>``."""
-    ckpt = Path(ckpt_path).expanduser().resolve()
-    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-    return str(run_dir / "eval" / stamp)
+    return str(checkpoint_run_dir(ckpt_path) / "eval" / stamp)
 
 
 OmegaConf.register_new_resolver("crnn_eval_dir", eval_dir, replace=True)

@@ -22,18 +22,19 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from crnn.config import check_fit, check_node, instantiate_node, plain, target_of
 from crnn.errors import ConfigError
 from crnn.layers import LAYERS, Layer2d, list_layers
 from crnn.models import Classifier, LayerFactory
 from crnn.models.detection import FCOSDetector
-from crnn.runtime import project_root
+from crnn.runtime import CONFIG_KEY, check_state_fits, load_checkpoint, project_root
 from crnn.tasks import BaseTask, DetectionTask
 
 __all__ = [
@@ -42,14 +43,18 @@ __all__ = [
     "build_datamodule",
     "build_detector",
     "build_task",
+    "checkpoint_run_dir",
     "layer_factory",
-    "load_task",
+    "TrainedTask",
     "run_labels",
+    "task_from_checkpoint",
     "task_from_config",
 ]
 
 MODEL_NODES = ("task", "backbone", "rnn", "head")
 """The config nodes a task is built from (and stored in its checkpoint)."""
+SHAPE_KEYS = ("num_classes", "input_shape")
+"""What the data tells the task (stored in its checkpoint beside :data:`MODEL_NODES`)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -155,7 +160,7 @@ def task_from_config(
 
     The ``rnn`` node is instantiated once (:func:`layer_factory`); ``task.optimizer`` and
     ``task.scheduler`` become partials the task completes. The nodes, the class count and the
-    input shape are stored as the task's hyperparameters (:func:`load_task` reads them back).
+    input shape are stored as the task's hyperparameters (:func:`task_from_checkpoint` reads them back).
     """
     nodes = {k: plain(config[k]) for k in MODEL_NODES}
     task_node = dict(nodes["task"])
@@ -206,17 +211,50 @@ def _try_schedule(optimizer: Callable, scheduler: Callable, net: torch.nn.Module
         ) from None
 
 
-def load_task(checkpoint_path: str | Path, map_location: Any = None, strict: bool = True) -> BaseTask:
-    """The task a crnn checkpoint holds: rebuilt from its stored config, then its weights loaded."""
-    checkpoint = torch.load(checkpoint_path, map_location=map_location, weights_only=True)
-    stored = checkpoint.get("hyper_parameters") or {}
-    if not all(k in stored for k in (*MODEL_NODES, "num_classes", "input_shape")):
-        raise ConfigError(f"{checkpoint_path}: not a crnn task checkpoint (no task config in its hparams)")
-    task = task_from_config(stored, stored["num_classes"], tuple(stored["input_shape"]))
-    task.load_state_dict(checkpoint["state_dict"], strict=strict)
-    if isinstance(map_location, (str, torch.device)):
-        task.to(map_location)
-    return task
+@dataclass(frozen=True)
+class TrainedTask:
+    """A ``crnn-train`` checkpoint, loaded (:func:`task_from_checkpoint`)."""
+
+    path: Path
+    task: BaseTask  # rebuilt from the checkpoint's model config, its weights loaded (on the CPU)
+    config: DictConfig  # the run's resolved config (:class:`crnn.callbacks.StoreConfig`): data, trainer, ...
+    choices: dict[str, Any]  # the run's group choices (``backbone``, ``rnn``, ``head``, ``data``, ...)
+    epoch: int | None  # the epoch the checkpoint was written in
+
+    @property
+    def run_dir(self) -> Path:
+        return checkpoint_run_dir(self.path)
+
+
+def checkpoint_run_dir(ckpt_path: str | Path) -> Path:
+    """``<run>`` of ``<run>/checkpoints/<name>.ckpt``, else the checkpoint's folder."""
+    ckpt = Path(ckpt_path).expanduser().resolve()
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+
+
+def task_from_checkpoint(ckpt_path: str | Path, trust: bool = False) -> TrainedTask:
+    """The task (with its weights) and the run config of a ``crnn-train`` checkpoint: the one way
+    crnn reads a checkpoint back (``crnn-eval``, ``crnn-export``, ``Task.load_from_checkpoint``).
+
+    Loaded safely (:func:`crnn.runtime.load_checkpoint`: tensors and plain values only, unless
+    ``trust``); the task is rebuilt by :func:`task_from_config` from the model nodes stored as its
+    hyperparameters; weights that do not fit it are one :class:`CheckpointError` naming them.
+    """
+    path = Path(ckpt_path).expanduser().resolve()
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such checkpoint file")
+    checkpoint = load_checkpoint(path, trust=trust)
+    stored, hparams = checkpoint.get(CONFIG_KEY), checkpoint.get("hyper_parameters") or {}
+    if not isinstance(stored, Mapping) or not all(k in hparams for k in (*MODEL_NODES, *SHAPE_KEYS)):
+        raise ConfigError(
+            f"{path} holds no crnn config ({CONFIG_KEY!r} and the model nodes in 'hyper_parameters'): "
+            "was it written by crnn-train?"
+        )
+    task = task_from_config(hparams, hparams["num_classes"], tuple(hparams["input_shape"]))
+    check_state_fits(task.state_dict(), checkpoint["state_dict"], f"its stored hyper_parameters ({path})")
+    task.load_state_dict(checkpoint["state_dict"])
+    config = OmegaConf.create(stored["config"])
+    return TrainedTask(path, task, config, dict(stored.get("choices") or {}), checkpoint.get("epoch"))
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,20 +18,19 @@ from typing import Any
 
 import hydra
 import lightning as L
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from crnn import complexity
+from crnn.builders import build_datamodule, checkpoint_run_dir, task_from_checkpoint
 from crnn.errors import USER_ERRORS, ConfigError
 from crnn.runtime import (
     CONFIG_KEY,
     EXIT_CODES,
     CheckpointError,
     MetricsFile,
-    check_state_fits,
     flat,
     git_commit,
-    load_checkpoint,
     progress_bar_enabled,
     project_root,
     quiet_known_noise,
@@ -47,9 +46,7 @@ EVAL_KEYS = ("data", "trainer", "test_after_fit", "logger", "seed")
 
 def eval_dir(ckpt_path: str, stamp: str) -> str:
     """``<run>/eval/<stamp>`` for ``<run>/checkpoints/<x>.ckpt``, else ``<folder of x>/eval/<stamp>``."""
-    ckpt = Path(ckpt_path).expanduser().resolve()
-    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-    return str(run_dir / "eval" / stamp)
+    return str(checkpoint_run_dir(ckpt_path) / "eval" / stamp)
 
 
 OmegaConf.register_new_resolver("crnn_eval_dir", eval_dir, replace=True)
@@ -84,10 +81,9 @@ def merged_config(
     return cfg, applied
 
 
-def build_eval_loggers(cfg: DictConfig, ckpt_path: Path) -> list:
+def build_eval_loggers(cfg: DictConfig, ckpt_path: Path, run_dir: Path) -> list:
     """The configured loggers; W&B's run is named and grouped after the training run's
     (``<name>-eval``, same group, else the training run's id), job type ``eval``."""
-    run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
     trained = MetricsFile(run_dir / "metrics.json").data if (run_dir / "metrics.json").is_file() else {}
     loggers = []
     for key, node in (cfg.get("logger") or {}).items():
@@ -114,37 +110,25 @@ def evaluate(
 
     ``overrides``: ``{"trainer.limit_val_batches": 2}`` or ``["trainer.limit_val_batches=2"]``.
     """
-    ckpt_path = Path(ckpt_path).expanduser().resolve()
-    if not ckpt_path.is_file():
-        raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file")
     if isinstance(overrides, list):
         overrides = flat(OmegaConf.to_container(OmegaConf.from_dotlist(overrides)))
-    checkpoint = load_checkpoint(ckpt_path, trust=trust_checkpoint)
-    stored = checkpoint.get(CONFIG_KEY)
-    if stored is None:
-        raise ConfigError(f"{ckpt_path} holds no crnn config ({CONFIG_KEY!r}): was it written by crnn-train?")
-    cfg, _ = merged_config(stored["config"], overrides or {}, ckpt_path)
+    loaded = task_from_checkpoint(ckpt_path, trust=trust_checkpoint)
+    ckpt_path, task = loaded.path, loaded.task
+    cfg, _ = merged_config(OmegaConf.to_container(loaded.config), overrides or {}, ckpt_path)
     out = (
         Path(output_dir) if output_dir else Path(eval_dir(str(ckpt_path), time.strftime("%Y-%m-%d_%H-%M-%S")))
     )
     with open_dict(cfg):
         cfg.paths.output_dir = str(out)
-
-    datamodule = instantiate(cfg.data)
-    task_class = get_class(cfg.task._target_)
-    task = task_class(**checkpoint["hyper_parameters"])
-    check_state_fits(
-        task.state_dict(), checkpoint["state_dict"], f"its stored hyper_parameters ({ckpt_path})"
-    )
-    task.load_state_dict(checkpoint["state_dict"])
+    datamodule = build_datamodule(cfg)
     module, inputs = task.complexity_inputs()
     metrics = MetricsFile(out / "metrics.json")
     metrics.update(
         status="running",
-        **stored["choices"],
+        **loaded.choices,
         seed=cfg.get("seed"),
         ckpt_path=str(ckpt_path),
-        ckpt_epoch=checkpoint.get("epoch"),
+        ckpt_epoch=loaded.epoch,
         params=complexity.count_params(module),
         macs=complexity.count_macs(module, *inputs),
         git_commit=git_commit(),
@@ -158,7 +142,7 @@ def evaluate(
     )
     for key in ("strategy", "sync_batchnorm", "max_epochs", "min_epochs"):
         trainer_cfg.pop(key, None)
-    loggers = build_eval_loggers(cfg, ckpt_path)
+    loggers = build_eval_loggers(cfg, ckpt_path, loaded.run_dir)
     trainer: L.Trainer = instantiate(trainer_cfg, logger=loggers or False, callbacks=[])
     start, results = time.time(), {}
     status = "failed"

@@ -63,3 +63,40 @@ def cifar_overrides(root: Path, *extra: str) -> list[str]:
         "logger=none",
         *extra,
     ]
+
+
+def run_module(module: str, *args: str, cwd: Path, timeout: int = 600, **env: str):
+    """``python -m <module> <args>`` in ``cwd`` as a user would run it (no terminal: ``CI=1``; W&B
+    offline; this checkout first on the path), ``env`` added to the environment."""
+    import subprocess
+    import sys
+
+    base = {**os.environ, "CI": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def write_checkpoint(cfg, task, path: Path, choices: dict | None = None) -> Path:
+    """``task`` saved as crnn-train saves it: weights, hyper-parameters (the model config) and the
+    run's config under ``crnn_config`` (:class:`crnn.callbacks.StoreConfig`)."""
+    import lightning
+    from omegaconf import OmegaConf
+
+    from crnn.runtime import CONFIG_KEY
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stored = {"config": OmegaConf.to_container(cfg, resolve=True), "choices": dict(choices or {})}
+    checkpoint = {
+        "state_dict": task.state_dict(),
+        "hyper_parameters": dict(task.hparams),
+        "pytorch-lightning_version": lightning.__version__,
+        CONFIG_KEY: stored,
+    }
+    torch.save(checkpoint, path)
+    return path

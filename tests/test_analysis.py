@@ -7,15 +7,20 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import compose, write_checkpoint
+from hydra.utils import instantiate
 
 from crnn.analysis.receptive_field import (
+    checkpoint_erf,
     erf,
     layer_erf,
+    main,
     model_erf,
     parse_layer_spec,
     radius_for_mass,
     save_heatmaps,
 )
+from crnn.builders import build_task
 
 # ----------------------------------------------------------------------- receptive field
 
@@ -77,3 +82,29 @@ def test_erf_does_not_touch_the_module():
         and torch.equal(layer.weight, before)
         and layer.weight.grad is None
     )
+
+
+def test_checkpoint_erf_is_the_erf_of_the_trained_weights(tmp_path):
+    """A checkpoint is read as crnn-eval reads it: its ERF is that of its weights, not of a fresh
+    init; a checkpoint that would run code is refused with one line."""
+    cfg = compose(["rnn=srnn", "logger=none", f"data.root={tmp_path / 'none'}"], tmp_path)
+    task = build_task(cfg, instantiate(cfg.data))
+    with torch.no_grad():
+        for p in task.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    ckpt = write_checkpoint(cfg, task, tmp_path / "run" / "checkpoints" / "best.ckpt")
+    rf = checkpoint_erf(ckpt, samples=2)
+    expected = erf(task.net.backbone, (3, 32, 32), samples=2)
+    assert rf.name == "run/best" and np.allclose(rf.grad, expected.grad)
+    assert not np.allclose(rf.grad, model_erf(["rnn=srnn"], samples=2).grad)
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (type(marker).touch, (marker,))
+
+    torch.save({"crnn_config": Evil()}, tmp_path / "evil.ckpt")
+    with pytest.raises(SystemExit) as exit_:
+        main(["--ckpt", str(tmp_path / "evil.ckpt")])
+    assert exit_.value.code == 2 and not marker.exists()

@@ -107,3 +107,18 @@ def test_more_than_100_detections_per_image_and_category():
     metrics = crnn_eval(dataset, dets)
     assert_same_stats(metrics, reference)
     assert metrics["F1"] == pytest.approx(reference_f1(reference)[0], abs=1e-12)
+
+
+def test_per_class_ap_equals_pycocotools_for_each_category_alone():
+    """Each category's AP equals pycocotools' AP evaluated on that category alone; their mean over
+    the categories with ground truth is COCOeval's AP."""
+    dataset, dets = bench_coco_eval.synthetic_coco(30, 20, seed=4)
+    metrics = crnn_eval(dataset, dets)
+    per_class = metrics["per_class_AP"]
+    with_gt = {a["category_id"] for a in dataset["annotations"]}
+    for cat_id in sorted(with_gt)[:5]:
+        reference = pycocotools_eval(dataset, dets, cat_ids=[cat_id])
+        assert per_class[cat_id] == pytest.approx(reference.stats[0], abs=1e-12), cat_id
+    defined = [ap for ap in per_class.values() if ap is not None]
+    assert 0 < len(defined) <= len(with_gt)  # a category whose boxes are all crowd / ignored: None
+    assert np.mean(defined) == pytest.approx(metrics["AP"], abs=1e-12)

@@ -12,10 +12,18 @@ import pytest
 import torch
 from coco_fixtures import ground_truth_detections, write_coco_fixture
 from conftest import compose
+from logger_double import RecordingLogger
 from torch import nn
 
 from crnn import complexity
-from crnn.builders import ConfigError, build_datamodule, build_detector, build_task, load_task, run_labels
+from crnn.builders import (
+    ConfigError,
+    build_datamodule,
+    build_detector,
+    build_task,
+    run_labels,
+    task_from_checkpoint,
+)
 from crnn.data import COCODataModule, SyntheticShapesDataModule, load_coco_json
 from crnn.layers import LAYERS, build_layer, list_layers
 from crnn.models.detection import FCOSDetector, FCOSNetwork, cifar_trunk_fpn, mobilenet_v3_fpn
@@ -384,7 +392,7 @@ def test_train_checkpoint_and_crnn_eval(coco_root, tmp_path):
     ckpt = tmp_path / "checkpoints" / "last.ckpt"
     task = DetectionTask.load_from_checkpoint(ckpt, map_location="cpu")
     assert run_labels(task)["rnn"] == "srnn" and task.image_size == 64
-    torch.testing.assert_close(load_task(ckpt).state_dict(), task.state_dict())
+    torch.testing.assert_close(task_from_checkpoint(ckpt).task.state_dict(), task.state_dict())
     evaluated = evaluate(ckpt, output_dir=tmp_path / "eval")
     assert evaluated["val/AP"] == pytest.approx(result["val/AP"], abs=1e-6)
     assert (tmp_path / "eval" / "metrics.json").is_file() and (
@@ -392,40 +400,78 @@ def test_train_checkpoint_and_crnn_eval(coco_root, tmp_path):
     ).is_file()
 
 
-def test_wandb_images_with_predicted_and_true_boxes(coco_root, tmp_path, monkeypatch):
-    import lightning as L
-    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+class MediaLogger(RecordingLogger):
+    """A logger with media on: records the images and tables it is handed."""
 
-    monkeypatch.setenv("WANDB_MODE", "offline")
+    def __init__(self, media: bool = True) -> None:
+        super().__init__()
+        self.media, self.images, self.tables = media, [], []
+
+    def log_image(self, key, images, step=None, **kwargs) -> None:
+        self.images.append((key, images, kwargs))
+
+    def log_table(self, key, columns, data) -> None:
+        self.tables.append((key, columns, data))
+
+
+def _fit_with_media(coco_root, tmp_path, loggers) -> None:
+    import lightning as L
+
+    from crnn.tasks import DetectionMedia
+
     dm = COCODataModule(root=str(coco_root), image_size=64, batch_size=4, num_workers=0)
     task = DetectionTask(
         detector(num_classes=80),
         input_shape=(3, 64, 64),
         optimizer=partial(torch.optim.AdamW, lr=1e-3),
         scheduler=schedules.constant,
-        evaluation={"log_images_every_n_epochs": 1, "num_log_images": 2, "log_images_score_thresh": 0.0},
     )
+    trainer = L.Trainer(
+        max_epochs=2,
+        limit_train_batches=1,
+        limit_val_batches=1,
+        logger=loggers,
+        callbacks=[DetectionMedia(every_n_epochs=5, num_images=2, score_thresh=0.0)],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        num_sanity_val_steps=1,
+        default_root_dir=str(tmp_path),
+    )
+    trainer.fit(task, datamodule=dm)
+
+
+def test_detection_media_goes_to_loggers_with_media_on(coco_root, tmp_path):
+    """Images with predicted and true boxes on epochs 0 and the last (not in the sanity check), the
+    per-class AP table at the end; a logger with media off gets neither."""
+    on, off = MediaLogger(), MediaLogger(media=False)
+    _fit_with_media(coco_root, tmp_path, [on, off])
+    assert not off.images and not off.tables
+    assert [(key, len(images)) for key, images, _ in on.images] == [("val/images", 2)] * 2
+    _, images, kwargs = on.images[0]
+    assert images[0].shape[2] == 3 and max(images[0].shape[:2]) == 64 and images[0].dtype.name == "uint8"
+    assert set(kwargs) == {"boxes", "caption"} and set(kwargs["boxes"][0]) == {"predictions", "ground_truth"}
+    assert kwargs["boxes"][0]["ground_truth"]["box_data"]  # the true boxes of the first val image
+    ((key, columns, rows),) = on.tables
+    assert key == "val/per_class_AP" and columns == ["class", "AP"]
+    assert len(rows) == 80 and rows[0][0] == "person"  # every category of the data, by name
+    assert all(ap is None or 0.0 <= ap <= 1.0 for _, ap in rows) and None in {ap for _, ap in rows}
+
+
+def test_wandb_images_with_predicted_and_true_boxes(coco_root, tmp_path, monkeypatch):
+    from crnn.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
     logged = []
-    wandb_logger = WandbLogger(project="crnn-test", save_dir=str(tmp_path), offline=True)
+    wandb_logger = WandbLogger(project="crnn-test", save_dir=str(tmp_path), media=True)
     monkeypatch.setattr(type(wandb_logger.experiment), "log", lambda self, data, *a, **k: logged.append(data))
-    for logger in (CSVLogger(str(tmp_path)), wandb_logger):
-        trainer = L.Trainer(
-            max_epochs=1,
-            limit_train_batches=1,
-            limit_val_batches=1,
-            logger=logger,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            num_sanity_val_steps=0,
-            default_root_dir=str(tmp_path),
-        )
-        trainer.fit(task, datamodule=dm)
+    _fit_with_media(coco_root, tmp_path, [wandb_logger])
     wandb_logger.experiment.finish()
     panels = [d["val/images"] for d in logged if "val/images" in d]
-    assert len(panels) == 1 and len(panels[0]) == 2  # only with the W&B logger
+    assert len(panels) == 2 and len(panels[0]) == 2
     image = panels[0][0]
     assert set(image._boxes) == {"predictions", "ground_truth"}
     assert image._boxes["ground_truth"]._val  # the true boxes of the first val image
+    assert any("val/per_class_AP" in d for d in logged)
 
 
 # ------------------------------------------------------------------------------------------------

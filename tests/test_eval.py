@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import cifar_overrides, compose
+from conftest import cifar_overrides, compose, run_module
 
 from crnn.eval import evaluate
 from crnn.train import train
@@ -20,18 +17,6 @@ from crnn.train import train
 def trained_run(tmp_path_factory, cifar_root) -> tuple[Path, dict]:
     run = tmp_path_factory.mktemp("run")
     return run, train(compose(cifar_overrides(cifar_root, "rnn=srnn"), run))
-
-
-def _eval_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "CI": "1", "WANDB_MODE": "offline"}
-    return subprocess.run(
-        [sys.executable, "-m", "crnn.eval", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
 
 
 def test_eval_reproduces_the_checkpoints_validation_metrics(trained_run, tmp_path):
@@ -47,20 +32,22 @@ def test_eval_reproduces_the_checkpoints_validation_metrics(trained_run, tmp_pat
 def test_eval_cli_honours_trainer_overrides_and_refuses_model_overrides(trained_run, tmp_path):
     run, _ = trained_run
     ckpt = run / "checkpoints" / "last.ckpt"
-    proc = _eval_cli(f"ckpt_path={ckpt}", "trainer.limit_val_batches=1", "test_after_fit=false", cwd=tmp_path)
+    proc = run_module(
+        "crnn.eval", f"ckpt_path={ckpt}", "trainer.limit_val_batches=1", "test_after_fit=false", cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     (folder,) = (run / "eval").iterdir()
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["status"] == "completed" and "test/acc1" not in metrics
     assert (folder / "eval.log").is_file()
 
-    proc = _eval_cli(f"ckpt_path={ckpt}", "rnn.cell=gru", cwd=tmp_path)
+    proc = run_module("crnn.eval", f"ckpt_path={ckpt}", "rnn.cell=gru", cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "rnn.cell='gru' (checkpoint: 'rnn_tanh')" in proc.stdout + proc.stderr
 
 
 def test_eval_errors_are_one_line(tmp_path):
-    proc = _eval_cli(f"ckpt_path={tmp_path / 'missing.ckpt'}", cwd=tmp_path)
+    proc = run_module("crnn.eval", f"ckpt_path={tmp_path / 'missing.ckpt'}", cwd=tmp_path)
     assert proc.returncode == 2 and "missing.ckpt" in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
 

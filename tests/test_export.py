@@ -7,12 +7,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import compose
+from conftest import compose, write_checkpoint
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from crnn.builders import build_task
-from crnn.export import check_onnx, export_and_check, export_form, export_onnx, load_checkpoint, load_config
+from crnn.export import (
+    check_onnx,
+    export_and_check,
+    export_form,
+    export_onnx,
+    source_from_checkpoint,
+    source_from_config,
+)
 from crnn.export.cli import expand_multirun, main
 from crnn.export.unrolled import DiagonalScanExportForm, UnrolledPass
 from crnn.layers import build_layer, get_cell, layer_info, list_layers
@@ -64,7 +70,7 @@ def test_python_loop_layers_export_as_they_compute(name):
 
 
 def test_export_form_of_a_whole_model_names_the_replaced_passes(tmp_path):
-    source = load_config(["rnn=sws_birnn", "rnn.cell=gru", f"data.root={tmp_path / 'none'}"])
+    source = source_from_config(["rnn=sws_birnn", "rnn.cell=gru", f"data.root={tmp_path / 'none'}"])
     form, report = export_form(source.module)
     assert [p.rsplit(".", 1)[1] for p in report.unrolled] == ["row", "col"]
     assert all(p.startswith("backbone.") for p in report.unrolled)
@@ -89,7 +95,7 @@ def test_unrolled_pass_refuses_a_mismatched_mode():
 
 @pytest.mark.parametrize("rnn", ["none", "sws_birnn"])
 def test_onnx_round_trip_from_config(rnn, tmp_path):
-    source = load_config([f"rnn={rnn}", f"data.root={tmp_path / 'none'}"])
+    source = source_from_config([f"rnn={rnn}", f"data.root={tmp_path / 'none'}"])
     assert source.choices["rnn"] == rnn and source.name == f"resnet20-{rnn}-linear"
     result = export_and_check(source.module, source.inputs, tmp_path / f"{rnn}.onnx")
     assert result.ok and result.max_abs_diff <= 1e-4 and result.outputs == [(1, 100)]
@@ -97,28 +103,14 @@ def test_onnx_round_trip_from_config(rnn, tmp_path):
 
 def test_onnx_round_trip_from_checkpoint(tmp_path):
     """A checkpoint as crnn-train writes it (weights + hyper-parameters + ``crnn_config``)."""
-    import lightning
-
     cfg = compose(["rnn=srnn", "rnn.cell=gru", "logger=none", f"data.root={tmp_path / 'none'}"], tmp_path)
     task = build_task(cfg, instantiate(cfg.data))
     with torch.no_grad():
         for p in task.parameters():
             p.add_(0.01 * torch.randn_like(p))  # weights that differ from a fresh init
-    ckpt = tmp_path / "checkpoints" / "best.ckpt"
-    ckpt.parent.mkdir()
-    torch.save(
-        {
-            "state_dict": task.state_dict(),
-            "hyper_parameters": dict(task.hparams),
-            "pytorch-lightning_version": lightning.__version__,
-            "crnn_config": {
-                "config": OmegaConf.to_container(cfg, resolve=True),
-                "choices": {"backbone": "resnet20", "rnn": "srnn", "head": "linear"},
-            },
-        },
-        ckpt,
-    )
-    source = load_checkpoint(ckpt)
+    choices = {"backbone": "resnet20", "rnn": "srnn", "head": "linear"}
+    ckpt = write_checkpoint(cfg, task, tmp_path / "checkpoints" / "best.ckpt", choices)
+    source = source_from_checkpoint(ckpt)
     assert source.run_dir == tmp_path and source.stem == "resnet20-srnn-linear-best"
     x = torch.randn(1, 3, 32, 32)
     task.eval()
@@ -143,7 +135,7 @@ def test_onnx_check_detects_a_mismatch(tmp_path):
     "rnn", ["srnn", "sbirnn_cat", "sequencer", "ds_rnn", "rnn2d", "rnn2d_4way", "conv", "dsconv"]
 )
 def test_onnx_round_trip_every_layer(rnn, tmp_path):
-    source = load_config([f"rnn={rnn}", f"data.root={tmp_path / 'none'}"])
+    source = source_from_config([f"rnn={rnn}", f"data.root={tmp_path / 'none'}"])
     assert export_and_check(source.module, source.inputs, tmp_path / f"{rnn}.onnx").ok
 
 
@@ -178,3 +170,25 @@ def test_cli_user_errors_are_one_message(argv, message, capsys):
         main(argv)
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and message in err and "Traceback" not in err
+
+
+def test_a_checkpoint_that_runs_code_is_not_exported(tmp_path, capsys):
+    """Export reads checkpoints as crnn-eval does (weights_only=True): a pickle that would create a
+    file is refused with one message naming the switch for trusted files."""
+    from pathlib import Path
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    bad = tmp_path / "evil.ckpt"
+    torch.save({"crnn_config": Evil(), "state_dict": {}}, bad)
+    with pytest.raises(ValueError, match="not loaded"):
+        source_from_checkpoint(bad)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--ckpt", str(bad)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--trust-checkpoint" in err and "Traceback" not in err
+    assert not marker.exists()

@@ -16,8 +16,8 @@ import pytest
 from conftest import ROOT, cifar_overrides, compose
 from hydra.utils import get_class
 
+from crnn.results.read import read_sweep
 from crnn.sweeps.callbacks import FailureSummary, threads_for
-from crnn.sweeps.summary import format_summary, read_jobs
 
 PLUGINS = {
     "hydra_submitit_launcher": "hydra-submitit-launcher",
@@ -93,23 +93,35 @@ def _job(sweep: Path, name: str, metrics: dict | None) -> None:
         (sweep / name / "metrics.json").write_text(json.dumps(metrics))
 
 
-def test_failure_summary_lists_the_jobs_that_did_not_complete(tmp_path):
+def test_failure_summary_lists_the_jobs_that_did_not_complete(tmp_path, caplog):
+    """The callback prints crnn-tables --status's report, reading the error keys crnn-train writes
+    (:func:`crnn.lifecycle.outcome_of`)."""
     from omegaconf import OmegaConf
+
+    from crnn.errors import ConfigError
+    from crnn.lifecycle import outcome_of
 
     sweep = tmp_path / "sweep"
     _job(sweep, "0_a", {"status": "completed", "val/acc1": 0.5})
-    _job(sweep, "1_b", {"status": "failed", "error_type": "ConfigError", "error_message": "rnn.cell=foo"})
+    _job(sweep, "1_b", None)
     _job(sweep, "2_c", None)
-    _job(sweep, "10_d", {"status": "completed"})
-    records = read_jobs(sweep)
-    assert [r.folder.name for r in records] == ["0_a", "1_b", "2_c", "10_d"]
-    text = format_summary(records)
-    assert text.splitlines()[0] == "4 jobs: 2 completed, 1 failed, 1 missing"
-    assert "1_b: ConfigError: rnn.cell=foo" in text and "2_c: no metrics.json or profile.json" in text
+    _job(sweep, "3_d", None)
+    _job(sweep, "10_e", {"status": "completed"})
+    for name, err, received in (
+        ("1_b", ConfigError("rnn.cell=foo: no such cell"), {}),
+        ("2_c", RuntimeError("CUDA out of memory\nmore lines"), {}),
+        ("3_d", None, {"signal": "SIGTERM"}),
+    ):
+        (sweep / name / "metrics.json").write_text(json.dumps(outcome_of(err, received, sweep / name)))
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}})
-    with pytest.raises(SystemExit) as exit_:
+    with caplog.at_level("INFO", logger="crnn.sweeps"), pytest.raises(SystemExit) as exit_:
         FailureSummary(exit_code=1).on_multirun_end(config)
     assert exit_.value.code == 1
+    text = caplog.text
+    assert f"Sweep {sweep}: 5 jobs: 2 completed, 0 running, 0 queued, 2 failed, 1 interrupted" in text
+    assert "1_b [None-None-None, seed None]: ConfigError: rnn.cell=foo: no such cell" in text
+    assert f"RuntimeError: CUDA out of memory (traceback: {sweep / '2_c' / 'error.txt'})" in text
+    assert "3_d [None-None-None, seed None]: SIGTERM" in text
     FailureSummary(exit_code=0).on_multirun_end(config)  # reporting only
 
 
@@ -118,6 +130,7 @@ def test_failure_summary_is_quiet_on_a_completed_sweep(tmp_path):
 
     _job(tmp_path, "0_a", {"status": "completed"})
     FailureSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    FailureSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "no")}}}))
 
 
 # ----------------------------------------------------------------------------- real sweeps (CLI)
@@ -256,11 +269,11 @@ def test_parallel_sweep_survives_a_failing_job_and_relaunch_reruns_only_it(tmp_p
     first = crnn_train(*args, cwd=tmp_path)
     output = first.stdout + first.stderr
     assert first.returncode != 0, output[-3000:]
-    assert "3 jobs: 2 completed, 1 failed" in output, output[-3000:]
+    assert "3 jobs: 2 completed, 0 running, 0 queued, 1 failed" in output, output[-3000:]
     jobs = sorted(p.parent for p in sweep.glob("*/metrics.json"))
     metrics = [json.loads((p / "metrics.json").read_text()) for p in jobs]
     assert [m["status"] for m in metrics] == ["completed", "failed", "completed"], metrics
-    assert "no_such_cell" in format_summary(read_jobs(sweep))
+    assert any("no_such_cell" in (job.error or "") for job in read_sweep(sweep))
 
     stamps = [(p / "metrics.json").stat().st_mtime_ns for p in jobs]
     again = crnn_train(*args, cwd=tmp_path)

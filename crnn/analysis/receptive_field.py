@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +35,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from crnn.errors import USER_ERRORS
+from crnn.runtime import CheckpointError
 
 __all__ = ["ReceptiveField", "erf", "layer_erf", "model_erf", "parse_layer_spec", "save_heatmaps"]
 
@@ -176,6 +180,17 @@ def model_erf(overrides: Sequence[str], **kwargs: Any) -> ReceptiveField:
     return erf(backbone, tuple(task.input_shape), name=label, **kwargs)
 
 
+def checkpoint_erf(ckpt_path: str | Path, trust: bool = False, **kwargs: Any) -> ReceptiveField:
+    """ERF of the backbone of a trained checkpoint (:func:`crnn.builders.task_from_checkpoint`: safe
+    loading unless ``trust``), at the centre of its feature map, on the task's input size."""
+    from crnn.builders import task_from_checkpoint
+
+    loaded = task_from_checkpoint(ckpt_path, trust=trust)
+    backbone = getattr(loaded.task.net, "backbone", loaded.task.net)
+    label = f"{loaded.run_dir.name}/{loaded.path.stem}"
+    return erf(backbone, tuple(loaded.task.input_shape), name=label, **kwargs)
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text).strip("_")[:80] or "model"
 
@@ -246,6 +261,23 @@ def save_heatmaps(fields: Sequence[ReceptiveField], out_dir: str | Path) -> dict
     return files
 
 
+def _fields(args: Any) -> list[ReceptiveField]:
+    fields: list[ReceptiveField] = []
+    for spec in args.layer:
+        fields.append(layer_erf(spec, args.channels, args.size, samples=args.samples, mass=args.mass))
+    for ckpt in args.ckpt:
+        fields.append(checkpoint_erf(ckpt, args.trust_checkpoint, samples=args.samples, mass=args.mass))
+    if args.sweep:
+        key, _, values = args.sweep.partition("=")
+        for value in values.split(","):
+            fields.append(
+                model_erf([*args.overrides, f"{key}={value}"], samples=args.samples, mass=args.mass)
+            )
+    elif args.overrides or not (args.layer or args.ckpt):
+        fields.append(model_erf(args.overrides, samples=args.samples, mass=args.mass))
+    return fields
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     import argparse
     import time
@@ -257,7 +289,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "  scripts/receptive_field.py --layer conv3x3 --layer srnn --layer sws_birnn --size 16\n"
         "  scripts/receptive_field.py --layer conv:kernel_size=9 --size 8\n"
         "  scripts/receptive_field.py backbone=resnet20 rnn=srnn\n"
-        "  scripts/receptive_field.py backbone=resnet20 --sweep rnn=none,srnn,sws_birnn",
+        "  scripts/receptive_field.py backbone=resnet20 --sweep rnn=none,srnn,sws_birnn\n"
+        "  scripts/receptive_field.py --ckpt outputs/runs/<run>/checkpoints/best.ckpt",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -269,6 +302,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=[],
         help="a single layer: NAME[:key=value,...] or convKxK (repeatable)",
     )
+    parser.add_argument("--ckpt", action="append", default=[], help="a trained checkpoint (repeatable)")
+    parser.add_argument(
+        "--trust-checkpoint", action="store_true", help="load checkpoints that may run code (your own files)"
+    )
     parser.add_argument("--sweep", help="KEY=V1,V2,...: one composed model per value (with the overrides)")
     parser.add_argument("--channels", type=int, default=16, help="channels of a single layer (in = out)")
     parser.add_argument("--size", type=int, default=16, help="input height = width of a single layer")
@@ -277,17 +314,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", help="output folder (default outputs/receptive_field/<time>)")
     args = parser.parse_args(argv)
 
-    fields: list[ReceptiveField] = []
-    for spec in args.layer:
-        fields.append(layer_erf(spec, args.channels, args.size, samples=args.samples, mass=args.mass))
-    if args.sweep:
-        key, _, values = args.sweep.partition("=")
-        for value in values.split(","):
-            fields.append(
-                model_erf([*args.overrides, f"{key}={value}"], samples=args.samples, mass=args.mass)
-            )
-    elif args.overrides or not args.layer:
-        fields.append(model_erf(args.overrides, samples=args.samples, mass=args.mass))
+    try:
+        fields = _fields(args)
+    except (*USER_ERRORS, CheckpointError) as err:
+        print(f"receptive_field: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
     from crnn.runtime import project_root
 

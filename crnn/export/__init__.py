@@ -1,7 +1,7 @@
 """crnn.export: a trained checkpoint (or a config) -> deployable files, checked against PyTorch.
 
-- :mod:`crnn.export.source`: the model to export (:func:`load_checkpoint`, :func:`load_config`) and
-  the run's own images (:func:`normalized_images`);
+- :mod:`crnn.export.source`: the model to export (:func:`source_from_checkpoint`,
+  :func:`source_from_config`) and the run's own images (:func:`normalized_images`);
 - :mod:`crnn.export.unrolled`: export forms of the recurrent layers (recurrence unrolled into
   fully-connected / add / activation ops, same weights, same outputs);
 - :mod:`crnn.export.onnx`: ONNX + onnxruntime check;
@@ -15,7 +15,7 @@ The TFLite modules need the ``embedded`` extra (``pip install -e ".[embedded]"``
 
 from crnn.export.embedded import measure_embedded, missing_extra
 from crnn.export.onnx import ExportCheck, check_onnx, export_and_check, export_onnx
-from crnn.export.source import ExportSource, load_checkpoint, load_config, normalized_images
+from crnn.export.source import ExportSource, normalized_images, source_from_checkpoint, source_from_config
 from crnn.export.unrolled import UnrolledPass, export_form
 
 __all__ = [
@@ -26,8 +26,8 @@ __all__ = [
     "export_and_check",
     "export_form",
     "export_onnx",
-    "load_checkpoint",
-    "load_config",
+    "source_from_checkpoint",
+    "source_from_config",
     "measure_embedded",
     "missing_extra",
     "normalized_images",

@@ -36,7 +36,8 @@ import torch
 
 from crnn.errors import USER_ERRORS, ConfigError
 from crnn.export.embedded import EXTRA_MODULES, INSTALL_HINT
-from crnn.export.source import ExportSource, load_checkpoint, load_config, normalized_images
+from crnn.export.source import ExportSource, normalized_images, source_from_checkpoint, source_from_config
+from crnn.runtime import CheckpointError
 
 __all__ = ["expand_multirun", "main", "markdown_table"]
 
@@ -162,6 +163,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("overrides", nargs="*", help="Hydra overrides of the model to export (when no --ckpt)")
     p.add_argument("--ckpt", action="append", default=[], help="a crnn-train checkpoint (repeatable)")
+    p.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="load checkpoints that hold more than tensors and plain values (your own older files: "
+        "unpickling them may run code)",
+    )
     p.add_argument("-m", "--multirun", action="store_true", help="expand comma-separated override values")
     p.add_argument("--format", choices=("onnx", "tflite"), default="onnx")
     p.add_argument("--int8", action="store_true", help="tflite: also full-integer int8, measured in TFLM")
@@ -186,10 +193,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.int8 and args.format != "tflite":
         raise ConfigError("--int8 needs --format tflite")
     if args.ckpt:
-        sources = [load_checkpoint(c) for c in args.ckpt]
+        sources = [source_from_checkpoint(c, trust=args.trust_checkpoint) for c in args.ckpt]
     else:
         runs = expand_multirun(args.overrides) if args.multirun else [list(args.overrides)]
-        sources = [load_config(o) for o in runs]
+        sources = [source_from_config(o) for o in runs]
     many = len(sources) > 1
     suffix = ".onnx" if args.format == "onnx" else ".tflite"
     failed, results = [], []
@@ -226,8 +233,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error("give either --ckpt or config overrides, not both")
     try:
         code = _run(args)
-    except USER_ERRORS as err:
-        print(f"crnn-export: {err}", file=sys.stderr)
+    except (*USER_ERRORS, CheckpointError) as err:
+        # crnn.runtime names eval's Hydra switch; crnn-export's is a flag.
+        print(
+            f"crnn-export: {str(err).replace('trust_checkpoint=true', '--trust-checkpoint')}", file=sys.stderr
+        )
         raise SystemExit(2) from None
     except ModuleNotFoundError as err:
         if err.name and err.name.split(".")[0] in EXTRA_MODULES:

@@ -18,10 +18,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from crnn.builders import build_datamodule, build_task, compose_config
+from crnn.builders import build_datamodule, build_task, compose_config, task_from_checkpoint
 from crnn.errors import ConfigError
 
-__all__ = ["ExportSource", "load_checkpoint", "load_config", "normalized_images"]
+__all__ = ["ExportSource", "normalized_images", "source_from_checkpoint", "source_from_config"]
 
 
 @dataclass
@@ -42,7 +42,7 @@ class ExportSource:
         return "-".join(str(self.choices.get(k)) for k in ("backbone", "rnn", "head"))
 
 
-def load_config(overrides: Sequence[str] = ()) -> ExportSource:
+def source_from_config(overrides: Sequence[str] = ()) -> ExportSource:
     """The model ``crnn-train <overrides>`` builds (seeded random init, untrained)."""
     from crnn.runtime import choices
 
@@ -58,26 +58,13 @@ def load_config(overrides: Sequence[str] = ()) -> ExportSource:
     return source
 
 
-def load_checkpoint(ckpt_path: str | os.PathLike) -> ExportSource:
-    """The model of a crnn checkpoint (its stored config names the task and the data)."""
-    from hydra.utils import get_class
-
-    from crnn.runtime import CONFIG_KEY
-
-    ckpt_path = Path(ckpt_path).expanduser()
-    if not ckpt_path.is_file():
-        raise ConfigError(f"--ckpt {ckpt_path}: no such checkpoint file")
-    stored = torch.load(ckpt_path, map_location="cpu", weights_only=False).get(CONFIG_KEY)
-    if stored is None:
-        raise ConfigError(
-            f"--ckpt {ckpt_path} holds no crnn config ({CONFIG_KEY!r}): was it written by crnn-train?"
-        )
-    cfg = OmegaConf.create(stored["config"])
-    task = get_class(cfg.task._target_).load_from_checkpoint(ckpt_path, map_location="cpu")
-    module, inputs = task.complexity_inputs()
-    run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
-    source = ExportSource(module.eval(), tuple(inputs), dict(stored.get("choices") or {}), cfg, run_dir)
-    source.stem = f"{source.name}-{ckpt_path.stem}"  # several checkpoints can share one --out folder
+def source_from_checkpoint(ckpt_path: str | os.PathLike, trust: bool = False) -> ExportSource:
+    """The model of a crnn checkpoint (:func:`crnn.builders.task_from_checkpoint`: safe loading unless
+    ``trust``; its stored config names the data of the embedded export)."""
+    loaded = task_from_checkpoint(ckpt_path, trust=trust)
+    module, inputs = loaded.task.complexity_inputs()
+    source = ExportSource(module.eval(), tuple(inputs), loaded.choices, loaded.config, loaded.run_dir)
+    source.stem = f"{source.name}-{loaded.path.stem}"  # several checkpoints can share one --out folder
     return source
 
 

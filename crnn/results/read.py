@@ -167,10 +167,11 @@ def _last_error(folder: Path) -> str | None:
 
 
 def _error_of(record: Mapping[str, Any]) -> str | None:
-    """``"ErrorType: message"`` from ``error_type`` / ``error`` (either may be missing)."""
-    error, kind = record.get("error"), record.get("error_type")
+    """``"ErrorType: message"`` from ``error_type`` / ``error`` (either may be missing), else the
+    ``reason`` alone (an interrupted run: ``SIGTERM``); the keys of :func:`crnn.lifecycle.outcome_of`."""
+    error, kind, reason = record.get("error"), record.get("error_type"), record.get("reason")
     if not error and not kind:
-        return None
+        return str(reason) if reason else None
     error = " ".join(str(error or "").split())[:300]  # one line
     if kind and not error.startswith(str(kind)):
         return f"{kind}: {error}" if error else str(kind)

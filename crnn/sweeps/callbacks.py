@@ -2,8 +2,8 @@
 
 - :class:`JobThreads`: torch / OpenMP threads of each job, so that jobs running side by side
   (``hydra/launcher=parallel``, ``submitit_local``) do not oversubscribe the cores.
-- :class:`FailureSummary`: at the end of a multirun, a summary of the sweep folder's jobs; the
-  sweep exits non-zero when a job did not complete.
+- :class:`FailureSummary`: at the end of a multirun, the sweep's status as ``crnn-tables --status``
+  prints it (:mod:`crnn.results`); the sweep exits non-zero when a job did not complete.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from crnn.sweeps.summary import format_summary, read_jobs
+from crnn.results.read import TablesError, dedupe, read_sweep
+from crnn.results.render import status_counts, status_report
 
 log = logging.getLogger("crnn.sweeps")
 
@@ -60,20 +61,20 @@ class JobThreads(Callback):
 
 
 class FailureSummary(Callback):
-    """After a multirun: log how many of the sweep folder's jobs completed, and each one that did not
-    (failed with its error, never reached training, still running); then exit with
-    ``exit_code`` if any did not complete (0 = never change the exit status)."""
+    """After a multirun: log the sweep folder's status (:func:`crnn.results.render.status_report`:
+    the counts, each failed or interrupted job with its error, each one still running); then exit
+    with ``exit_code`` if any job did not complete (0 = never change the exit status)."""
 
     def __init__(self, exit_code: int = 1):
         self.exit_code = exit_code
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        records = read_jobs(sweep_dir)
-        if not records:
+        try:
+            jobs = dedupe(read_sweep(sweep_dir))
+        except TablesError:  # no job folder: nothing ran, nothing to report
             return
-        text = format_summary(records)
-        failed = [r for r in records if r.failed]
-        (log.error if failed else log.info)("Sweep %s\n%s", sweep_dir, text)
-        if failed and self.exit_code:
+        incomplete = len(jobs) - status_counts(jobs)["completed"]
+        (log.error if incomplete else log.info)("%s", status_report(jobs, f"Sweep {sweep_dir}").rstrip())
+        if incomplete and self.exit_code:
             raise SystemExit(self.exit_code)

@@ -6,5 +6,6 @@ from crnn.tasks.classification import ClassificationTask
 __all__ = ["BaseTask", "ClassificationTask"]
 
 from crnn.tasks.detection import DetectionTask  # noqa: E402
+from crnn.tasks.detection_media import DetectionMedia  # noqa: E402
 
-__all__ += ["DetectionTask"]
+__all__ += ["DetectionMedia", "DetectionTask"]

@@ -50,16 +50,16 @@ class BaseTask(L.LightningModule):
 
     @classmethod
     def load_from_checkpoint(  # type: ignore[override]
-        cls, checkpoint_path: str | Path, map_location: Any = None, strict: bool = True, **kwargs: Any
+        cls, checkpoint_path: str | Path, map_location: Any = None, trust: bool = False
     ) -> BaseTask:
-        """Rebuild the task from the config stored in the checkpoint, then load its weights
-        (:func:`crnn.builders.load_task`)."""
-        from crnn.builders import load_task
+        """Lightning's entry to :func:`crnn.builders.task_from_checkpoint` (the one checkpoint reader:
+        safe loading, the task rebuilt from its stored config, then its weights)."""
+        from crnn.builders import task_from_checkpoint
 
-        task = load_task(checkpoint_path, map_location=map_location, strict=strict)
+        task = task_from_checkpoint(checkpoint_path, trust=trust).task
         if not isinstance(task, cls):
             raise TypeError(f"{checkpoint_path} holds a {type(task).__name__}, not a {cls.__name__}")
-        return task
+        return task.to(map_location) if isinstance(map_location, (str, torch.device)) else task
 
     def complexity_inputs(self) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
         """The module and batch-1 inputs whose params and MACs describe this model."""

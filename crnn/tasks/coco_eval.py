@@ -148,8 +148,10 @@ def evaluate_detections(
 
     ``image_ids``: the images evaluated (default: all of ``coco_gt``); detections on other images
     are dropped. ``cat_ids``: the categories evaluated (default: all of ``coco_gt``). Returns
-    :data:`STAT_NAMES` plus ``F1``, ``F1_thresh``, ``F1_precision``, ``F1_recall`` and
-    ``num_detections``. With no detections every metric is 0.
+    :data:`STAT_NAMES` plus ``F1``, ``F1_thresh``, ``F1_precision``, ``F1_recall``,
+    ``num_detections`` and ``per_class_AP``: ``{category id: AP}`` (IoU .50:.95, area all, 100
+    detections; ``None`` for a category without ground truth), what COCOeval's ``AP`` averages.
+    With no detections every metric is 0.
     """
     img_ids = sorted(set(int(i) for i in image_ids)) if image_ids is not None else sorted(coco_gt.getImgIds())
     cats = sorted(set(int(c) for c in cat_ids)) if cat_ids is not None else sorted(coco_gt.getCatIds())
@@ -163,7 +165,7 @@ def evaluate_detections(
     }
     if not dets or not img_ids:
         log.info("COCO eval: no detections on %d images -> AP 0", len(img_ids))
-        return zero | {"num_detections": 0.0}
+        return zero | {"num_detections": 0.0, "per_class_AP": dict.fromkeys(cats, 0.0)}
     gt = _as_faster_coco(coco_gt)
     dt = gt.loadRes([dict(d) for d in dets])  # loadRes adds keys (id, area) to the dicts it gets
     coco_eval = COCOeval_faster(gt, dt, iouType="bbox", print_function=log.debug)
@@ -176,6 +178,20 @@ def evaluate_detections(
     out = {name: float(v) for name, v in zip(STAT_NAMES, coco_eval.stats, strict=True)}
     f1, thresh, prec, rec = f1_at_best_threshold(coco_eval, 0.5)
     out.update(F1=f1, F1_thresh=thresh, F1_precision=prec, F1_recall=rec, num_detections=float(len(dets)))
+    out["per_class_AP"] = per_class_ap(coco_eval)
+    return out
+
+
+def per_class_ap(coco_eval: COCOeval_faster) -> dict[int, float | None]:
+    """``{category id: AP}`` of an accumulated bbox COCOeval: its precision ``(T iou, R recall, K
+    categories, A areas, M max detections)`` at area ``all`` and the last detection limit, averaged
+    over the defined IoU x recall cells as ``summarize()`` does; ``None`` where undefined."""
+    precision = coco_eval.eval["precision"][:, :, :, 0, -1]  # (T, R, K)
+    out: dict[int, float | None] = {}
+    for k, cat_id in enumerate(coco_eval.params.catIds):
+        cells = precision[:, :, k]
+        cells = cells[cells > -1]
+        out[int(cat_id)] = float(cells.mean()) if cells.size else None
     return out
 
 

@@ -25,9 +25,6 @@ LOGGED = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100", "F1")
 
 EVAL_DEFAULTS: dict[str, Any] = {
     "save_detections": True,  # <run folder>/detections_{val,test}.json, COCO results format (rank 0)
-    "log_images_every_n_epochs": 5,  # W&B only; 0 = never
-    "num_log_images": 4,
-    "log_images_score_thresh": 0.3,
 }
 
 
@@ -41,8 +38,8 @@ class DetectionTask(BaseTask):
     in original-image coordinates, gathers them from all processes and runs pycocotools' COCOeval
     once per epoch: ``{val,test}/{AP,AP50,AP75,APs,APm,APl,AR100,F1}`` plus ``eval_time_s`` and
     ``num_detections``; the detections JSON goes to the run folder (``trainer.default_root_dir``).
-    With a :class:`~lightning.pytorch.loggers.WandbLogger`, a few val images with predicted and
-    ground-truth boxes are logged every ``evaluation.log_images_every_n_epochs`` epochs.
+    :attr:`per_class_ap` keeps the last validation epoch's AP of each class (by name); images with
+    boxes and the per-class table go to loggers by :class:`crnn.tasks.DetectionMedia`.
     """
 
     task_name = "detection"
@@ -70,6 +67,7 @@ class DetectionTask(BaseTask):
         self.image_size = max(int(s) for s in input_shape[1:])
         self._detections: dict[int, list[dict[str, Any]]] = {}
         self._eval_time = 0.0
+        self.per_class_ap: dict[str, float | None] = {}
 
     # ------------------------------------------------------------------ model
     def forward(self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]] | None = None):
@@ -126,8 +124,6 @@ class DetectionTask(BaseTask):
                 target["image_id"], out["boxes"], out["scores"], out["labels"], label_to_cat, (ow / w, oh / h)
             )
         self._eval_time += time.perf_counter() - start
-        if stage == "val" and batch_idx == 0:
-            self._log_images(images, targets, outputs)
 
     def _finish_eval(self, stage: str) -> None:
         dataset = self._eval_dataset(stage)
@@ -138,6 +134,9 @@ class DetectionTask(BaseTask):
             dataset.coco, detections, image_ids=merged.keys(), cat_ids=dataset.label_to_cat_id
         )
         coco_time = time.perf_counter() - start
+        if stage == "val" and not self.trainer.sanity_checking:
+            names = dict(zip(dataset.label_to_cat_id, dataset.class_names, strict=True))
+            self.per_class_ap = {names[cat]: ap for cat, ap in metrics["per_class_AP"].items()}
         for name in LOGGED:
             self.log(f"{stage}/{name}", metrics[name], prog_bar=name in ("AP", "AP50"), sync_dist=True)
         self.log(f"{stage}/num_detections", metrics["num_detections"], sync_dist=True)
@@ -181,55 +180,3 @@ class DetectionTask(BaseTask):
 
     def on_test_epoch_end(self) -> None:
         self._finish_eval("test")
-
-    # ------------------------------------------------------------------ W&B images
-    def _log_images(self, images, targets, outputs) -> None:
-        every = int(self.evaluation["log_images_every_n_epochs"] or 0)
-        if every <= 0 or self.trainer.sanity_checking or not self.trainer.is_global_zero:
-            return
-        if self.current_epoch % every and self.current_epoch != (self.trainer.max_epochs or 0) - 1:
-            return
-        wandb_loggers = [lg for lg in self.loggers if type(lg).__name__ == "WandbLogger"]
-        if not wandb_loggers:
-            return
-        import wandb
-
-        names = {i: n for i, n in enumerate(self._eval_dataset("val").class_names)}
-        thresh = float(self.evaluation["log_images_score_thresh"])
-        panels = []
-        for image, target, out in list(zip(images, targets, outputs, strict=False))[
-            : int(self.evaluation["num_log_images"])
-        ]:
-            h, w = image.shape[-2:]
-
-            def boxes(xyxy, labels, scores=None):
-                data = []
-                for k, (box, label) in enumerate(zip(xyxy.tolist(), labels.tolist(), strict=False)):
-                    item = {
-                        "position": {"minX": box[0], "minY": box[1], "maxX": box[2], "maxY": box[3]},
-                        "domain": "pixel",
-                        "class_id": int(label),
-                        "box_caption": names.get(int(label), str(label)),
-                    }
-                    if scores is not None:
-                        item["scores"] = {"score": float(scores[k])}
-                        item["box_caption"] += f" {float(scores[k]):.2f}"
-                    data.append(item)
-                return {"box_data": data, "class_labels": names}
-
-            keep = out["scores"] >= thresh
-            array = (image.detach().cpu().clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
-            panels.append(
-                wandb.Image(
-                    array,
-                    boxes={
-                        "predictions": boxes(
-                            out["boxes"][keep].cpu(), out["labels"][keep].cpu(), out["scores"][keep].cpu()
-                        ),
-                        "ground_truth": boxes(target["boxes"].cpu(), target["labels"].cpu()),
-                    },
-                    caption=f"image {int(target['image_id'])} ({w}x{h})",
-                )
-            )
-        for lg in wandb_loggers:
-            lg.experiment.log({"val/images": panels, "trainer/global_step": self.global_step})

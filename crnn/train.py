@@ -122,6 +122,28 @@ def sync_batchnorm(trainer_cfg: dict[str, Any]) -> bool:
     return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
 
 
+def check_ddp_launch(trainer: L.Trainer, multirun: bool) -> None:
+    """Refuse, in one line, a ``-m`` sweep job whose DDP ranks Lightning would start itself: it runs
+    the command line again for each rank (with ``hydra.run.dir``), which in a sweep is the whole
+    sweep. Ranks started by SLURM (``srun``), ``torchrun`` or a single run are fine."""
+    strategy = trainer.strategy
+    launcher = getattr(strategy, "launcher", None)
+    environment = getattr(strategy, "cluster_environment", None)
+    if (
+        multirun
+        and type(launcher).__name__ == "_SubprocessScriptLauncher"
+        and getattr(launcher, "num_processes", 1) > 1
+        and environment is not None
+        and not environment.creates_processes_externally
+    ):
+        raise ConfigError(
+            f"trainer.strategy={type(strategy).__name__} with {launcher.num_processes} processes inside a "
+            "-m sweep: Lightning would start the other ranks by running the whole sweep again. Run DDP "
+            "jobs as single runs, or through hydra/launcher=submitit_slurm with "
+            "hydra.launcher.tasks_per_node=<devices> (SLURM starts the ranks)"
+        )
+
+
 def fit_and_test(
     cfg: DictConfig, trainer: L.Trainer, task, datamodule, launch: Launch, record: RunRecord
 ) -> dict:
@@ -226,6 +248,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer: L.Trainer = instantiate(
             trainer_cfg, logger=loggers or False, callbacks=callbacks, plugins=plugins or None
         )
+        check_ddp_launch(trainer, bool(hydra_job().get("multirun")))
         wandb_id = next((lg.version for lg in loggers if hasattr(lg, "define_best")), None)
         metrics.update(
             status="running",

@@ -1,10 +1,12 @@
 """``trainer=ddp`` through Lightning's DDP on CPU (gloo), 2 processes (slow).
 
-Two processes with 8 images each match one process with 16 (the same global batch): the gradients
-are averaged across ranks, the shards of the epoch order are interleaved and the val/test metrics
-are synchronised. One difference stays: SyncBatchNorm needs GPUs, so on CPU each rank normalises
-with the statistics of its own 8 images; with a small learning rate that moves the losses by about
-1e-3 relative, hence the tolerance below (accuracies, being counts, must be equal).
+Two processes with 8 images each match one process with 16 (the same global batch): the same
+number of optimizer steps, the gradients averaged across ranks, the shards of the epoch order
+interleaved and the val/test metrics synchronised. One difference stays: SyncBatchNorm needs GPUs,
+so on CPU each rank normalises with the statistics of its own 8 images, in training and in the
+running statistics that evaluation uses (DDP broadcasts rank 0's). Seen here (2 epochs,
+lr 0.005): val/loss 4.790 vs 4.764, test/loss 4.582 vs 4.613 (under 1% apart), and one test image
+of 48 moved in top-1 and top-5; hence the tolerances below.
 Only rank 0 writes metrics.json, config.yaml and the W&B run.
 """
 
@@ -21,7 +23,8 @@ from conftest import ROOT, cifar_overrides
 
 pytestmark = pytest.mark.slow
 
-LOSS_RTOL = 5e-3
+LOSS_RTOL = 2e-2
+ACC_ATOL = 2 / 32  # two of the 32 validation images (two of 48 test images is less)
 
 CPU_DDP = (
     "trainer=ddp",
@@ -63,8 +66,9 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, cifar_root
     m1, m2 = (json.loads((f / "metrics.json").read_text()) for f in (one, two))
     assert m1["status"] == m2["status"] == "completed"
     print({k: (m1[k], m2[k]) for k in sorted(m1) if k.startswith(("val/", "test/"))})
+    assert m1["last_step"] == m2["last_step"] == 2 * 64 // 16  # 2 epochs of the 64 training images
     for key in ("val/acc1", "val/acc5", "test/acc1", "test/acc5"):
-        assert m1[key] == m2[key], key
+        assert m2[key] == pytest.approx(m1[key], abs=ACC_ATOL), key
     for key in ("val/loss", "test/loss"):
         assert m2[key] == pytest.approx(m1[key], rel=LOSS_RTOL), key
     # rank 0 alone writes: one W&B run (the one metrics.json names), one config, no rank-1 files

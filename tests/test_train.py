@@ -170,6 +170,19 @@ def test_sync_batchnorm_follows_the_accelerator():
     assert sync_batchnorm({"accelerator": "cpu", "sync_batchnorm": True})
 
 
+def test_ddp_ranks_lightning_would_start_inside_a_sweep_are_refused():
+    import lightning as L
+
+    from crnn.errors import ConfigError
+    from crnn.train import check_ddp_launch
+
+    ddp = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_progress_bar=False)
+    with pytest.raises(ConfigError, match="submitit_slurm"):
+        check_ddp_launch(ddp, multirun=True)
+    check_ddp_launch(ddp, multirun=False)  # a single run: Lightning restarts its own command line
+    check_ddp_launch(L.Trainer(accelerator="cpu", devices=1, logger=False), multirun=True)
+
+
 def test_wandb_offline_run_is_written(tmp_path, cifar_root):
     """Through crnn.loggers.WandbLogger, offline: the run's file is in the run folder under the id
     metrics.json records. (wandb has no public reader of offline runs: what it holds is covered by

@@ -30,8 +30,8 @@ class RunStopped(Exception):
 
 
 class JobFailed(RuntimeError):
-    """A sweep job that failed (recorded in its metrics.json): Hydra goes on with the next jobs and
-    the sweep exits non-zero. ``SystemExit`` would end the whole sweep."""
+    """A trial of an optimising sweep (Optuna) that failed (recorded in its metrics.json): the
+    sweeper marks the trial failed and goes on. ``SystemExit`` would end the whole sweep."""
 
 
 @contextmanager

@@ -276,6 +276,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return metrics.data
 
 
+def failed_sweep_job(message: str) -> None:
+    """A failed job of a ``-m`` sweep (its metrics.json says so) lets the sweep go on and end with
+    its failure summary and exit code (``crnn.sweeps.callbacks.FailureSummary``): it returns no
+    value, since Hydra's basic sweeper re-raises a job's exception after the batch, before the
+    summary. A sweeper that optimises (``hydra.sweeper.direction``: Optuna) gets the exception: it
+    marks the trial failed and goes on by itself."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized() and "direction" in HydraConfig.get().sweeper:
+        raise JobFailed(message)
+    return None
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def _main(cfg: DictConfig) -> float | None:
     job = hydra_job()
@@ -295,14 +308,14 @@ def _main(cfg: DictConfig) -> float | None:
     except (*USER_ERRORS, CheckpointError) as err:  # before the run started
         log.error("%s", err)
         if multirun:
-            raise JobFailed(str(err)) from None
+            return failed_sweep_job(str(err))
         raise SystemExit(EXIT_CODES["user_error"]) from None
     except RunStopped as stop:
         log.error(
             "%s: %s", stop.metrics.get("status"), stop.metrics.get("error") or stop.metrics.get("reason")
         )
         if multirun and stop.metrics.get("status") == "failed":
-            raise JobFailed(str(stop)) from None  # Hydra records it and runs the next jobs
+            return failed_sweep_job(str(stop))
         raise SystemExit(stop.exit_code) from None
     monitor = cfg.task.get("monitor")
     return result.get(f"{monitor}_best", result.get(monitor)) if monitor else None  # for optimising sweepers

@@ -93,6 +93,9 @@ def test_a_failing_sweep_job_is_recorded_and_the_sweep_goes_on(tmp_path, cifar_r
         "rnn=none",
         "task.optimizer.lr=1e6,0.1",
         "print_config=false",
+        "trainer.limit_train_batches=2",  # lr 1e6: the loss is non-finite by the second step
+        "trainer.limit_val_batches=1",
+        "test_after_fit=false",
     )
     proc = crnn_train("-m", *args, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     output = proc.communicate(timeout=600)[0]

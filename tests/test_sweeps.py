@@ -179,8 +179,16 @@ def _ran_two_at_once(sweep: Path) -> bool:
     "launcher",
     [
         ("hydra/launcher=parallel", "hydra.launcher.n_jobs=2"),
-        # submitit starts a whole batch at once: batches of 2, one torch thread per job
-        ("hydra/launcher=submitit_local", "hydra.sweeper.max_batch_size=2", "hydra.launcher.cpus_per_task=1"),
+        # submitit starts a whole batch at once: batches of 2, one torch thread per job. Slow: the
+        # same engine runs every test_slurm.py job; `parallel` keeps a fast 2-at-once sweep.
+        pytest.param(
+            (
+                "hydra/launcher=submitit_local",
+                "hydra.sweeper.max_batch_size=2",
+                "hydra.launcher.cpus_per_task=1",
+            ),
+            marks=pytest.mark.slow,
+        ),
     ],
     ids=["parallel", "submitit_local"],
 )

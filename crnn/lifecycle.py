@@ -30,8 +30,8 @@ class RunStopped(Exception):
 
 
 class JobFailed(RuntimeError):
-    """A sweep job that failed (recorded in its metrics.json): Hydra goes on with the next jobs and
-    the sweep exits non-zero. ``SystemExit`` would end the whole sweep."""
+    """A trial of an optimising sweep (Optuna) that failed (recorded in its metrics.json): the
+    sweeper marks the trial failed and goes on. ``SystemExit`` would end the whole sweep."""
 
 
 @contextmanager
@@ -59,10 +59,11 @@ def graceful_interrupts(trainer: L.Trainer) -> Iterator[dict[str, str]]:
             signal.signal(s, handler)
 
 
-def outcome_of(err: BaseException | None, received: dict[str, str], run_dir: Path) -> dict[str, Any]:
+def outcome_of(err: BaseException | None, received: dict[str, str], run_dir: Path | None) -> dict[str, Any]:
     """``status``, ``reason``, ``error`` (one line), ``error_type``, ``traceback`` (a file in the run
-    folder, for errors that are not the user's) and ``exit_code`` of a run that ended with ``err``
-    (``None``: it returned; ``received``: the signal that stopped it, if any)."""
+    folder, for errors that are not the user's; none when ``run_dir`` is ``None``: DDP ranks other
+    than 0) and ``exit_code`` of a run that ended with ``err`` (``None``: it returned; ``received``:
+    the signal that stopped it, if any)."""
     if err is None and not received:
         return {"status": "completed", "exit_code": EXIT_CODES["completed"]}
     if received or isinstance(err, (KeyboardInterrupt, SIGTERMException)):
@@ -80,9 +81,10 @@ def outcome_of(err: BaseException | None, received: dict[str, str], run_dir: Pat
         }
     if isinstance(err, SystemExit):
         return {**failed, "reason": "exit", "error": f"SystemExit({err.code})"}
-    path: Path | None = run_dir / "error.txt"
+    path: Path | None = run_dir / "error.txt" if run_dir is not None else None
     try:
-        path.write_text("".join(traceback.format_exception(err)))
+        if path is not None:
+            path.write_text("".join(traceback.format_exception(err)))
     except OSError:
         path = None
     first = (str(err).strip().splitlines() or [""])[0][:300]

@@ -44,7 +44,9 @@ def project_root() -> Path:
 
 
 def choices(cfg: DictConfig) -> dict[str, str | None]:
-    """The group choices of this run (``backbone``, ``rnn``, ``head``, ``data``, ...) and ``cell``."""
+    """The group choices of this run (``backbone``, ``rnn``, ``head``, ``data``, ...) and ``cell``:
+    what was asked for. ``crnn-train`` labels its runs with what was built instead
+    (``crnn.builders.run_labels``), keeping ``data`` and ``experiment`` from here."""
     from hydra.core.hydra_config import HydraConfig
 
     picked = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
@@ -111,14 +113,17 @@ class MetricsFile:
     Non-finite numbers are written as ``null`` and listed under ``non_finite``. When the disk is
     full, :meth:`update` still records ``status``/``reason``/``error`` by overwriting the existing file
     in place with a shorter document (no new disk blocks), keeping the original error.
+    ``write=False`` (DDP ranks other than 0) keeps the values in :attr:`data` and writes nothing.
     """
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
+    def __init__(self, path: Path, write: bool = True):
+        self.path, self.write = Path(path), write
         self.data: dict[str, Any] = json.loads(self.path.read_text()) if self.path.is_file() else {}
 
     def update(self, **values: Any) -> None:
         self.data.update(values)
+        if not self.write:
+            return
         data, bad = strict_json({k: v for k, v in self.data.items() if k != "non_finite"})
         if bad:
             data["non_finite"] = sorted(bad)
@@ -321,13 +326,14 @@ def _command_line_sweeps(hc: Any) -> set[str]:
         return set()
 
 
-def run_labels(cfg: DictConfig, picked: Mapping[str, Any]) -> tuple[str, list[str]]:
-    """The run's name and tags: the group choices, the seed and each swept setting, so that every
-    job of a sweep is told apart (``-rf_layer=conv3``)."""
+def run_name_and_tags(cfg: DictConfig, labels: Mapping[str, Any]) -> tuple[str, list[str]]:
+    """The run's name and tags: the labels of what was built (``crnn.builders.run_labels`` plus
+    ``data`` and ``experiment``), the seed and each swept setting, so that every job of a sweep is
+    told apart (``-rf_layer=conv3``)."""
     swept = {k.split("/")[-1]: v for k, v in hydra_job().get("swept", {}).items()}
-    swept = {k: v for k, v in swept.items() if v not in picked.values()}
-    name = run_name(picked, cfg.get("seed"), swept)
-    tags = [v for k, v in picked.items() if v and k != "task"] + [f"{k}={v}" for k, v in swept.items()]
+    swept = {k: v for k, v in swept.items() if v not in labels.values()}
+    name = run_name(labels, cfg.get("seed"), swept)
+    tags = [v for k, v in labels.items() if v and k != "task"] + [f"{k}={v}" for k, v in swept.items()]
     return name, tags + list(cfg.get("tags") or [])
 
 
@@ -405,6 +411,7 @@ def quiet_known_noise() -> None:
 
     - Lightning's hint to run under ``srun`` (only when not inside a SLURM job);
     - the ``LeafSpec`` deprecation between torch and Lightning versions (nothing a user can change);
+    - Hydra's note that a launcher config is validated against the plugin's schema of the same name;
     - Lightning's adverts (LitLogger / litmodels tips) and its note on estimating stepping batches.
     """
     import warnings
@@ -414,6 +421,10 @@ def quiet_known_noise() -> None:
     if not os.environ.get("SLURM_JOB_ID"):
         warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # conf/hydra/launcher/submitit_*.yaml keep only crnn's differences from the plugin's schema of the
+    # same name (so that `hydra/launcher=submitit_slurm` stays the plugin's name); Hydra calls that
+    # matching deprecated on every launch, and the alternative is a second name for each launcher.
+    warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigStore schema with the same")
     noise = _DropMessages("💡 Tip:", "litmodels", "to estimate number of stepping batches")
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).addFilter(noise)

@@ -21,10 +21,11 @@ import hydra
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from crnn import complexity
-from crnn.builders import build_datamodule, build_task
+from crnn.builders import build_datamodule, build_task, run_labels
 from crnn.callbacks import GlobalRngState, NonFiniteGuard, RunRecord, StoreConfig
 from crnn.callbacks.record import logger_config
 from crnn.errors import USER_ERRORS, ConfigError
@@ -52,10 +53,11 @@ from crnn.runtime import (
     progress_bar_enabled,
     project_root,
     quiet_known_noise,
-    run_labels,
+    run_name_and_tags,
     save_config,
     sweep_group,
 )
+from crnn.sweeps.cluster import lightning_plugins, slurm_info
 
 log = logging.getLogger("crnn.train")
 
@@ -108,6 +110,40 @@ def load_weights(task: L.LightningModule, ckpt: Path, trust: bool) -> None:
     task.load_state_dict(state)
 
 
+def sync_batchnorm(trainer_cfg: dict[str, Any]) -> bool:
+    """``trainer.sync_batchnorm``; ``null`` (``trainer=ddp``): on when training on GPUs, off on CPU
+    (Lightning's SyncBatchNorm runs on GPUs only; each CPU rank then normalises its own batch)."""
+    requested = trainer_cfg.get("sync_batchnorm")
+    if requested is not None:
+        return bool(requested)
+    import torch
+
+    accelerator = str(trainer_cfg.get("accelerator") or "auto")
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
+def check_ddp_launch(trainer: L.Trainer, multirun: bool) -> None:
+    """Refuse, in one line, a ``-m`` sweep job whose DDP ranks Lightning would start itself: it runs
+    the command line again for each rank (with ``hydra.run.dir``), which in a sweep is the whole
+    sweep. Ranks started by SLURM (``srun``), ``torchrun`` or a single run are fine."""
+    strategy = trainer.strategy
+    launcher = getattr(strategy, "launcher", None)
+    environment = getattr(strategy, "cluster_environment", None)
+    if (
+        multirun
+        and type(launcher).__name__ == "_SubprocessScriptLauncher"
+        and getattr(launcher, "num_processes", 1) > 1
+        and environment is not None
+        and not environment.creates_processes_externally
+    ):
+        raise ConfigError(
+            f"trainer.strategy={type(strategy).__name__} with {launcher.num_processes} processes inside a "
+            "-m sweep: Lightning would start the other ranks by running the whole sweep again. Run DDP "
+            "jobs as single runs, or through hydra/launcher=submitit_slurm with "
+            "hydra.launcher.tasks_per_node=<devices> (SLURM starts the ranks)"
+        )
+
+
 def fit_and_test(
     cfg: DictConfig, trainer: L.Trainer, task, datamodule, launch: Launch, record: RunRecord
 ) -> dict:
@@ -129,7 +165,13 @@ def fit_and_test(
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job; returns the content of its ``metrics.json`` when it completed, raises
-    :class:`RunStopped` (failed, interrupted) or a user error (bad config or input) otherwise."""
+    :class:`RunStopped` (failed, interrupted) or a user error (bad config or input) otherwise.
+
+    Under DDP every rank runs this (Lightning's launcher starts the Hydra app again for each local
+    rank; ``srun`` starts one task per rank): only rank 0 writes the run folder's files
+    (``metrics.json``, ``config.yaml``, ``error.txt``, W&B through Lightning's rank-zero experiment).
+    """
+    writer = rank_zero_only.rank == 0  # from RANK / LOCAL_RANK / SLURM_PROCID, before any trainer
     output_dir = Path(cfg.paths.output_dir)
     launch = plan_launch(cfg, output_dir)
     run_dir = launch.run_dir
@@ -138,11 +180,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         move_log_to(run_dir, output_dir)
         with open_dict(cfg):
             cfg.paths.output_dir = str(run_dir)
-    metrics = MetricsFile(run_dir / "metrics.json")
+    metrics = MetricsFile(run_dir / "metrics.json", write=writer)
     completed = metrics.data.get("status") == "completed"
     diff = check_relaunch(cfg, launch, completed)
     if diff:
-        restore_hydra_files(run_dir)
+        if writer:
+            restore_hydra_files(run_dir)
         raise ConfigError(
             f"{run_dir} holds a {'completed' if completed else 'started'} run with another config "
             f"({'; '.join(diff[:8])}{'; ...' if len(diff) > 8 else ''}): launch it elsewhere "
@@ -151,7 +194,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if completed and launch.resume_from is not None and not cfg.get("ckpt_path"):
         log.info("%s holds this completed run: skipped (resume=false trains it again)", run_dir)
         return metrics.data
-    keep_hydra_files(run_dir)
+    if writer:
+        keep_hydra_files(run_dir)
     (print_config if cfg.get("print_config") else save_config)(cfg, run_dir / "config.yaml")
 
     start, previous_wall = time.time(), float(metrics.data.get("wall_time_s") or 0.0)
@@ -160,21 +204,26 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     try:
         if cfg.get("seed") is not None:
             L.seed_everything(cfg.seed, workers=True, verbose=False)
-        picked = choices(cfg)
-        name, tags = run_labels(cfg, picked)
+        requested = choices(cfg)
+        # Known before the model is built; the model's own labels follow once it is (a failure
+        # before that leaves them out, and readers fall back to the group choices).
+        labels = {k: requested.get(k) for k in ("data", "experiment")}
         metrics.update(
             status="starting",
-            name=name,
-            **picked,
+            **labels,
             seed=cfg.get("seed"),
             run_dir=str(run_dir),
             config_hash=config_hash(cfg),
             git_commit=git_commit(),
+            **slurm_info(),
             **dict.fromkeys(("error", "reason", "error_type", "traceback", "exit_code")),
         )
         datamodule = build_datamodule(cfg)
         check_data(datamodule)
         task = build_task(cfg, datamodule)
+        labels = {**run_labels(task), **labels}  # what was built: task, backbone, rnn, cell, head
+        name, tags = run_name_and_tags(cfg, labels)
+        metrics.update(name=name, **labels)
         if launch.weights_from is not None:
             load_weights(task, launch.weights_from, bool(cfg.get("trust_checkpoint")))
         module, inputs = task.complexity_inputs()
@@ -183,17 +232,23 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "%s: %s params, %s MACs at input %s", name, f"{params:,}", f"{macs:,}", tuple(inputs[0].shape)
         )
 
-        group = sweep_group(picked)
+        group = sweep_group(labels)
         loggers = build_loggers(cfg, name, group, tags, metrics.data.get("wandb_id"))
         summary = {"params": params, "macs": macs}
-        record = RunRecord(metrics, task.monitor, task.monitor_mode, logger_config(cfg, picked), summary)
-        callbacks = [NonFiniteGuard(), record, StoreConfig(cfg, picked), GlobalRngState()]  # guard first
+        record = RunRecord(metrics, task.monitor, task.monitor_mode, logger_config(cfg, labels), summary)
+        callbacks = [NonFiniteGuard(), record, StoreConfig(cfg, labels), GlobalRngState()]  # guard first
         callbacks += build_callbacks(cfg, bool(loggers))
         trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
         trainer_cfg["enable_progress_bar"] = progress_bar_enabled(trainer_cfg.get("enable_progress_bar"))
         # Without a configured ModelCheckpoint (callbacks=none), write no checkpoints at all.
         trainer_cfg["enable_checkpointing"] = any(isinstance(c, ModelCheckpoint) for c in callbacks)
-        trainer: L.Trainer = instantiate(trainer_cfg, logger=loggers or False, callbacks=callbacks)
+        if "sync_batchnorm" in trainer_cfg:
+            trainer_cfg["sync_batchnorm"] = sync_batchnorm(trainer_cfg)
+        plugins = [*(trainer_cfg.pop("plugins", None) or []), *lightning_plugins()]  # SLURM environment
+        trainer: L.Trainer = instantiate(
+            trainer_cfg, logger=loggers or False, callbacks=callbacks, plugins=plugins or None
+        )
+        check_ddp_launch(trainer, bool(hydra_job().get("multirun")))
         wandb_id = next((lg.version for lg in loggers if hasattr(lg, "define_best")), None)
         metrics.update(
             status="running",
@@ -207,18 +262,31 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             results = fit_and_test(cfg, trainer, task, datamodule, launch, record)
         outcome = {**results, **outcome_of(None, received, run_dir)}
     except BaseException as err:  # every ending is recorded; KeyboardInterrupt and SystemExit included
-        outcome = outcome_of(err, received, run_dir)
+        outcome = outcome_of(err, received, run_dir if writer else None)
     exit_code = outcome["exit_code"]
     outcome["wall_time_s"] = round(previous_wall + time.time() - start, 2)
     metrics.update(**outcome)
     for logger in loggers:
         if hasattr(logger, "finish"):
             logger.finish(exit_code)
-    for line in end_table(metrics.data, run_dir):
+    for line in end_table(metrics.data, run_dir) if writer else ():
         log.info("%s", line)
     if metrics.data["status"] != "completed":
         raise RunStopped(metrics.data, exit_code)
     return metrics.data
+
+
+def failed_sweep_job(message: str) -> None:
+    """A failed job of a ``-m`` sweep (its metrics.json says so) lets the sweep go on and end with
+    its failure summary and exit code (``crnn.sweeps.callbacks.FailureSummary``): it returns no
+    value, since Hydra's basic sweeper re-raises a job's exception after the batch, before the
+    summary. A sweeper that optimises (``hydra.sweeper.direction``: Optuna) gets the exception: it
+    marks the trial failed and goes on by itself."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized() and "direction" in HydraConfig.get().sweeper:
+        raise JobFailed(message)
+    return None
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
@@ -240,14 +308,14 @@ def _main(cfg: DictConfig) -> float | None:
     except (*USER_ERRORS, CheckpointError) as err:  # before the run started
         log.error("%s", err)
         if multirun:
-            raise JobFailed(str(err)) from None
+            return failed_sweep_job(str(err))
         raise SystemExit(EXIT_CODES["user_error"]) from None
     except RunStopped as stop:
         log.error(
             "%s: %s", stop.metrics.get("status"), stop.metrics.get("error") or stop.metrics.get("reason")
         )
         if multirun and stop.metrics.get("status") == "failed":
-            raise JobFailed(str(stop)) from None  # Hydra records it and runs the next jobs
+            return failed_sweep_job(str(stop))
         raise SystemExit(stop.exit_code) from None
     monitor = cfg.task.get("monitor")
     return result.get(f"{monitor}_best", result.get(monitor)) if monitor else None  # for optimising sweepers

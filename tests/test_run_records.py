@@ -40,7 +40,7 @@ def test_non_finite_loss_stops_and_keeps_the_finite_checkpoints(tmp_path, cifar_
         "rnn=none",
         "trainer.max_epochs=3",
         "test_after_fit=false",
-        "task.scheduler.name=multistep",
+        "task/scheduler=multistep",
         "task.scheduler.milestones=[1]",
         "task.scheduler.gamma=1e7",
         "task.scheduler.warmup_epochs=0",

@@ -192,8 +192,16 @@ def _ran_two_at_once(sweep: Path) -> bool:
     "launcher",
     [
         ("hydra/launcher=parallel", "hydra.launcher.n_jobs=2"),
-        # submitit starts a whole batch at once: batches of 2, one torch thread per job
-        ("hydra/launcher=submitit_local", "hydra.sweeper.max_batch_size=2", "hydra.launcher.cpus_per_task=1"),
+        # submitit starts a whole batch at once: batches of 2, one torch thread per job. Slow: the
+        # same engine runs every test_slurm.py job; `parallel` keeps a fast 2-at-once sweep.
+        pytest.param(
+            (
+                "hydra/launcher=submitit_local",
+                "hydra.sweeper.max_batch_size=2",
+                "hydra.launcher.cpus_per_task=1",
+            ),
+            marks=pytest.mark.slow,
+        ),
     ],
     ids=["parallel", "submitit_local"],
 )
@@ -281,3 +289,26 @@ def test_parallel_sweep_survives_a_failing_job_and_relaunch_reruns_only_it(tmp_p
     after = [(p / "metrics.json").stat().st_mtime_ns for p in jobs]
     assert after[0] == stamps[0] and after[2] == stamps[2]  # completed jobs skipped
     assert after[1] != stamps[1]  # the failed one ran again
+
+
+@needs_plugins
+def test_launcher_schema_note_is_quiet_unless_asked(tmp_path, cifar_root, monkeypatch):
+    """Hydra's note that conf/hydra/launcher/submitit_slurm.yaml is checked against the plugin's schema
+    of the same name is filtered by crnn's entry points; CRNN_SHOW_ALL_WARNINGS=1 shows it again."""
+    import warnings
+
+    from crnn.runtime import quiet_known_noise
+
+    def schema_notes(show_all: str | None) -> int:
+        if show_all:
+            monkeypatch.setenv("CRNN_SHOW_ALL_WARNINGS", show_all)
+        else:
+            monkeypatch.delenv("CRNN_SHOW_ALL_WARNINGS", raising=False)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            quiet_known_noise()
+            compose(cifar_overrides(cifar_root, "hydra/launcher=submitit_slurm"), tmp_path)
+        return sum("ConfigStore schema with the same name" in str(w.message) for w in seen)
+
+    assert schema_notes("1") == 1
+    assert schema_notes(None) == 0

@@ -88,15 +88,33 @@ def test_same_seed_same_metrics(tmp_path, cifar_root):
     assert runs[0]["val/loss"] == runs[1]["val/loss"]
 
 
-def test_crnn_hands_config_params_and_macs_to_every_logger(tmp_path, cifar_root):
-    """A logger double records what crnn gives any logger (W&B, TensorBoard, CSV alike)."""
+def test_crnn_hands_config_params_and_macs_to_every_logger(tmp_path, monkeypatch, cifar_root):
+    """A logger double records what crnn gives any logger (W&B, TensorBoard, CSV alike). The labels
+    are what was built: the `sws_birnn` choice made to build an SRNN is `srnn` everywhere; under
+    SLURM the job's ids are in metrics.json."""
     from logger_double import RecordingLogger
 
+    for name in [n for n in os.environ if n.startswith("SLURM_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")  # ids only: no SLURM_NTASKS, so no SLURM environment
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     RecordingLogger.instances.clear()
     overrides = cifar_overrides(
-        cifar_root, "rnn=srnn", "callbacks=none", "+logger.double._target_=logger_double.RecordingLogger"
+        cifar_root,
+        "rnn=sws_birnn",
+        "rnn._target_=crnn.layers.SRNN",
+        "callbacks=none",
+        "+logger.double._target_=logger_double.RecordingLogger",
     )
     result = train(compose(overrides, tmp_path))
+    assert json.loads((tmp_path / "metrics.json").read_text()) == result
+    assert (result["rnn"], result["cell"], result["data"], result["name"]) == (
+        "srnn",
+        "rnn_tanh",
+        "cifar100",
+        "resnet20-srnn-linear-s0",
+    )
+    assert (result["slurm_job_id"], result["slurm_restart_count"]) == ("4242", "1")
     (logger,) = RecordingLogger.instances
     config = logger.hyperparams
     assert (config["params"], config["macs"]) == (result["params"], result["macs"])
@@ -118,6 +136,51 @@ def test_crnn_hands_config_params_and_macs_to_every_logger(tmp_path, cifar_root)
     assert logger.last("val/acc1_best") == result["val/acc1_best"] and logger.best == {"val/acc1_best": "max"}
     assert logger.last("test/acc1") == pytest.approx(result["test/acc1"])
     assert logger.exit_code == 0
+
+
+def test_a_failure_before_the_model_is_built_records_what_is_known(tmp_path, cifar_root):
+    overrides = cifar_overrides(cifar_root, "rnn=srnn", "rnn.cell=no_such_cell", "callbacks=none")
+    cfg = compose(overrides, tmp_path)
+    with pytest.raises(Exception, match="no_such_cell"):
+        train(cfg)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and (metrics["data"], metrics["seed"]) == ("cifar100", 0)
+    assert "rnn" not in metrics  # not built: readers fall back to the group choice
+
+
+def test_only_rank_zero_writes_the_run_folder(tmp_path, monkeypatch, cifar_root):
+    """A DDP rank other than 0 (here: told so before the run starts, as RANK / LOCAL_RANK do) trains
+    and returns its record but writes neither metrics.json nor config.yaml nor .hydra copies."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    cfg = compose(cifar_overrides(cifar_root, "rnn=none", "callbacks=none", "print_config=true"), tmp_path)
+    result = train(cfg)
+    assert result["status"] == "completed" and result["rnn"] == "none"
+    assert not any(tmp_path.iterdir()), list(tmp_path.iterdir())
+
+
+def test_sync_batchnorm_follows_the_accelerator():
+    from crnn.train import sync_batchnorm
+
+    assert not sync_batchnorm({"accelerator": "cpu", "sync_batchnorm": None})
+    assert sync_batchnorm({"accelerator": "gpu", "sync_batchnorm": None})
+    assert sync_batchnorm({"accelerator": "auto", "sync_batchnorm": None}) == torch.cuda.is_available()
+    assert not sync_batchnorm({"accelerator": "gpu", "sync_batchnorm": False})  # the user's choice wins
+    assert sync_batchnorm({"accelerator": "cpu", "sync_batchnorm": True})
+
+
+def test_ddp_ranks_lightning_would_start_inside_a_sweep_are_refused():
+    import lightning as L
+
+    from crnn.errors import ConfigError
+    from crnn.train import check_ddp_launch
+
+    ddp = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_progress_bar=False)
+    with pytest.raises(ConfigError, match="submitit_slurm"):
+        check_ddp_launch(ddp, multirun=True)
+    check_ddp_launch(ddp, multirun=False)  # a single run: Lightning restarts its own command line
+    check_ddp_launch(L.Trainer(accelerator="cpu", devices=1, logger=False), multirun=True)
 
 
 def test_wandb_offline_run_is_written(tmp_path, cifar_root):

@@ -109,7 +109,8 @@ class RunRecord(L.Callback):
             trainer.callback_metrics.update({k: _tensor(v) for k, v in best_value.items()})
             for logger in trainer.loggers:
                 logger.log_metrics(best_value, step=trainer.global_step)
-        self.metrics.update(**val, **train, **self.best_fields(), last_epoch=epoch)
+        step = trainer.global_step  # optimizer steps so far
+        self.metrics.update(**val, **train, **self.best_fields(), last_epoch=epoch, last_step=step)
 
     def best_fields(self) -> dict[str, Any]:
         if not self.best:

@@ -45,7 +45,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from crnn import complexity
-from crnn.builders import build_model
+from crnn.builders import build_model, run_labels
 from crnn.complexity import activation_memory, cpu_latency, module_table
 from crnn.errors import USER_ERRORS, ConfigError
 from crnn.runtime import choices, git_commit, print_config, write_json_atomic
@@ -188,7 +188,9 @@ def profile(cfg: DictConfig) -> dict[str, Any]:
     try:
         if settings.get("embedded"):
             _require_embedded_extra()  # before the (slower) measurements
-        _, module, inputs = build_model(cfg)
+        task, module, inputs = build_model(cfg)
+        built = run_labels(task)  # the labels of what was built (the group choices may say otherwise)
+        record.update(built, name="-".join(str(built[g]) for g in ("backbone", "rnn", "head")))
         lat = settings.get("latency") or {}
         measured = profile_model(
             module,

@@ -54,6 +54,18 @@ def test_profile_numbers_equal_complexity(rnn, tmp_path):
     assert not missing.exists()  # no data touched
 
 
+def test_profile_labels_what_was_built(tmp_path):
+    """The group choice says sws_birnn, the node builds an SRNN: profile.json says srnn."""
+    cfg, _ = _profile_cfg(tmp_path, "rnn=sws_birnn", "rnn._target_=crnn.layers.SRNN")
+    from omegaconf import open_dict
+
+    with open_dict(cfg):
+        cfg.profile = {"batch_size": 1, "memory": False, "latency": {"enabled": False}}
+    record = profile(cfg)
+    assert (record["rnn"], record["cell"], record["name"]) == ("srnn", "rnn_tanh", "resnet20-srnn-linear")
+    assert json.loads((tmp_path / "profile.json").read_text())["rnn"] == "srnn"
+
+
 def test_profile_json_records_failure(tmp_path):
     cfg, _ = _profile_cfg(tmp_path, "rnn=srnn", "rnn.cell=transformer")
     from crnn.builders import ConfigError

@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from crnn.builders import build_datamodule, build_task, compose_config, task_from_checkpoint
+from crnn.builders import build_datamodule, build_task, compose_config, run_labels, task_from_checkpoint
 from crnn.errors import ConfigError
 
 __all__ = ["ExportSource", "normalized_images", "source_from_checkpoint", "source_from_config"]
@@ -51,7 +51,7 @@ def source_from_config(overrides: Sequence[str] = ()) -> ExportSource:
         torch.manual_seed(int(cfg.seed))
     task = build_task(cfg, build_datamodule(cfg))  # constructors check settings only: no disk access
     module, inputs = task.complexity_inputs()
-    picked = choices(cfg)
+    picked = {**choices(cfg), **run_labels(task)}  # labels of what was built win over the choices
     source = ExportSource(module.eval(), tuple(inputs), picked, cfg)
     source.stem = source.name
     source.notes.append("untrained: the weights are the config's seeded initialisation")

@@ -65,9 +65,9 @@ def cifar_overrides(root: Path, *extra: str) -> list[str]:
     ]
 
 
-def run_module(module: str, *args: str, cwd: Path, timeout: int = 600, **env: str):
+def run_module(module: str, *args: str, cwd: Path, timeout: int = 600, **env: str | None):
     """``python -m <module> <args>`` in ``cwd`` as a user would run it (no terminal: ``CI=1``; W&B
-    offline; this checkout first on the path), ``env`` added to the environment."""
+    offline; this checkout first on the path), ``env`` added to the environment (``None`` unsets)."""
     import subprocess
     import sys
 
@@ -75,7 +75,7 @@ def run_module(module: str, *args: str, cwd: Path, timeout: int = 600, **env: st
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd,
-        env={**base, **env},
+        env={k: v for k, v in {**base, **env}.items() if v is not None},
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -7,27 +7,25 @@ import json
 import math
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import cifar_overrides
+from conftest import cifar_overrides, run_module
 
-ENV = {**os.environ, "CI": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
 TESTS = Path(__file__).resolve().parent
 NOT_COMPARED = {"wall_time_s", "train/images_per_s", "train/epoch_time_s", "exit_code", "wandb_id"}
 
 
-def run(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    env = {**(env or ENV), "PYTHONPATH": os.pathsep.join([str(TESTS), ENV.get("PYTHONPATH", "")])}
-    return subprocess.run(
-        [sys.executable, "-m", "crnn.train", *args],
+def run(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    """``crnn-train`` in a subprocess, this folder on the path (for the ``killer`` callback)."""
+    return run_module(
+        "crnn.train",
+        *args,
         cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
         timeout=900,
+        PYTHONPATH=os.pathsep.join([str(TESTS), str(TESTS.parent)]),
+        **env,
     )
 
 
@@ -127,8 +125,7 @@ def test_killed_and_resumed_runs_end_with_the_same_metrics(task, rnn, tmp_path, 
 @pytest.mark.slow
 def test_unreachable_wandb_goes_offline_within_the_timeout(tmp_path, cifar_root):
     """A key set, the server a closed local port: one warning, offline, the run completes."""
-    env = {**ENV, "WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9"}
-    env.pop("WANDB_MODE")
+    env = {"WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_MODE": None}
     start = time.monotonic()
     proc = run(
         *cifar_overrides(
@@ -136,7 +133,7 @@ def test_unreachable_wandb_goes_offline_within_the_timeout(tmp_path, cifar_root)
         ),
         f"hydra.run.dir={tmp_path / 'run'}",
         cwd=tmp_path,
-        env=env,
+        **env,
     )
     seconds = time.monotonic() - start
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
-import sys
 from datetime import datetime
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, cifar_overrides, compose
+from conftest import ROOT, cifar_overrides, compose, run_module
 from hydra.utils import get_class
 
 from crnn.results.read import read_sweep
@@ -144,15 +142,7 @@ TINY = (
 
 
 def crnn_train(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "CI": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "crnn.train", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_module("crnn.train", *args, cwd=cwd, timeout=timeout)
 
 
 def _log_span(job: Path) -> tuple[datetime, datetime]:

@@ -6,12 +6,11 @@ import itertools
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, SHARED_DATA, cifar_overrides, compose
+from conftest import ROOT, SHARED_DATA, cifar_overrides, compose, run_module
 
 from crnn.train import train
 
@@ -230,15 +229,7 @@ def test_auto_resume_skips_a_completed_run(tmp_path, cifar_root):
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "CI": "1", "WANDB_MODE": "offline"}
-    return subprocess.run(
-        [sys.executable, "-m", "crnn.train", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_module("crnn.train", *args, cwd=cwd)
 
 
 def test_multirun_two_jobs(tmp_path, cifar_root):

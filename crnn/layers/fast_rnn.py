@@ -181,10 +181,12 @@ of ``torch.mm`` (MKL) for the tall-skinny products here on the dev machine (AMD 
 takes its AVX2 path). float64 and builds without oneDNN use ``torch.mm``."""
 
 _ONEDNN_MIN_MACS = 384 * 64 * 64
-"""Below this many multiply-adds a oneDNN call's fixed cost (~60 us a call on the dev machine, 1
-thread) outweighs its speed: ``(M, 64) @ (64, 64)`` + add, medians of interleaved rounds, oneDNN vs
-MKL ``addmm``: M=64 70 vs 8 us, 256 65 vs 65 us, 384 83 vs 95 us, 512 115 vs 151 us, 1024 198 vs
-298 us. The detection towers' per-step products (2 x 16 x 4..16 rows) are this small."""
+"""Below this many multiply-adds a oneDNN call's fixed cost (15-60 us a call on the dev machine, 1
+thread, depending on its load) outweighs its speed. ``(M, 64) @ (64, 64)`` + add, medians of
+interleaved rounds, oneDNN vs MKL ``addmm`` (quiet machine): M=64 17 vs 8 us, 128 20 vs 14, 256 25
+vs 25, 384 30 vs 35, 512 34 vs 47, 1024 56 vs 94. The detection towers' per-step products (16 x 4..16
+rows) are this small: an FCOS training step with sws_birnn towers on synthetic_shapes took 0.189 s
+with this threshold vs 0.210 s with oneDNN always (scripts/bench_towers.py's models, interleaved)."""
 
 
 def _onednn(x: Tensor, w: Tensor) -> bool:

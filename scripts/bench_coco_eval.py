@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in runs:
         w, c = float(np.median(wall[name])), float(np.median(cpu[name]))
         print(f"{name:26s} {w:8.2f} {c:8.2f}  {base_wall / w:.1f}x, {base_cpu / c:.1f}x faster")
-    print("(crnn evaluate_detections: faster-coco-eval + the F1 pass, from a pycocotools COCO)")
+    print("(crnn evaluate_detections: faster-coco-eval + the F1 pass, from a pycocotools COCO,")
+    print(" cyclic GC paused)")
     print(f"\n{'metric':6s} {'pycocotools':>12s} {'faster':>12s} {'crnn':>12s}")
     for i, name in enumerate(STAT_NAMES):
         print(f"{name:6s} {reference[i]:12.8f} {faster[i]:12.8f} {crnn_metrics[name]:12.8f}")

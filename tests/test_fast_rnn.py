@@ -12,6 +12,7 @@ from crnn.layers import (
     CELLS,
     WSBiRNN,
     build_layer,
+    fast_rnn,
     get_rnn_path,
     rnn_path,
     run_rnn,
@@ -61,6 +62,19 @@ def test_float32_equals_nn_rnn_to_rounding(layer, cell):
     torch.manual_seed(0)
     m = build_layer(layer, 16, 16, cell=cell)
     assert max_difference(m, torch.randn(4, 16, 9, 7)) < 1e-4  # values and grads are O(1)..O(10)
+
+
+@pytest.mark.parametrize("layer", FAST_LAYERS)
+def test_float32_large_products_equal_nn_rnn_to_rounding(layer):
+    """Products of at least ``_ONEDNN_MIN_MACS`` run on oneDNN (where the build has it), smaller ones
+    on MKL: here the row pass's steps (384 rows) and all projections take oneDNN, the column pass's
+    steps (256 rows) MKL."""
+    torch.manual_seed(0)
+    m = build_layer(layer, 64, 64, cell="rnn_tanh")
+    x = torch.randn(32, 64, 12, 8)
+    assert 384 * 64 * 64 >= fast_rnn._ONEDNN_MIN_MACS > 256 * 64 * 64
+    scale = max(t.abs().max().item() for t in outputs_and_grads(m, x, "native"))
+    assert max_difference(m, x) < 1e-5 * scale
 
 
 @pytest.mark.parametrize(

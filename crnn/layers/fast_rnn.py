@@ -11,7 +11,9 @@ its tanh is slow on this build (torch 2.14, one (2048, 64) float32 tensor, 1 thr
   and read forwards and backwards: half the input-projection FLOPs of the reversed copy;
 * per step one fused matmul + add (oneDNN's ``_linear_pointwise.binary`` for float32, about 1.4x
   MKL's ``addmm_`` on the dev machine's AMD EPYC, where MKL takes its AVX2 path; the large
-  matmuls 2x) and one in-place activation, each step's state a new tensor, all stacked once (this
+  matmuls 2x; MKL's ``addmm`` for products below ``_ONEDNN_MIN_MACS``, such as the detection
+  towers' small pyramid levels, where oneDNN's fixed cost per call dominates) and one in-place
+  activation, each step's state a new tensor, all stacked once (this
   beat ``addmm_`` in place into a preallocated buffer); no per-step autograd nodes;
 * tanh runs in the sigmoid domain: with ``u_t = sigmoid(2 a_t)`` (``a_t`` the pre-activation),
   ``h_t = tanh(a_t) = 2 u_t - 1`` and ``2 a_{t+1} = 2 P_{t+1} - 2 W_hh 1 + 4 W_hh u_t``, so a step
@@ -178,23 +180,37 @@ _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_l
 of ``torch.mm`` (MKL) for the tall-skinny products here on the dev machine (AMD EPYC, where MKL
 takes its AVX2 path). float64 and builds without oneDNN use ``torch.mm``."""
 
+_ONEDNN_MIN_MACS = 384 * 64 * 64
+"""Below this many multiply-adds a oneDNN call's fixed cost (15-60 us a call on the dev machine, 1
+thread, depending on its load) outweighs its speed. ``(M, 64) @ (64, 64)`` + add, medians of
+interleaved rounds, oneDNN vs MKL ``addmm`` (quiet machine): M=64 17 vs 8 us, 128 20 vs 14, 256 25
+vs 25, 384 30 vs 35, 512 34 vs 47, 1024 56 vs 94. The detection towers' per-step products (16 x 4..16
+rows) are this small: an FCOS training step with sws_birnn towers on synthetic_shapes took 0.189 s
+with this threshold vs 0.210 s with oneDNN always (scripts/bench_towers.py's models, interleaved)."""
 
-def _onednn(t: Tensor) -> bool:
-    # the tracer cannot record the private op's arguments: a traced fast path (rnn_path("fast"))
-    # runs on torch.mm
-    return _ONEDNN and t.dtype == torch.float32 and t.device.type == "cpu" and not torch.jit.is_tracing()
+
+def _onednn(x: Tensor, w: Tensor) -> bool:
+    """Whether ``x (M, K) @ w (N, K)^T`` runs on oneDNN. The tracer cannot record the private op's
+    arguments: a traced fast path (``rnn_path("fast")``) runs on ``torch.mm``."""
+    return (
+        _ONEDNN
+        and x.dtype == torch.float32
+        and x.device.type == "cpu"
+        and x.shape[0] * x.shape[1] * w.shape[0] >= _ONEDNN_MIN_MACS
+        and not torch.jit.is_tracing()
+    )
 
 
 def _linear(x: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
     """``x (M, K) @ w (N, K)^T + bias`` -> ``(M, N)``."""
-    if _onednn(x):
+    if _onednn(x, w):
         return torch.ops.mkldnn._linear_pointwise(x, w, bias, "none", [], "")
     return x.mm(w.t()) if bias is None else torch.addmm(bias, x, w.t())
 
 
 def _step(base: Tensor, x: Tensor, w: Tensor) -> Tensor:
-    """A new ``base + x (M, K) @ w (N, K)^T`` (one fused oneDNN call for float32)."""
-    if _onednn(x):
+    """A new ``base + x (M, K) @ w (N, K)^T`` (one fused oneDNN call for large float32 products)."""
+    if _onednn(x, w):
         return torch.ops.mkldnn._linear_pointwise.binary(x, base, w, None, "add")
     return torch.addmm(base, x, w.t())
 

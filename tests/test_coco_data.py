@@ -342,3 +342,24 @@ def test_training_batches_depend_only_on_seed_epoch_and_index(coco_root):
     after = torch.random.get_rng_state()
     torch.manual_seed(7)
     assert torch.equal(after, torch.random.get_rng_state())
+
+
+def test_synthetic_shape_sizes_are_a_config_error(tmp_path):
+    """Sizes that do not fit the generated images fail when the DataModule is built (exit 2 in
+    crnn-train), naming the keys, before anything is generated."""
+    from conftest import compose
+
+    from crnn.builders import build_datamodule
+    from crnn.errors import ConfigError
+
+    cfg = compose(
+        [
+            "experiment=synthetic_shapes_detection",
+            f"data.root={tmp_path / 'shapes'}",
+            "data.generated_size=64",
+        ],
+        tmp_path,
+    )
+    with pytest.raises(ConfigError, match=r"data\.max_size \(80\) < data\.generated_size - 2 \(62\)"):
+        build_datamodule(cfg)
+    assert not (tmp_path / "shapes").exists()

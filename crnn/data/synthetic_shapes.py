@@ -157,6 +157,15 @@ def _write_split(folder: Path, split: str, count: int, settings: dict[str, Any])
     (folder / "annotations" / f"instances_{split}.json").write_text(json.dumps(data))
 
 
+def check_shape_sizes(image_size: int, min_size: int, max_size: int) -> None:
+    """``ValueError`` naming the keys unless the shapes fit the generated images."""
+    if not 4 <= min_size <= max_size < image_size - 2:
+        raise ValueError(
+            f"need 4 <= data.min_size ({min_size}) <= data.max_size ({max_size}) "
+            f"< data.generated_size - 2 ({image_size - 2})"
+        )
+
+
 def generate_synthetic_shapes(
     root: str | Path,
     num_train: int = 1000,
@@ -169,10 +178,7 @@ def generate_synthetic_shapes(
 ) -> Path:
     """Write the data set to ``root`` unless it is already there with the same settings."""
     root = Path(root).expanduser()
-    if not 4 <= min_size <= max_size < image_size - 2:
-        raise ValueError(
-            f"data: need 4 <= min_size ({min_size}) <= max_size ({max_size}) < image_size - 2 ({image_size})"
-        )
+    check_shape_sizes(image_size, min_size, max_size)
     settings = {
         "num_train": int(num_train),
         "num_val": int(num_val),
@@ -241,6 +247,7 @@ class SyntheticShapesDataModule(COCODataModule):
         **kwargs: Any,
     ):
         super().__init__(root=root, image_size=image_size, **kwargs)
+        check_shape_sizes(generated_size, min_size, max_size)  # a config error, before any run starts
         self.generation = {
             "num_train": num_train,
             "num_val": num_val,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 from datetime import datetime
 from pathlib import Path
@@ -13,9 +14,10 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, cifar_overrides, compose, run_module
 from hydra.utils import get_class
+from omegaconf import OmegaConf
 
 from crnn.results.read import read_sweep
-from crnn.sweeps.callbacks import FailureSummary, threads_for
+from crnn.sweeps.callbacks import FailureSummary, JobDevices, devices_for_job, threads_for
 
 PLUGINS = {
     "hydra_submitit_launcher": "hydra-submitit-launcher",
@@ -89,6 +91,32 @@ def _job(sweep: Path, name: str, metrics: dict | None) -> None:
     (sweep / name / ".hydra").mkdir(parents=True)
     if metrics is not None:
         (sweep / name / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_each_local_job_gets_its_own_gpus(monkeypatch):
+    """Round robin over groups of ``gpus_per_job`` of the visible GPUs, by job number."""
+    assert [devices_for_job(["0", "1", "2", "3"], k, 1) for k in range(5)] == [
+        ["0"],
+        ["1"],
+        ["2"],
+        ["3"],
+        ["0"],
+    ]
+    assert [devices_for_job(["4", "5", "6", "7"], k, 2) for k in range(3)] == [
+        ["4", "5"],
+        ["6", "7"],
+        ["4", "5"],
+    ]
+    assert devices_for_job(["0", "1"], 3, 2) == ["0", "1"]  # one group: every job sees both
+    for num, expected in ((0, "2"), (1, "3"), (2, "2")):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+        JobDevices(gpus_per_job=1).on_job_start(OmegaConf.create({"hydra": {"job": {"num": num}}}))
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == expected
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    JobDevices(gpus_per_job=None).on_job_start(OmegaConf.create({"hydra": {"job": {"num": 1}}}))
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "2,3"  # null: jobs share the GPUs
+    with pytest.raises(ValueError, match="gpus_per_job"):
+        JobDevices(gpus_per_job=0)
 
 
 def test_failure_summary_lists_the_jobs_that_did_not_complete(tmp_path, caplog):

@@ -2,6 +2,7 @@
 
 - :class:`JobThreads`: torch / OpenMP threads of each job, so that jobs running side by side
   (``hydra/launcher=parallel``, ``submitit_local``) do not oversubscribe the cores.
+- :class:`JobDevices`: each job of a local sweep on its own GPU(s) (round robin by job number).
 - :class:`FailureSummary`: at the end of a multirun, the sweep's status as ``crnn-tables --status``
   prints it (:mod:`crnn.results`); the sweep exits non-zero when a job did not complete.
 """
@@ -58,6 +59,46 @@ class JobThreads(Callback):
         for name in THREAD_VARIABLES:
             os.environ[name] = str(threads)
         log.info("torch threads for this job: %d", threads)
+
+
+def devices_for_job(devices: list[str], job_num: int, per_job: int) -> list[str]:
+    """The ``per_job`` devices of job ``job_num``: the visible ``devices`` cut into consecutive
+    groups of ``per_job``, assigned round robin (all of them when there are not two groups)."""
+    groups = len(devices) // per_job
+    if groups < 2:
+        return devices
+    start = (job_num % groups) * per_job
+    return devices[start : start + per_job]
+
+
+class JobDevices(Callback):
+    """Narrow ``CUDA_VISIBLE_DEVICES`` at job start to ``gpus_per_job`` of the GPUs the job sees,
+    chosen by the job's number (``null``: the jobs share every visible GPU).
+
+    For ``submitit_local`` (a new process per job) with ``hydra.launcher.gpus_per_node`` set to all
+    the machine's GPUs: ``gpus_per_job=1`` runs job k on GPU ``k mod n``. A joblib worker (``parallel``)
+    keeps the GPU its first job initialised CUDA on, so there the jobs share the visible GPUs.
+    """
+
+    def __init__(self, gpus_per_job: int | None = None):
+        if gpus_per_job is not None and int(gpus_per_job) < 1:
+            raise ValueError(
+                f"hydra.callbacks.job_devices.gpus_per_job must be >= 1 or null, got {gpus_per_job}"
+            )
+        self.gpus_per_job = None if gpus_per_job is None else int(gpus_per_job)
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+        if self.gpus_per_job is None or not visible:
+            return
+        import torch
+
+        if torch.cuda.is_initialized():  # a reused worker process: too late to change its GPUs
+            log.warning("CUDA is already initialised in this process: the job keeps GPU(s) %s", visible)
+            return
+        chosen = devices_for_job(visible, int(config.hydra.job.get("num") or 0), self.gpus_per_job)
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(chosen)
+        log.info("GPU(s) of this job: %s", ",".join(chosen))
 
 
 class FailureSummary(Callback):

@@ -25,27 +25,20 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
-from crnn.builders import build_classifier
+from crnn.builders import build_model, compose_config
 from crnn.layers import list_layers
 
 CLOCK = time.perf_counter
-CONF = Path(__file__).resolve().parents[1] / "conf"
 BATCH, CLASSES, EPOCH_IMAGES = 128, 100, 50_000
 
 
 def build(backbone: str, layer: str, device: torch.device, channels_last: bool) -> torch.nn.Module:
-    rnn = OmegaConf.load(CONF / "rnn" / f"{layer}.yaml")
-    model = build_classifier(
-        OmegaConf.load(CONF / "backbone" / f"{backbone}.yaml"),
-        rnn,
-        OmegaConf.load(CONF / "head" / "linear.yaml"),
-        CLASSES,
-    ).to(device)
+    """The classifier ``crnn-train backbone=<backbone> rnn=<layer> head=linear`` builds."""
+    _, model, _ = build_model(compose_config([f"backbone={backbone}", f"rnn={layer}", "head=linear"]))
+    model = model.to(device)
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 

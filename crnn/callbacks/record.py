@@ -10,11 +10,9 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from crnn.runtime import CONFIG_KEY, MetricsFile
+from crnn.runtime import CONFIG_KEY, MetricsFile, plain_config
 
 log = logging.getLogger("crnn")
-
-RECORDED_TRAIN_KEYS = ("train/images_per_s", "train/epoch_time_s")
 
 
 def number(value: Any) -> Any:
@@ -32,7 +30,7 @@ def logger_config(cfg: Mapping[str, Any], picked: Mapping[str, Any]) -> dict[str
             return {k: clean(v) for k, v in node.items() if not str(k).startswith("_")}
         return [clean(v) for v in node] if isinstance(node, list) else node
 
-    plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    plain = plain_config(cfg)
     plain = {k: v for k, v in plain.items() if k not in ("hydra", "paths", "logger", "callbacks")}
     task = plain.get("task") or {}
     plain["task"] = {k: v for k, v in task.items() if k not in ("backbone", "rnn", "head")}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from crnn.builders import build_datamodule, build_task, compose_config, run_labels, task_from_checkpoint
+from crnn.builders import build_datamodule, build_model, compose_config, run_labels, task_from_checkpoint
 from crnn.errors import ConfigError
 
 __all__ = ["ExportSource", "normalized_images", "source_from_checkpoint", "source_from_config"]
@@ -34,7 +34,6 @@ class ExportSource:
     config: DictConfig
     run_dir: Path | None = None  # the run folder of a checkpoint
     stem: str = "model"  # default file name (without suffix)
-    notes: list[str] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -47,14 +46,10 @@ def source_from_config(overrides: Sequence[str] = ()) -> ExportSource:
     from crnn.runtime import choices
 
     cfg = compose_config(overrides)
-    if cfg.get("seed") is not None:
-        torch.manual_seed(int(cfg.seed))
-    task = build_task(cfg, build_datamodule(cfg))  # constructors check settings only: no disk access
-    module, inputs = task.complexity_inputs()
+    task, module, inputs = build_model(cfg)  # seeded init; constructors check settings only: no disk access
     picked = {**choices(cfg), **run_labels(task)}  # labels of what was built win over the choices
     source = ExportSource(module.eval(), tuple(inputs), picked, cfg)
     source.stem = source.name
-    source.notes.append("untrained: the weights are the config's seeded initialisation")
     return source
 
 

@@ -417,7 +417,7 @@ class MediaLogger(RecordingLogger):
 def _fit_with_media(coco_root, tmp_path, loggers) -> None:
     import lightning as L
 
-    from crnn.tasks import DetectionMedia
+    from crnn.callbacks import DetectionMedia
 
     dm = COCODataModule(root=str(coco_root), image_size=64, batch_size=4, num_workers=0)
     task = DetectionTask(

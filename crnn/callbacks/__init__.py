@@ -1,6 +1,7 @@
-"""Lightning callbacks of crnn: the run's record and checkpoints, guards, progress, throughput."""
+"""Lightning callbacks of crnn: the run's record and checkpoints, guards, progress, throughput, media."""
 
 from crnn.callbacks.checkpoint import RunCheckpoint
+from crnn.callbacks.detection_media import DetectionMedia
 from crnn.callbacks.guards import GlobalRngState, NonFiniteGuard, NonFiniteLossError
 from crnn.callbacks.media import ClassificationMedia
 from crnn.callbacks.progress import ProgressLog
@@ -9,6 +10,7 @@ from crnn.callbacks.throughput import TrainThroughput
 
 __all__ = [
     "ClassificationMedia",
+    "DetectionMedia",
     "GlobalRngState",
     "NonFiniteGuard",
     "NonFiniteLossError",

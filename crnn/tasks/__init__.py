@@ -2,10 +2,6 @@
 
 from crnn.tasks.base import BaseTask
 from crnn.tasks.classification import ClassificationTask
+from crnn.tasks.detection import DetectionTask
 
-__all__ = ["BaseTask", "ClassificationTask"]
-
-from crnn.tasks.detection import DetectionTask  # noqa: E402
-from crnn.tasks.detection_media import DetectionMedia  # noqa: E402
-
-__all__ += ["DetectionMedia", "DetectionTask"]
+__all__ = ["BaseTask", "ClassificationTask", "DetectionTask"]

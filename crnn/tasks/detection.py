@@ -39,7 +39,7 @@ class DetectionTask(BaseTask):
     once per epoch: ``{val,test}/{AP,AP50,AP75,APs,APm,APl,AR100,F1}`` plus ``eval_time_s`` and
     ``num_detections``; the detections JSON goes to the run folder (``trainer.default_root_dir``).
     :attr:`per_class_ap` keeps the last validation epoch's AP of each class (by name); images with
-    boxes and the per-class table go to loggers by :class:`crnn.tasks.DetectionMedia`.
+    boxes and the per-class table go to loggers by :class:`crnn.callbacks.DetectionMedia`.
     """
 
     task_name = "detection"

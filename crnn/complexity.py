@@ -61,7 +61,7 @@ with warnings.catch_warnings():  # fvcore's import touches deprecated torch.jit 
     from fvcore.nn import FlopCountAnalysis
     from fvcore.nn.jit_handles import einsum_flop_jit, get_shape
 
-from crnn.layers.fast_rnn import FAST_RNN_OP, fast_rnn_directions
+from crnn.layers.fast_rnn import FAST_RNN_OP
 
 __all__ = [
     "MAC_FREE_OPS",
@@ -186,10 +186,11 @@ def _fast_rnn_macs(inputs: list[Any], outputs: list[Any]) -> int:
     pass projects its input once and reads it both ways, but counts as two directions, so the count
     does not depend on the path (and equals the closed forms).
 
-    Inputs ``(x (L, N, I), W_ih, W_hh, b_ih, b_hh)``; scalar arguments ``(relu, out)``.
+    Inputs ``(x (T, I), W_ih, W_hh, b_ih, b_hh)``; scalar arguments ``(steps, relu, directions,
+    merge)``.
     """
     x, w_ih, w_hh = (_shape(v) for v in inputs[:3])
-    directions = fast_rnn_directions(outputs[0].node().scalar_args()[-1])
+    directions = outputs[0].node().scalar_args()[2]
     return directions * math.prod(x[:-1]) * (math.prod(w_ih) + math.prod(w_hh))
 
 

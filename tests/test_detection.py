@@ -167,7 +167,7 @@ def test_conv_tower_is_torchvisions_standard_tower():
 
     net = detector(tower_depth=4, norm_groups=32)
     reference = FCOSClassificationHead(64, 1, 3, num_convs=4).conv  # GroupNorm(32), as torchvision
-    for tower in (net.head.classification_head.conv, net.head.regression_head.conv):
+    for tower in (net.head.classification_tower, net.head.regression_tower):
         assert [type(m) for m in tower] == [type(m) for m in reference]
         assert [tuple(p.shape) for p in tower.parameters()] == [
             tuple(p.shape) for p in reference.parameters()
@@ -179,16 +179,17 @@ def test_conv_tower_is_torchvisions_standard_tower():
 def test_recurrent_tower_in_both_branches_shared_across_levels(rnn):
     net = detector(rnn)
     cls = LAYERS[rnn]
-    for tower in (net.head.classification_head.conv, net.head.regression_head.conv):
+    for tower in (net.head.classification_tower, net.head.regression_tower):
         assert [type(m) for m in tower] == [cls, nn.GroupNorm, nn.ReLU] * 2
         assert not any(type(m) is nn.Conv2d for m in tower)
-    calls = []
-    net.head.classification_head.conv[0].register_forward_hook(lambda m, i, o: calls.append(tuple(o.shape)))
     net.eval()
+    levels = [torch.randn(2, 64, s, s) for s in (8, 4, 2)]  # every level through the same tower
     with torch.no_grad():
+        for tower in (net.head.classification_tower, net.head.regression_tower):
+            together, alone = tower.forward_levels(levels), [tower(m) for m in levels]
+            assert [t.shape for t in together] == [m.shape for m in levels]
+            assert max((a - b).abs().max().item() for a, b in zip(together, alone, strict=True)) < 1e-5
         out = net([torch.rand(3, 64, 48)])
-    assert len(calls) == len(net.backbone.strides) == 3  # one tower, every level
-    assert calls[0] == (1, 64, 8, 8)
     assert set(out[0]) == {"boxes", "scores", "labels"}
 
 
@@ -199,7 +200,7 @@ def test_recurrent_tower_init():
     own = detector("sws_birnn", tower_init="layer")
     torch.manual_seed(0)
     fcos = detector("sws_birnn")
-    a, b = own.head.classification_head.conv[0], fcos.head.classification_head.conv[0]  # built first
+    a, b = own.head.classification_tower[0], fcos.head.classification_tower[0]  # built first
     for (name, p_own), (_, p_fcos) in zip(a.named_parameters(), b.named_parameters(), strict=True):
         if "weight_hh" in name:
             assert torch.equal(p_own, p_fcos), name
@@ -213,7 +214,7 @@ def test_recurrent_tower_init():
 
 def test_tower_width_and_depth_are_configurable():
     net = detector("srnn", num_classes=5, tower_depth=3, tower_channels=48, norm_groups=16)
-    tower = net.head.regression_head.conv
+    tower = net.head.regression_tower
     assert len(tower) == 9 and tower[0].in_channels == 64 and tower[0].out_channels == 48
     assert net.head.classification_head.cls_logits.in_channels == 48
     assert net.head.classification_head.cls_logits.out_channels == 5
@@ -272,7 +273,7 @@ def test_macs_of_recurrent_towers_follow_the_layers_closed_forms():
         k: complexity.count_macs(FCOSNetwork(m), torch.zeros(1, 3, size, size))
         for k, m in (("c", conv), ("s", srnn))
     }
-    layer = srnn.head.classification_head.conv[0]
+    layer = srnn.head.classification_tower[0]
     diff = 0
     for stride in srnn.backbone.strides:
         h = w = size // stride

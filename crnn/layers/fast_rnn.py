@@ -9,18 +9,23 @@ its tanh is slow on this build (torch 2.14, one (2048, 64) float32 tensor, 1 thr
 * the input projection ``x W_ih^T + b_ih + b_hh`` is ONE matmul over all steps; in a weight-shared
   bidirectional pass (the sequence and its reverse through the same weights) it is computed once
   and read forwards and backwards: half the input-projection FLOPs of the reversed copy;
-* per step one fused matmul + add (oneDNN's ``_linear_pointwise.binary`` for float32, about 1.4x
-  MKL's ``addmm_`` on the dev machine's AMD EPYC, where MKL takes its AVX2 path; the large
-  matmuls 2x; MKL's ``addmm`` for products below ``_ONEDNN_MIN_MACS``, such as the detection
-  towers' small pyramid levels, where oneDNN's fixed cost per call dominates) and one in-place
-  activation, each step's state a new tensor, all stacked once (this
-  beat ``addmm_`` in place into a preallocated buffer); no per-step autograd nodes;
+* the sequences are laid out *step-major* (:class:`_VanillaRNNFunction`): one block of rows per
+  step, the longer sequences first, so a step of every sequence is one matmul on a prefix of the
+  neighbouring block, in place, with nothing gathered or flipped. Sequences of different lengths
+  ride together: the 2-D layers pack the rows (then the columns) of several maps, e.g. a detection
+  tower's pyramid levels, into one recurrence (``Layer2d.forward_levels``), whose steps are those of
+  the longest sequence, not the sum over maps;
+* per step one matmul accumulated in place (oneDNN's ``_linear_pointwise`` + ``add_`` for float32
+  products of at least ``_ONEDNN_MIN_MACS``, about 1.4x MKL's ``addmm_`` on the dev machine's AMD
+  EPYC, where MKL takes its AVX2 path; MKL's ``addmm_`` below, where oneDNN's fixed cost per call
+  dominates) and one in-place activation; no per-step autograd nodes;
 * tanh runs in the sigmoid domain: with ``u_t = sigmoid(2 a_t)`` (``a_t`` the pre-activation),
   ``h_t = tanh(a_t) = 2 u_t - 1`` and ``2 a_{t+1} = 2 P_{t+1} - 2 W_hh 1 + 4 W_hh u_t``, so a step
   is a matmul with ``4 W_hh`` + ``sigmoid_``, and ``h = 2u - 1`` is formed once at the end;
-* backward runs the per-step recurrence of the pre-activation gradients (one fused matmul + add
-  and one multiply by the activation's derivative per step), then computes the gradients of
-  ``W_hh``, ``W_ih``, the biases and the input as one large matmul (or sum) each over all steps.
+* backward runs the per-step recurrence of the pre-activation gradients (one matmul accumulated in
+  place and one multiply by the activation's derivative per step), then computes the gradients of
+  ``W_hh`` (one matmul per run of equal block sizes), ``W_ih``, the biases and the input as one
+  large matmul (or sum) each over all steps.
 
 ``torch.compile`` of the ``nn.RNN`` layer gave nothing (sws_birnn, B=128, C=64, 8x8: 51.8 ms
 compiled vs 51.2 ms eager; this path 27.7 ms).
@@ -44,8 +49,10 @@ Under autocast the ``nn.RNN`` path runs in a precision cuDNN supports (see :func
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -54,10 +61,10 @@ from torch.autograd.function import once_differentiable
 __all__ = [
     "FAST_RNN_OP",
     "RNN_PATHS",
-    "fast_rnn_directions",
     "get_rnn_path",
     "rnn_path",
     "run_rnn",
+    "run_steps",
     "run_ws_birnn",
     "uses_fast_path",
 ]
@@ -118,8 +125,25 @@ def run_rnn(rnn: nn.RNNBase, x: Tensor) -> Tensor:
     """``rnn(x)[0]`` for ``x (L, N, I) -> (L, N, D*H)``, zero initial state, through the chosen path
     (any ``nn.RNN``/``GRU``/``LSTM``; the fast path where it applies)."""
     if uses_fast_path(rnn, x):
-        return _VanillaRNNFunction.apply(x, *_weights(rnn), rnn.mode == "RNN_RELU", _ONE_WAY)
+        L, N, _ = _ints(x.shape)
+        return run_steps(rnn, x.reshape(L * N, -1), (N,) * L, 1).view(L, N, -1)
     return _native(rnn, x)
+
+
+def run_steps(
+    rnn: nn.RNNBase, x: Tensor, steps: tuple[int, ...], directions: int, merge: bool = True
+) -> Tensor:
+    """The fast path on sequences laid out step-major in ``x (T, I)`` (block ``s``: the next
+    ``steps[s]`` rows, see :class:`_VanillaRNNFunction`), through the vanilla ``rnn``, zero initial
+    state; ``directions=2``: also backwards with the same weights. ``merge``: ``(T, H)``, the states
+    summed over the directions; else ``(directions, T, H)``."""
+    args = (steps, rnn.mode == "RNN_RELU", directions, merge)
+    return _VanillaRNNFunction.apply(x.contiguous(), *_weights(rnn), *args)
+
+
+def _ints(shape: Sequence[int]) -> tuple[int, ...]:
+    """Sizes as Python ints (a trace gives tensors)."""
+    return tuple(int(n) for n in shape)
 
 
 def _native(rnn: nn.RNNBase, x: Tensor) -> Tensor:
@@ -142,33 +166,18 @@ def _native(rnn: nn.RNNBase, x: Tensor) -> Tensor:
 def run_ws_birnn(rnn: nn.RNNBase, x: Tensor, merge: bool) -> Tensor:
     """The weight-shared bidirectional pass: ``rnn`` over ``x (L, N, I)`` and over ``x.flip(0)``.
 
-    ``merge=False``: ``(L, 2N, H)``, equal to ``rnn(torch.cat([x, x.flip(0)], 1))[0]`` (the reversed
-    pass's states in its reading order, in ``[:, N:]``). ``merge=True``: ``(L, N, H)``, the forward
-    states plus the reversed pass's states flipped back into place (the WS-BiRNN output).
+    ``merge=False``: ``(2, L, N, H)``, both directions' states indexed by sequence position (``[1, t]``
+    is the state after reading ``x[L-1] ... x[t]``). ``merge=True``: ``(L, N, H)``, their sum (the
+    WS-BiRNN output).
     """
+    L, N, _ = _ints(x.shape)
     if uses_fast_path(rnn, x):
-        relu = rnn.mode == "RNN_RELU"
-        if merge:
-            return _VanillaRNNFunction.apply(x, *_weights(rnn), relu, _MERGED)
-        # unbind, not pair[0] / pair[1]: its backward is one stack, a select's a zero-filled copy each
-        forward, backward = _VanillaRNNFunction.apply(x, *_weights(rnn), relu, _PAIR).unbind(0)
-        return torch.cat([forward, backward.flip(0)], dim=1)
-    n = x.shape[1]
+        y = run_steps(rnn, x.reshape(L * N, -1), (N,) * L, 2, merge)
+        return y.view(L, N, -1) if merge else y.view(2, L, N, -1)
     y = _native(rnn, torch.cat([x, x.flip(0)], dim=1))
-    if not merge:
-        return y
     # unbind, not y[:, :n] / y[:, n:]: its backward is one stack, a slice's is a zero-filled copy each
-    forward, backward = y.view(y.shape[0], 2, n, y.shape[-1]).unbind(1)
-    return forward + backward.flip(0)
-
-
-_ONE_WAY, _PAIR, _MERGED = 0, 1, 2
-"""Outputs of :class:`_VanillaRNNFunction`: one direction; both directions; both, summed."""
-
-
-def fast_rnn_directions(out: int) -> int:
-    """Directions run by the fast op called with ``out`` (its last argument): 1 or 2."""
-    return 1 if out == _ONE_WAY else 2
+    forward, backward = y.view(L, 2, N, y.shape[-1]).unbind(1)
+    return forward + backward.flip(0) if merge else torch.stack([forward, backward.flip(0)])
 
 
 def _weights(rnn: nn.RNNBase) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -208,104 +217,128 @@ def _linear(x: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
     return x.mm(w.t()) if bias is None else torch.addmm(bias, x, w.t())
 
 
-def _step(base: Tensor, x: Tensor, w: Tensor) -> Tensor:
-    """A new ``base + x (M, K) @ w (N, K)^T`` (one fused oneDNN call for large float32 products)."""
-    if _onednn(x, w):
-        return torch.ops.mkldnn._linear_pointwise.binary(x, base, w, None, "add")
-    return torch.addmm(base, x, w.t())
-
-
-def _recurrence(p: Tensor, first: Tensor, w_hh: Tensor, relu: bool, reverse: bool, out: Tensor) -> None:
-    """The forward recurrence over ``p (L, M, H)`` (input projections; ``first``: the first step's
-    replacement), read from t = 0 up (``reverse``: from L-1 down), states written to ``out (L, M, H)``
-    in sequence-position order: each step one new tensor, all stacked once at the end.
-
-    relu: ``h_t = relu(p[t] + h_prev W_hh^T)``. tanh: ``p`` holds ``2 * projection - 2 W_hh 1``,
-    ``first`` is ``2 * projection`` at the first step and the states are ``u_t = sigmoid(2 a_t)``
-    (``w_hh`` is then passed as ``4 W_hh``: scaling by 4 is exact).
-    """
-    activation = torch.relu_ if relu else torch.sigmoid_
-    order = range(p.shape[0] - 1, -1, -1) if reverse else range(p.shape[0])
-    states = [activation(first)]
-    for t in list(order)[1:]:
-        states.append(activation(_step(p[t], states[-1], w_hh)))
-    torch.stack(states[::-1] if reverse else states, out=out)
-
-
-def _recurrence_grad(grad: Tensor, h: Tensor, w_hh: Tensor, relu: bool, reverse: bool, out: Tensor) -> None:
-    """The pre-activation gradients ``da[t] = (grad[t] + da[next] W_hh) * act'(h[t])``, from the
-    last step read back to the first, written to ``out (L, M, H)``; ``act'`` is formed per step in
-    one small buffer (a whole sequence's would be a large fresh allocation, whose page faults cost
-    more on this machine)."""
-    deriv = torch.empty_like(h[0])
-    one = h.new_ones(())
-    w_hh_t = w_hh.t().contiguous()
-    order = range(h.shape[0]) if reverse else range(h.shape[0] - 1, -1, -1)
-    da: list[Tensor] = []
-    for t in order:
-        da.append(_step(grad[t], da[-1], w_hh_t) if da else grad[t].clone())
-        if relu:
-            torch.sign(h[t], out=deriv)  # relu states are >= 0: sign is the step function's 0 / 1
+def _runs(pairs: list[tuple[int, int, int]]) -> tuple[tuple[int, int, int], ...]:
+    """``(state row, next row, rows)`` pairings merged where both ranges continue contiguously."""
+    runs: list[list[int]] = []
+    for state, following, rows in pairs:
+        if runs and runs[-1][0] + runs[-1][2] == state and runs[-1][1] + runs[-1][2] == following:
+            runs[-1][2] += rows
         else:
-            torch.addcmul(one, h[t], h[t], value=-1, out=deriv)  # tanh' = 1 - h^2
-        da[-1].mul_(deriv)
-    torch.stack(da if reverse else da[::-1], out=out)
+            runs.append([state, following, rows])
+    return tuple(tuple(r) for r in runs)
+
+
+@functools.lru_cache(maxsize=256)
+def _schedule(steps: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[tuple[int, int, int], ...], ...]:
+    """Block starts of a step-major layout and the ``W_hh``-gradient pairings of each direction."""
+    starts = tuple(itertools.accumulate((0, *steps[:-1])))
+    forward = _runs([(starts[s - 1], starts[s], steps[s]) for s in range(1, len(steps))])
+    backward = _runs([(starts[s + 1], starts[s], steps[s + 1]) for s in range(len(steps) - 1)])
+    return starts, forward, backward
+
+
+def _accumulate(out: Tensor, x: Tensor, w: Tensor) -> None:
+    """``out += x (M, K) @ w (N, K)^T`` in place (oneDNN for large float32 products)."""
+    if _onednn(x, w):
+        out.add_(torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], ""))
+    else:
+        out.addmm_(x, w.t())
 
 
 class _VanillaRNNFunction(torch.autograd.Function):
-    """``(x (L, N, I), W_ih, W_hh, b_ih, b_hh, relu, out) -> states``.
+    """``(x (T, I), W_ih, W_hh, b_ih, b_hh, steps, relu, directions, merge) -> states``.
 
-    ``out=_ONE_WAY``: one direction, ``(L, N, H)``. ``_PAIR``: the sequence and its reverse through
-    the shared weights, ``(2, L, N, H)``, both indexed by sequence position (``[1, t]`` is the
-    reversed pass's state after reading ``x[L-1] ... x[t]``): both read the one projection, and no
-    flip is ever copied. ``_MERGED``: the two summed, ``(L, N, H)``.
+    ``x`` holds sequences in the *step-major* layout that ``steps`` describes: step ``s`` is the
+    block of the next ``steps[s]`` rows, one token of every sequence at least ``s + 1`` long, the
+    longer sequences first and in the same order in every block (so a block's first ``steps[s + 1]``
+    rows continue in the next block; ``steps`` never increases). ``(L, N)`` sequence-first is this
+    layout with ``steps = (N,) * L``; the 2-D layers lay several maps' rows or columns out this way.
+
+    Every sequence runs through one vanilla RNN from a zero state: forwards, and with
+    ``directions=2`` also backwards with the same weights (a sequence's backward pass starts at its
+    last token: in the block where it is a *suffix* row, the rows after the continuing prefix). The
+    states are returned in the layout of ``x``: ``(directions, T, H)``, or with ``merge`` summed
+    over the directions, ``(T, H)``. Both directions read the one input projection, and nothing is
+    gathered or flipped: every step is a matmul on a prefix of a neighbouring block.
     """
 
     @staticmethod
-    def forward(ctx, x, w_ih, w_hh, b_ih, b_hh, relu: bool, out: int):
-        L, N, In = x.shape
-        H = w_hh.shape[0]
+    def forward(
+        ctx, x, w_ih, w_hh, b_ih, b_hh, steps: tuple[int, ...], relu: bool, directions: int, merge: bool
+    ):
+        starts, _, _ = _schedule(steps)
         scale = 1.0 if relu else 2.0  # tanh runs on 2a (sigmoid domain)
         row_sum = w_hh.sum(1)
         bias = (b_ih + b_hh) * scale
         if not relu:
             bias = bias - 2.0 * row_sum  # the -2 W_hh 1 of every step but the first
-        x_flat = x.reshape(L * N, In)
-        proj = _linear(x_flat, w_ih * scale, bias).view(L, N, H)  # scale 1 or 2: exact
+        projection = _linear(x, w_ih * scale, bias)  # (T, H): once, read by both directions
+        # (directions, T, H): the states, computed in place; a fresh copy for the second direction
+        h = projection.unsqueeze(0) if directions == 1 else torch.stack([projection, projection])
+        activation = torch.relu_ if relu else torch.sigmoid_
         w_step = w_hh if relu else 4.0 * w_hh
-        directions = (False,) if out == _ONE_WAY else (False, True)
-        h = proj.new_empty(len(directions), L, N, H)
-        for d, reverse in enumerate(directions):
-            start = proj[-1 if reverse else 0]
-            first = start.clone() if relu else start + 2.0 * row_sum
-            _recurrence(proj, first, w_step, relu, reverse, out=h[d])
+        first_step = 2.0 * row_sum  # tanh: a sequence's first step has no previous state
+        forward = h[0]
+        for s, (start, rows) in enumerate(zip(starts, steps, strict=True)):
+            block = forward[start : start + rows]
+            if s == 0:
+                if not relu:
+                    block.add_(first_step)
+            else:
+                _accumulate(block, forward[starts[s - 1] : starts[s - 1] + rows], w_step)
+            activation(block)
+        if directions == 2:
+            backward = h[1]
+            for s in range(len(steps) - 1, -1, -1):
+                start, rows = starts[s], steps[s]
+                block = backward[start : start + rows]
+                going_on = steps[s + 1] if s + 1 < len(steps) else 0  # rows whose sequence started later
+                if going_on:
+                    _accumulate(block[:going_on], backward[starts[s + 1] : starts[s + 1] + going_on], w_step)
+                if not relu and going_on < rows:
+                    block[going_on:].add_(first_step)  # the sequences that start here (their last token)
+                activation(block)
         if not relu:
-            h.mul_(2.0).sub_(1.0)  # u -> h = 2u - 1, in place
-        ctx.save_for_backward(x_flat, w_ih, w_hh, h)
-        ctx.relu, ctx.out, ctx.x_shape = relu, out, x.shape
-        if out == _ONE_WAY:
-            return h[0]
-        return h if out == _PAIR else h[0] + h[1]
+            h.mul_(2.0).sub_(1.0)  # u -> h = 2u - 1
+        ctx.save_for_backward(x, w_ih, w_hh, h)
+        ctx.steps, ctx.relu, ctx.merge = steps, relu, merge
+        if not merge:
+            return h
+        return h[0] + h[1] if directions == 2 else h[0]
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        x_flat, w_ih, w_hh, h = ctx.saved_tensors
-        H = w_hh.shape[0]
-        grad = grad.contiguous()
-        da = torch.empty_like(h)
+        x, w_ih, w_hh, h = ctx.saved_tensors
+        steps, directions, H = ctx.steps, h.shape[0], w_hh.shape[0]
+        starts, forward_pairs, backward_pairs = _schedule(steps)
+        # d loss / d pre-activation of every state, (directions, T, H), computed in place
+        da = (grad.expand_as(h) if ctx.merge else grad).clone(memory_format=torch.contiguous_format)
+        deriv = torch.sign(h) if ctx.relu else torch.addcmul(h.new_ones(()), h, h, value=-1)  # act'
+        w_hh_t = w_hh.t().contiguous()
+        for s in range(len(steps) - 1, -1, -1):  # forward direction: from the last step back
+            start, rows = starts[s], steps[s]
+            da[0, start : start + rows].mul_(deriv[0, start : start + rows])
+            if s:
+                previous = da[0, starts[s - 1] : starts[s - 1] + rows]
+                _accumulate(previous, da[0, start : start + rows], w_hh_t)
+        if directions == 2:
+            for s in range(len(steps)):  # backward direction: its last step is the first block
+                start, rows = starts[s], steps[s]
+                da[1, start : start + rows].mul_(deriv[1, start : start + rows])
+                going_on = steps[s + 1] if s + 1 < len(steps) else 0
+                if going_on:
+                    later = da[1, starts[s + 1] : starts[s + 1] + going_on]
+                    _accumulate(later, da[1, start : start + going_on], w_hh_t)
         grad_w_hh = w_hh.new_zeros(H, H)
-        for d in range(len(h)):
-            reverse = d == 1
-            _recurrence_grad(grad[d] if ctx.out == _PAIR else grad, h[d], w_hh, ctx.relu, reverse, out=da[d])
-            # h[prev] pairs with da[t]; the zero initial state adds nothing
-            later, earlier = (da[d, :-1], h[d, 1:]) if reverse else (da[d, 1:], h[d, :-1])
-            grad_w_hh.addmm_(later.reshape(-1, H).t(), earlier.reshape(-1, H))
-        dproj = (da[0] + da[1] if len(da) == 2 else da[0]).view(-1, H)
-        grad_b = dproj.sum(0)
-        grad_w_ih = dproj.t().mm(x_flat)
-        grad_x = _linear(dproj, w_ih.t().contiguous()).view(ctx.x_shape) if ctx.needs_input_grad[0] else None
-        return grad_x, grad_w_ih, grad_w_hh, grad_b, grad_b.clone(), None, None
+        for d, pairs in enumerate((forward_pairs, backward_pairs)[:directions]):
+            for state, following, rows in pairs:  # h[previous] pairs with da[next]; h = 0 before
+                grad_w_hh.addmm_(da[d, following : following + rows].t(), h[d, state : state + rows])
+        da_projection = da[0] + da[1] if directions == 2 else da[0]
+        grad_b = da_projection.sum(0)
+        grad_w_ih = da_projection.t().mm(x)
+        grad_x = _linear(da_projection, w_ih.t().contiguous()) if ctx.needs_input_grad[0] else None
+        return grad_x, grad_w_ih, grad_w_hh, grad_b, grad_b.clone(), None, None, None, None
 
 
 FAST_RNN_OP = f"prim::PythonOp.{_VanillaRNNFunction.__name__}"

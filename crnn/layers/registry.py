@@ -6,7 +6,7 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from torch import nn
+from torch import Tensor, nn
 
 from .cells import CELLS
 
@@ -64,6 +64,11 @@ class Layer2d(nn.Module):
 
     in_channels: int
     out_channels: int
+
+    def forward_levels(self, maps: list[Tensor]) -> list[Tensor]:
+        """The layer on each of several maps ``(B_k, C_in, H_k, W_k)`` (e.g. the pyramid levels a
+        detection tower shares); layers that can run them together override it."""
+        return [self(m) for m in maps]
 
     def closed_form_params(self) -> int:
         raise NotImplementedError

@@ -1,15 +1,17 @@
 """Separable 2-D RNNs: a 1-D RNN along every row, then another along every column of the result.
 
-Layout. ``torch.nn`` RNNs are sequence-first natively (``(L, N, C)``), so the passes work on
-``(L, *batch, C)`` tensors: the row pass sees ``x.permute(3, 0, 2, 1) = (W, B, H, C)`` (rows folded
-into the batch, sequences of length W) and the column pass sees its output permuted to
-``(H, B, W, hidden)`` (columns folded into the batch, sequences of length H). Each permute is a free
-view; the single copy per pass happens where the pass must make its input contiguous anyway
-(``reshape`` before the RNN), plus one final copy back to ``(B, C_out, H, W)``. A weight-shared
-pass runs both directions in one call (:func:`~crnn.layers.fast_rnn.run_ws_birnn`): on CPU with a
-vanilla cell the fast path of :mod:`crnn.layers.fast_rnn` (one input projection read both ways);
-otherwise one ``nn.RNN`` call (one cuDNN call on GPU) on the sequence and its reverse stacked along
-the batch.
+Layout. ``torch.nn`` RNNs are sequence-first natively (``(L, N, C)``), so the ``nn.RNN`` path works
+on ``(L, *batch, C)`` tensors: the row pass sees ``x.permute(3, 0, 2, 1) = (W, B, H, C)`` (rows
+folded into the batch, sequences of length W) and the column pass sees its output permuted to
+``(H, B, W, hidden)`` (columns folded into the batch, sequences of length H): one copy per pass
+where it makes its input contiguous, plus one final copy back to ``(B, C_out, H, W)``. A
+weight-shared pass runs both directions in one ``nn.RNN`` call (one cuDNN call on GPU) on the
+sequence and its reverse stacked along the batch (:func:`~crnn.layers.fast_rnn.run_ws_birnn`).
+
+On the fast CPU path (vanilla cells, :mod:`crnn.layers.fast_rnn`) :class:`SRNN` and
+:class:`SWSBiRNN` run through ``forward_levels``: the same ``(W, B, H)`` and ``(H, B, W)`` orders,
+laid out step-major over any number of maps (:class:`_GridLayout`; one map: the same copies as
+above), each pass one call for all maps and both directions (one input projection read both ways).
 
 Notation for the closed forms: ``C = C_in``, ``O = C_out``, ``h = hidden_channels`` (default
 ``C_out``), ``g`` the gate multiplier of the cell (1 rnn_tanh/rnn_relu, 3 gru, 4 lstm),
@@ -19,19 +21,31 @@ Notation for the closed forms: ``C = C_in``, ``O = C_out``, ``h = hidden_channel
 
 from __future__ import annotations
 
+import functools
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
 from torch import Tensor, nn
 
 from .cells import get_cell, rnn_macs_per_token, rnn_params
-from .fast_rnn import run_rnn, run_ws_birnn
+from .fast_rnn import _ints, run_rnn, run_steps, run_ws_birnn, uses_fast_path
 from .registry import ALL_CELLS, Layer2d, check_positive, register_layer
 
 __all__ = ["SRNN", "SWSBiRNN", "SBiRNNCat", "SBiRNNSum", "WSBiRNN"]
 
 
 class _AxisPass(nn.Module):
-    """A 1-D recurrence along dim 0 of ``(L, *batch, C_in) -> (L, *batch, out_size)``."""
+    """A 1-D recurrence along dim 0 of ``(L, *batch, C_in) -> (L, *batch, out_size)``.
+
+    ``fast_directions``: how the fast path runs it (1: one way, 2: both ways with shared weights;
+    None: never on the fast path, separate weights per direction).
+    """
 
     out_size: int
+    rnn: nn.RNNBase
+    fast_directions: int | None = None
 
     def forward_seq_first(self, x: Tensor) -> Tensor:
         raise NotImplementedError
@@ -45,6 +59,8 @@ class _AxisPass(nn.Module):
 
 class RNNPass(_AxisPass):
     """Unidirectional fused RNN. params ``P(I, H)``, MACs/token ``M(I, H)``."""
+
+    fast_directions = 1
 
     def __init__(self, input_size: int, hidden_size: int, cell: str = "rnn_tanh"):
         super().__init__()
@@ -87,6 +103,8 @@ class WSBiRNN(_AxisPass):
     * params: ``g*H*(I + H) + 2*g*H``
     * MACs per sequence of length L: ``2 * L * g*H*(I + H)``
     """
+
+    fast_directions = 2
 
     def __init__(self, input_size: int, hidden_size: int, cell: str = "rnn_tanh"):
         super().__init__()
@@ -151,6 +169,76 @@ class BiRNNPass(_AxisPass):
         return rnn_macs_per_token(self.cell, self.input_size, self.hidden_size, directions=2)
 
 
+@dataclass(frozen=True)
+class _GridLayout:
+    """Where every pixel of several maps goes for the packed row and column passes.
+
+    Maps ``shapes[k] = (B_k, H_k, W_k)``. The row pass reads every map's rows as sequences along W,
+    laid out step-major (:func:`~crnn.layers.fast_rnn.run_steps`): block ``s`` holds column ``s`` of
+    every map at least ``s + 1`` wide, the widest maps first, each map's pixels in ``(B, H)`` order;
+    the column pass likewise along H. Index tensors (``None``: the identity, one map):
+
+    * ``to_rows``: from every map's pixels in ``(W, B, H)`` order, one map after another;
+    * ``rows_to_cols``: from the row layout to the column layout;
+    * ``to_maps``: from the column layout to every map's pixels in ``(H, B, W)`` order.
+    """
+
+    row_steps: tuple[int, ...]
+    col_steps: tuple[int, ...]
+    to_rows: Tensor | None
+    rows_to_cols: Tensor
+    to_maps: Tensor | None
+
+
+def _step_major(extents: list[int], counts: list[int], first: list[int], stride: list[int]):
+    """``(steps, positions)`` of groups of sequences laid out step-major: group ``k`` has ``counts[k]``
+    sequences of ``extents[k]`` tokens; its token ``s`` of sequence ``n`` is row
+    ``first[k] + s * stride[k] + n`` of the source. Longest groups first (stable)."""
+    order = sorted(range(len(extents)), key=lambda k: -extents[k])
+    steps, positions = [], []
+    for s in range(max(extents)):
+        running = [k for k in order if extents[k] > s]
+        steps.append(sum(counts[k] for k in running))
+        positions += [first[k] + s * stride[k] + np.arange(counts[k]) for k in running]
+    return tuple(steps), np.concatenate(positions)
+
+
+@functools.lru_cache(maxsize=256)
+def _grid_layout(shapes: tuple[tuple[int, int, int], ...]) -> _GridLayout:
+    # Index bookkeeping in numpy: a trace records torch index arithmetic and sizes as tensors.
+    sizes = [b * h * w for b, h, w in shapes]
+    offsets = list(itertools.accumulate([0, *sizes[:-1]]))
+    widths, heights = [w for _, _, w in shapes], [h for _, h, _ in shapes]
+    rows_per_column = [b * h for b, h, _ in shapes]  # a map in (W, B, H) order: column s = B*H rows
+    row_steps, to_rows = _step_major(widths, rows_per_column, offsets, rows_per_column)
+    # where each pixel (map k, w, b, h) sits in the row layout
+    row_position = np.empty(sum(sizes), dtype=np.int64)
+    row_position[to_rows] = np.arange(len(to_rows))
+    cols_per_row = [b * w for b, _, w in shapes]  # a map in (H, B, W) order: row s = B*W pixels
+    col_steps, from_maps = _step_major(heights, cols_per_row, offsets, cols_per_row)
+    # the column layout's pixel (map k, h, b, w), found in the row layout via its (W, B, H) index
+    k_of = np.searchsorted(np.asarray(offsets), from_maps, side="right") - 1
+    local = from_maps - np.asarray(offsets)[k_of]
+    shape = np.asarray(shapes)[k_of]  # (b, h, w) of each pixel's map
+    h_i, rest = np.divmod(local, shape[:, 0] * shape[:, 2])
+    b_i, w_i = np.divmod(rest, shape[:, 2])
+    rows_to_cols = row_position[np.asarray(offsets)[k_of] + (w_i * shape[:, 0] + b_i) * shape[:, 1] + h_i]
+    to_maps = np.empty_like(from_maps)
+    to_maps[from_maps] = np.arange(len(from_maps))
+    single = len(shapes) == 1
+    return _GridLayout(
+        row_steps,
+        col_steps,
+        None if single else torch.from_numpy(to_rows),
+        torch.from_numpy(rows_to_cols),
+        None if single else torch.from_numpy(to_maps),
+    )
+
+
+def _rows(x: Tensor, index: Tensor | None) -> Tensor:
+    return x if index is None else x.index_select(0, index)
+
+
 class _SeparableRNN2d(Layer2d):
     """Row pass then column pass: ``(B, C, H, W) -> (B, O, H, W)``; subclasses pick the passes."""
 
@@ -166,11 +254,40 @@ class _SeparableRNN2d(Layer2d):
         self.cell_name = cell
 
     def forward(self, x: Tensor) -> Tensor:
+        if self._packed(x):
+            return self.forward_levels([x])[0]
         # rows: sequences along W, every image row a batch element -> (W, B, H, C), a view
         r = self.row.forward_seq_first(x.permute(3, 0, 2, 1))  # (W, B, H, hidden)
         # columns: sequences along H -> (H, B, W, hidden), a view
         c = self.col.forward_seq_first(r.permute(2, 1, 0, 3))  # (H, B, W, O)
         return c.permute(1, 3, 0, 2).contiguous()  # (B, O, H, W)
+
+    def _packed(self, x: Tensor) -> bool:
+        """Whether both passes run on the fast path, all maps' sequences packed together."""
+        return getattr(self.row, "fast_directions", None) is not None and all(
+            uses_fast_path(p.rnn, x) for p in (self.row, self.col)
+        )
+
+    def forward_levels(self, maps: list[Tensor]) -> list[Tensor]:
+        """Every map ``(B_k, C, H_k, W_k)`` through the layer. On the fast path all maps' rows are one
+        packed pass and all their columns another (:func:`~crnn.layers.fast_rnn.grid_plans`): each
+        step is one matmul over every map, so a detection tower's pyramid levels cost the steps of
+        the largest one."""
+        if not self._packed(maps[0]):
+            return [self(m) for m in maps]
+        shapes = tuple(_ints((m.shape[0], m.shape[2], m.shape[3])) for m in maps)
+        layout = _grid_layout(shapes)
+        directions = self.row.fast_directions
+        # every map's pixels in (W, B, H) order (one copy each), then the row layout
+        x = [m.permute(3, 0, 2, 1).reshape(-1, self.in_channels) for m in maps]
+        x = _rows(torch.cat(x) if len(x) > 1 else x[0], layout.to_rows)
+        r = run_steps(self.row.rnn, x, layout.row_steps, directions)  # (T, hidden), row layout
+        y = run_steps(self.col.rnn, _rows(r, layout.rows_to_cols), layout.col_steps, directions)  # (T, O)
+        y = _rows(y, layout.to_maps).split([b * h * w for b, h, w in shapes])  # each map (H, B, W)
+        return [
+            part.view(h, b, w, -1).permute(1, 3, 0, 2).contiguous()
+            for part, (b, h, w) in zip(y, shapes, strict=True)
+        ]
 
     def closed_form_params(self) -> int:
         return self.row.closed_form_params() + self.col.closed_form_params()

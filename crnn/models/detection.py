@@ -42,6 +42,7 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from crnn.layers import Layer2d
 from crnn.models.blocks import LayerFactory, PositiveFloat, PositiveInt
 
 NonNegativeInt = Annotated[int, Ge(0)]
@@ -52,6 +53,7 @@ __all__ = [
     "FCOSNetwork",
     "FCOSTowerHead",
     "FPNBackbone",
+    "Tower",
     "build_tower",
     "cifar_trunk_fpn",
     "mobilenet_v3_fpn",
@@ -330,17 +332,33 @@ def build_tower(
             if init == "fcos":
                 fcos_tower_init_(layer)
         blocks += [layer, nn.GroupNorm(norm_groups, channels), nn.ReLU()]
-    return nn.Sequential(*blocks)
+    return Tower(*blocks)
+
+
+class Tower(nn.Sequential):
+    """A head tower: ``layer + GroupNorm + ReLU`` blocks, shared by every pyramid level.
+
+    ``forward(x)``: one map. ``forward_levels(maps)``: every level, block by block; a layer of
+    :mod:`crnn.layers` gets all levels in one call (:meth:`~crnn.layers.Layer2d.forward_levels`),
+    which on the fast RNN path runs their sequences as one packed recurrence: a step costs one matmul
+    for all levels, not one per level.
+    """
+
+    def forward_levels(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        for block in self:
+            maps = block.forward_levels(maps) if isinstance(block, Layer2d) else [block(m) for m in maps]
+        return maps
 
 
 class FCOSTowerHead(FCOSHead):
     """torchvision :class:`FCOSHead` (losses, box coder, predictors) with configurable towers.
 
-    ``classification_head.conv`` and ``regression_head.conv`` (the towers, applied to every pyramid
-    level with shared weights) are :func:`build_tower` stacks: the standard conv tower for
-    ``layer_factory=None``, a tower of the 2-D layer otherwise. The predictors
-    (``cls_logits``, ``bbox_reg``, ``bbox_ctrness``: 3x3 convs) read ``tower_channels``.
-    Built by :class:`FCOSDetector`, where the defaults of its settings live.
+    ``classification_tower`` and ``regression_tower`` (applied to every pyramid level with shared
+    weights) are :func:`build_tower` stacks: the standard conv tower for ``layer_factory=None``, a
+    tower of the 2-D layer otherwise; each runs over all levels at once (:meth:`Tower.forward_levels`)
+    and feeds torchvision's predictors (``classification_head`` / ``regression_head`` built without
+    towers of their own: ``cls_logits``, ``bbox_reg``, ``bbox_ctrness``, 3x3 convs reading
+    ``tower_channels``). Built by :class:`FCOSDetector`, where the defaults of its settings live.
     """
 
     arch = "fcos"
@@ -359,11 +377,17 @@ class FCOSTowerHead(FCOSHead):
         channels = tower_channels or in_channels
         super().__init__(channels, num_anchors=1, num_classes=num_classes, num_convs=0)
         args = (in_channels, channels, tower_depth, norm_groups, layer_factory, tower_init)
-        self.classification_head.conv = build_tower(*args)
-        self.regression_head.conv = build_tower(*args)
+        self.classification_tower = build_tower(*args)
+        self.regression_tower = build_tower(*args)
         nn.init.constant_(
             self.classification_head.cls_logits.bias, -math.log((1 - prior_probability) / prior_probability)
         )
+
+    def forward(self, x: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """torchvision's :meth:`FCOSHead.forward` on the towers' outputs of the levels ``x``."""
+        cls_logits = self.classification_head(self.classification_tower.forward_levels(x))
+        bbox_regression, bbox_ctrness = self.regression_head(self.regression_tower.forward_levels(x))
+        return {"cls_logits": cls_logits, "bbox_regression": bbox_regression, "bbox_ctrness": bbox_ctrness}
 
 
 class FCOSNetwork(nn.Module):

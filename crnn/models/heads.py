@@ -107,9 +107,9 @@ class SequenceHead(nn.Module):
         seq = self.to_sequence(x)
         if self.bidirectional == "shared":
             # Both directions in one call: the reversed sequence rides along the batch.
-            out = run_ws_birnn(self.rnn, seq, merge=False)  # (L, 2B, H): the fast path for vanilla cells
-            forward, reverse = out.chunk(2, dim=1)
-            summary = self._read(forward, backward=False) + self._read(reverse, backward=False)
+            # (2, L, B, H), both directions by sequence position: the fast path for vanilla cells
+            forward, backward = run_ws_birnn(self.rnn, seq, merge=False).unbind(0)
+            summary = self._read(forward, backward=False) + self._read(backward, backward=True)
         elif self.bidirectional == "standard":
             out = run_rnn(self.rnn, seq)
             forward, backward = out.chunk(2, dim=-1)

@@ -20,6 +20,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from crnn.naming import model_name
+
 log = logging.getLogger("crnn")
 
 CONFIG_KEY = "crnn_config"
@@ -58,7 +60,7 @@ def choices(cfg: DictConfig) -> dict[str, str | None]:
 def run_name(picked: Mapping[str, Any], seed: int | None, swept: Mapping[str, Any] | None = None) -> str:
     """``resnet20-sws_birnn-linear-s0``, plus ``-key=value`` for each swept setting that the group
     choices do not already name (so that every job of a sweep has its own name)."""
-    name = f"{picked.get('backbone')}-{picked.get('rnn')}-{picked.get('head')}-s{seed}"
+    name = f"{model_name(picked)}-s{seed}"
     extra = [f"{k.split('.')[-1]}={v}" for k, v in (swept or {}).items() if k not in picked and k != "seed"]
     return "-".join([name, *extra])
 

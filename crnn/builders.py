@@ -42,6 +42,7 @@ __all__ = [
     "build_classifier",
     "build_datamodule",
     "build_detector",
+    "build_group",
     "build_task",
     "checkpoint_run_dir",
     "layer_factory",
@@ -134,6 +135,27 @@ def build_detector(
         image_size=image_size,
         layer_factory=factory,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Groups of independent nodes (loggers, callbacks)
+# --------------------------------------------------------------------------------------------
+def build_group(
+    group: Mapping[str, Any] | None,
+    kwargs: Callable[[str, Mapping[str, Any]], Mapping[str, Any]] | None = None,
+    keep: Callable[[Mapping[str, Any]], bool] | None = None,
+) -> list[Any]:
+    """Every node of a config group such as ``logger`` or ``callbacks`` that has a ``_target_``, in
+    order, instantiated with ``kwargs(key, node)`` (the run's name for W&B, say). Entries without a
+    target (a node set to ``null``, a plain setting) and nodes that ``keep`` refuses are left out."""
+    from hydra.utils import instantiate
+
+    built = []
+    for key, node in (group or {}).items():
+        if not isinstance(node, Mapping) or "_target_" not in node or (keep and not keep(node)):
+            continue
+        built.append(instantiate(node, **(kwargs(key, node) if kwargs else {})))
+    return built
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from crnn import complexity
-from crnn.builders import build_datamodule, checkpoint_run_dir, task_from_checkpoint
+from crnn.builders import build_datamodule, build_group, checkpoint_run_dir, task_from_checkpoint
 from crnn.errors import USER_ERRORS, ConfigError
 from crnn.runtime import (
     CONFIG_KEY,
@@ -85,19 +85,14 @@ def build_eval_loggers(cfg: DictConfig, ckpt_path: Path, run_dir: Path) -> list:
     """The configured loggers; W&B's run is named and grouped after the training run's
     (``<name>-eval``, same group, else the training run's id), job type ``eval``."""
     trained = MetricsFile(run_dir / "metrics.json").data if (run_dir / "metrics.json").is_file() else {}
-    loggers = []
-    for key, node in (cfg.get("logger") or {}).items():
-        if not isinstance(node, Mapping) or "_target_" not in node:
-            continue
-        extra = {}
-        if key == "wandb":
-            name, group = (
-                trained.get("name") or ckpt_path.stem,
-                trained.get("group") or trained.get("wandb_id"),
-            )
-            extra = {"name": f"{name}-eval", "job_type": "eval", "group": node.get("group") or group}
-        loggers.append(instantiate(node, **extra))
-    return loggers
+
+    def wandb_run(key: str, node: Mapping[str, Any]) -> dict[str, Any]:
+        if key != "wandb":
+            return {}
+        name, group = trained.get("name") or ckpt_path.stem, trained.get("group") or trained.get("wandb_id")
+        return {"name": f"{name}-eval", "job_type": "eval", "group": node.get("group") or group}
+
+    return build_group(cfg.get("logger"), wandb_run)
 
 
 def evaluate(

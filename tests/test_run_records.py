@@ -15,6 +15,7 @@ import torch
 from conftest import cifar_overrides, compose
 
 from crnn.callbacks import GlobalRngState
+from crnn.callbacks.record import epoch_values
 from crnn.errors import ConfigError
 from crnn.runtime import CheckpointError, MetricsFile
 from crnn.train import RunStopped, train
@@ -25,6 +26,13 @@ def strict(path: Path) -> dict:
         raise ValueError(f"non-strict JSON constant {constant} in {path}")
 
     return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_epoch_values_take_the_epoch_value_of_each_metric():
+    metrics = {"train/loss": 3.0, "train/loss_step": 2.0, "train/loss_epoch": 1.0, "train/acc1": 0.5}
+    metrics |= {"val/acc1": 0.25, "lr-SGD": 0.1}
+    assert epoch_values(metrics, ("train/",)) == {"train/loss": 1.0, "train/acc1": 0.5}
+    assert epoch_values(metrics, ("train/", "val/"))["val/acc1"] == 0.25
 
 
 def finite_weights(path: Path) -> bool:

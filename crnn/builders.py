@@ -170,8 +170,8 @@ def build_datamodule(cfg: Mapping[str, Any]):
 
 def build_task(cfg: Mapping[str, Any], datamodule) -> BaseTask:
     """``cfg.task`` with its network built from ``cfg.backbone``, ``cfg.rnn`` and ``cfg.head``
-    for this data (its class count and input shape)."""
-    check_fit(cfg)
+    for this data (its class count and input shape). That the choices fit together was checked by
+    :func:`build_datamodule`, which built ``datamodule``."""
     return task_from_config(cfg, datamodule.num_classes, tuple(datamodule.input_shape))
 
 

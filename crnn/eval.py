@@ -4,7 +4,8 @@
 
 The checkpoint carries its run's resolved config (:class:`crnn.callbacks.StoreConfig`); the
 command line may change ``data.*``, ``trainer.*``, ``test_after_fit`` and the logger, not the model.
-Results go to ``<run>/eval/<time>/metrics.json``. Exit codes: 0 completed, 1 failed, 2 bad input.
+Results go to ``<run>/eval/<time>/metrics.json``. Exit codes, as crnn-train's: 0 completed, 1 failed, 2 bad
+input, 130 Ctrl-C, 143 SIGTERM (both stop at the next batch).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from crnn import complexity
 from crnn.builders import build_datamodule, build_group, checkpoint_run_dir, task_from_checkpoint
 from crnn.errors import USER_ERRORS, ConfigError
+from crnn.lifecycle import RunStopped, graceful_interrupts, outcome_of
 from crnn.runtime import (
     CONFIG_KEY,
     EXIT_CODES,
@@ -101,7 +103,9 @@ def evaluate(
     output_dir: str | Path | None = None,
     trust_checkpoint: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate ``ckpt_path``; returns the metrics written to ``<output_dir>/metrics.json``.
+    """Evaluate ``ckpt_path``; returns the metrics written to ``<output_dir>/metrics.json``, or raises
+    :class:`~crnn.lifecycle.RunStopped` when the evaluation failed or was interrupted (Ctrl-C, SIGTERM:
+    it stops at the next batch), which ``metrics.json`` records as crnn-train's runs do.
 
     ``overrides``: ``{"trainer.limit_val_batches": 2}`` or ``["trainer.limit_val_batches=2"]``.
     """
@@ -140,20 +144,24 @@ def evaluate(
     loggers = build_eval_loggers(cfg, ckpt_path, loaded.run_dir)
     trainer: L.Trainer = instantiate(trainer_cfg, logger=loggers or False, callbacks=[])
     start, results = time.time(), {}
-    status = "failed"
+    received: dict[str, str] = {}
     try:
-        for out_metrics in trainer.validate(task, datamodule=datamodule, verbose=False):
-            results.update({k: float(v) for k, v in out_metrics.items()})
-        if cfg.get("test_after_fit"):
-            for out_metrics in trainer.test(task, datamodule=datamodule, verbose=False):
+        with graceful_interrupts(trainer) as received:
+            for out_metrics in trainer.validate(task, datamodule=datamodule, verbose=False):
                 results.update({k: float(v) for k, v in out_metrics.items()})
-        status = "completed"
-    finally:
-        metrics.update(**results, status=status, wall_time_s=round(time.time() - start, 2))
-        for logger in loggers:
-            if hasattr(logger, "finish"):
-                logger.finish(EXIT_CODES.get(status, 1))
+            if cfg.get("test_after_fit"):
+                for out_metrics in trainer.test(task, datamodule=datamodule, verbose=False):
+                    results.update({k: float(v) for k, v in out_metrics.items()})
+        outcome = outcome_of(None, received, out)
+    except BaseException as err:  # every ending is recorded; KeyboardInterrupt and SystemExit included
+        outcome = outcome_of(err, received, out)
+    metrics.update(**results, **outcome, wall_time_s=round(time.time() - start, 2))
+    for logger in loggers:
+        if hasattr(logger, "finish"):
+            logger.finish(outcome["exit_code"])
     log.info("metrics.json: %s", metrics.path)
+    if metrics.data["status"] != "completed":
+        raise RunStopped(metrics.data, outcome["exit_code"])
     return metrics.data
 
 
@@ -184,6 +192,11 @@ def _main(cfg: DictConfig) -> None:
     except (*USER_ERRORS, CheckpointError) as err:
         log.error("%s", err)
         raise SystemExit(EXIT_CODES["user_error"]) from None
+    except RunStopped as stop:
+        log.error(
+            "%s: %s", stop.metrics.get("status"), stop.metrics.get("error") or stop.metrics.get("reason")
+        )
+        raise SystemExit(stop.exit_code) from None
     for key in sorted(results):
         if key.startswith(("val/", "test/")):
             print(f"{key:>12s}  {results[key]:.4f}")

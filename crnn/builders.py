@@ -29,12 +29,13 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from crnn.checkpoints import CONFIG_KEY, check_state_fits, load_checkpoint
 from crnn.config import check_fit, check_node, instantiate_node, plain, target_of
 from crnn.errors import ConfigError
 from crnn.layers import LAYERS, Layer2d, list_layers
 from crnn.models import Classifier, LayerFactory
 from crnn.models.detection import FCOSDetector
-from crnn.runtime import CONFIG_KEY, check_state_fits, load_checkpoint, project_root
+from crnn.runtime import project_root
 from crnn.tasks import BaseTask, DetectionTask
 
 __all__ = [
@@ -258,7 +259,7 @@ def task_from_checkpoint(ckpt_path: str | Path, trust: bool = False) -> TrainedT
     """The task (with its weights) and the run config of a ``crnn-train`` checkpoint: the one way
     crnn reads a checkpoint back (``crnn-eval``, ``crnn-export``, ``Task.load_from_checkpoint``).
 
-    Loaded safely (:func:`crnn.runtime.load_checkpoint`: tensors and plain values only, unless
+    Loaded safely (:func:`crnn.checkpoints.load_checkpoint`: tensors and plain values only, unless
     ``trust``); the task is rebuilt by :func:`task_from_config` from the model nodes stored as its
     hyperparameters; weights that do not fit it are one :class:`CheckpointError` naming them.
     """

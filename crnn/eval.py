@@ -24,19 +24,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from crnn import complexity
 from crnn.builders import build_datamodule, build_group, checkpoint_run_dir, task_from_checkpoint
+from crnn.checkpoints import CONFIG_KEY, CheckpointError
 from crnn.errors import USER_ERRORS, ConfigError
-from crnn.lifecycle import RunStopped, graceful_interrupts, outcome_of
-from crnn.runtime import (
-    CONFIG_KEY,
-    EXIT_CODES,
-    CheckpointError,
-    MetricsFile,
-    flat,
-    git_commit,
-    progress_bar_enabled,
-    project_root,
-    quiet_known_noise,
-)
+from crnn.lifecycle import EXIT_CODES, RunStopped, graceful_interrupts, outcome_of
+from crnn.records import MetricsFile
+from crnn.run_config import flat
+from crnn.runtime import git_commit, progress_bar_enabled, project_root, quiet_known_noise
 
 log = logging.getLogger("crnn.eval")
 

@@ -48,8 +48,10 @@ from crnn import complexity
 from crnn.builders import build_model, run_labels
 from crnn.complexity import activation_memory, cpu_latency, module_table
 from crnn.errors import USER_ERRORS, ConfigError
-from crnn.naming import model_name
-from crnn.runtime import choices, git_commit, print_config, write_json_atomic
+from crnn.naming import choices, model_name
+from crnn.records import write_json_atomic
+from crnn.run_config import print_config
+from crnn.runtime import git_commit
 
 log = logging.getLogger("crnn.profile")
 

@@ -22,8 +22,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from crnn.checkpoints import CONFIG_KEY, load_checkpoint
 from crnn.errors import ConfigError
-from crnn.runtime import CONFIG_KEY, RUN_LOCATION_KEYS, config_diff, load_checkpoint
+from crnn.run_config import RUN_LOCATION_KEYS, config_diff
 
 log = logging.getLogger("crnn.train")
 

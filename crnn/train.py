@@ -29,8 +29,12 @@ from crnn import complexity
 from crnn.builders import build_datamodule, build_group, build_task, run_labels
 from crnn.callbacks import GlobalRngState, NonFiniteGuard, RunRecord, StoreConfig
 from crnn.callbacks.record import logger_config
+from crnn.checkpoints import CheckpointError, check_state_fits, load_checkpoint
 from crnn.errors import USER_ERRORS, ConfigError
-from crnn.lifecycle import JobFailed, RunStopped, graceful_interrupts, outcome_of
+from crnn.lifecycle import EXIT_CODES, JobFailed, RunStopped, graceful_interrupts, outcome_of
+from crnn.naming import choices, run_name_and_tags, sweep_group
+from crnn.records import MetricsFile, end_table
+from crnn.run_config import config_hash, print_config, save_config
 from crnn.runfolder import (
     Launch,
     check_relaunch,
@@ -39,25 +43,7 @@ from crnn.runfolder import (
     plan_launch,
     restore_hydra_files,
 )
-from crnn.runtime import (
-    EXIT_CODES,
-    CheckpointError,
-    MetricsFile,
-    check_state_fits,
-    choices,
-    config_hash,
-    end_table,
-    git_commit,
-    hydra_job,
-    load_checkpoint,
-    print_config,
-    progress_bar_enabled,
-    project_root,
-    quiet_known_noise,
-    run_name_and_tags,
-    save_config,
-    sweep_group,
-)
+from crnn.runtime import git_commit, hydra_job, progress_bar_enabled, project_root, quiet_known_noise
 from crnn.sweeps.cluster import lightning_plugins, slurm_info
 
 log = logging.getLogger("crnn.train")

@@ -16,8 +16,9 @@ from conftest import cifar_overrides, compose
 
 from crnn.callbacks import GlobalRngState
 from crnn.callbacks.record import epoch_values
+from crnn.checkpoints import CheckpointError
 from crnn.errors import ConfigError
-from crnn.runtime import CheckpointError, MetricsFile
+from crnn.records import MetricsFile
 from crnn.train import RunStopped, train
 
 
@@ -80,7 +81,7 @@ def test_final_status_is_written_on_a_full_disk(tmp_path, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("crnn.runtime.write_json_atomic", full)
+    monkeypatch.setattr("crnn.records.write_json_atomic", full)
     metrics.update(status="failed", reason="error", error="the original error")
     written = strict(tmp_path / "metrics.json")
     assert written["status"] == "failed" and written["error"].startswith("the original error")
@@ -175,7 +176,7 @@ def test_global_random_state_round_trips_through_a_safe_checkpoint(tmp_path):
 
 
 def test_safe_loading_refuses_code_and_names_the_switch(tmp_path):
-    from crnn.runtime import load_checkpoint
+    from crnn.checkpoints import load_checkpoint
 
     torch.save({"x": Path("p")}, tmp_path / "x.ckpt")  # a class outside the allow-list
     with pytest.raises(CheckpointError, match="trust_checkpoint=true"):

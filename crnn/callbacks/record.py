@@ -10,7 +10,9 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from crnn.runtime import CONFIG_KEY, MetricsFile, plain_config
+from crnn.checkpoints import CONFIG_KEY
+from crnn.records import MetricsFile
+from crnn.run_config import plain_config
 
 log = logging.getLogger("crnn")
 

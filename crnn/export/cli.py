@@ -33,12 +33,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from crnn.checkpoints import CheckpointError
 from crnn.errors import USER_ERRORS, ConfigError
 from crnn.export.embedded import EXTRA_MODULES, INSTALL_HINT
 from crnn.export.source import ExportSource, normalized_images, source_from_checkpoint, source_from_config
+from crnn.records import strict_json, write_json_atomic
 from crnn.results.read import BASE, expand_sweep
 from crnn.results.render import embedded_markdown
-from crnn.runtime import CheckpointError, strict_json, write_json_atomic
 
 __all__ = ["main"]
 
@@ -223,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         code = _run(args)
     except (*USER_ERRORS, CheckpointError) as err:
-        # crnn.runtime names eval's Hydra switch; crnn-export's is a flag.
+        # crnn.checkpoints names eval's Hydra switch; crnn-export's is a flag.
         print(
             f"crnn-export: {str(err).replace('trust_checkpoint=true', '--trust-checkpoint')}", file=sys.stderr
         )

@@ -44,7 +44,7 @@ class ExportSource:
 
 def source_from_config(overrides: Sequence[str] = ()) -> ExportSource:
     """The model ``crnn-train <overrides>`` builds (seeded random init, untrained)."""
-    from crnn.runtime import choices
+    from crnn.naming import choices
 
     cfg = compose_config(overrides)
     task, module, inputs = build_model(cfg)  # seeded init; constructors check settings only: no disk access

@@ -29,12 +29,13 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from crnn.checkpoints import CONFIG_KEY, check_state_fits, load_checkpoint
 from crnn.config import check_fit, check_node, instantiate_node, plain, target_of
 from crnn.errors import ConfigError
 from crnn.layers import LAYERS, Layer2d, list_layers
 from crnn.models import Classifier, LayerFactory
 from crnn.models.detection import FCOSDetector
-from crnn.runtime import CONFIG_KEY, check_state_fits, load_checkpoint, project_root
+from crnn.runtime import project_root
 from crnn.tasks import BaseTask, DetectionTask
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "build_classifier",
     "build_datamodule",
     "build_detector",
+    "build_group",
     "build_task",
     "checkpoint_run_dir",
     "layer_factory",
@@ -137,6 +139,27 @@ def build_detector(
 
 
 # --------------------------------------------------------------------------------------------
+# Groups of independent nodes (loggers, callbacks)
+# --------------------------------------------------------------------------------------------
+def build_group(
+    group: Mapping[str, Any] | None,
+    kwargs: Callable[[str, Mapping[str, Any]], Mapping[str, Any]] | None = None,
+    keep: Callable[[Mapping[str, Any]], bool] | None = None,
+) -> list[Any]:
+    """Every node of a config group such as ``logger`` or ``callbacks`` that has a ``_target_``, in
+    order, instantiated with ``kwargs(key, node)`` (the run's name for W&B, say). Entries without a
+    target (a node set to ``null``, a plain setting) and nodes that ``keep`` refuses are left out."""
+    from hydra.utils import instantiate
+
+    built = []
+    for key, node in (group or {}).items():
+        if not isinstance(node, Mapping) or "_target_" not in node or (keep and not keep(node)):
+            continue
+        built.append(instantiate(node, **(kwargs(key, node) if kwargs else {})))
+    return built
+
+
+# --------------------------------------------------------------------------------------------
 # Data and task
 # --------------------------------------------------------------------------------------------
 def build_datamodule(cfg: Mapping[str, Any]):
@@ -148,8 +171,8 @@ def build_datamodule(cfg: Mapping[str, Any]):
 
 def build_task(cfg: Mapping[str, Any], datamodule) -> BaseTask:
     """``cfg.task`` with its network built from ``cfg.backbone``, ``cfg.rnn`` and ``cfg.head``
-    for this data (its class count and input shape)."""
-    check_fit(cfg)
+    for this data (its class count and input shape). That the choices fit together was checked by
+    :func:`build_datamodule`, which built ``datamodule``."""
     return task_from_config(cfg, datamodule.num_classes, tuple(datamodule.input_shape))
 
 
@@ -236,7 +259,7 @@ def task_from_checkpoint(ckpt_path: str | Path, trust: bool = False) -> TrainedT
     """The task (with its weights) and the run config of a ``crnn-train`` checkpoint: the one way
     crnn reads a checkpoint back (``crnn-eval``, ``crnn-export``, ``Task.load_from_checkpoint``).
 
-    Loaded safely (:func:`crnn.runtime.load_checkpoint`: tensors and plain values only, unless
+    Loaded safely (:func:`crnn.checkpoints.load_checkpoint`: tensors and plain values only, unless
     ``trust``); the task is rebuilt by :func:`task_from_config` from the model nodes stored as its
     hyperparameters; weights that do not fit it are one :class:`CheckpointError` naming them.
     """

@@ -4,7 +4,8 @@
 
 The checkpoint carries its run's resolved config (:class:`crnn.callbacks.StoreConfig`); the
 command line may change ``data.*``, ``trainer.*``, ``test_after_fit`` and the logger, not the model.
-Results go to ``<run>/eval/<time>/metrics.json``. Exit codes: 0 completed, 1 failed, 2 bad input.
+Results go to ``<run>/eval/<time>/metrics.json``. Exit codes, as crnn-train's: 0 completed, 1 failed, 2 bad
+input, 130 Ctrl-C, 143 SIGTERM (both stop at the next batch).
 """
 
 from __future__ import annotations
@@ -22,19 +23,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from crnn import complexity
-from crnn.builders import build_datamodule, checkpoint_run_dir, task_from_checkpoint
+from crnn.builders import build_datamodule, build_group, checkpoint_run_dir, task_from_checkpoint
+from crnn.checkpoints import CONFIG_KEY, CheckpointError
 from crnn.errors import USER_ERRORS, ConfigError
-from crnn.runtime import (
-    CONFIG_KEY,
-    EXIT_CODES,
-    CheckpointError,
-    MetricsFile,
-    flat,
-    git_commit,
-    progress_bar_enabled,
-    project_root,
-    quiet_known_noise,
-)
+from crnn.lifecycle import EXIT_CODES, RunStopped, graceful_interrupts, outcome_of
+from crnn.records import MetricsFile
+from crnn.run_config import flat
+from crnn.runtime import git_commit, progress_bar_enabled, project_root, quiet_known_noise
 
 log = logging.getLogger("crnn.eval")
 
@@ -85,19 +80,14 @@ def build_eval_loggers(cfg: DictConfig, ckpt_path: Path, run_dir: Path) -> list:
     """The configured loggers; W&B's run is named and grouped after the training run's
     (``<name>-eval``, same group, else the training run's id), job type ``eval``."""
     trained = MetricsFile(run_dir / "metrics.json").data if (run_dir / "metrics.json").is_file() else {}
-    loggers = []
-    for key, node in (cfg.get("logger") or {}).items():
-        if not isinstance(node, Mapping) or "_target_" not in node:
-            continue
-        extra = {}
-        if key == "wandb":
-            name, group = (
-                trained.get("name") or ckpt_path.stem,
-                trained.get("group") or trained.get("wandb_id"),
-            )
-            extra = {"name": f"{name}-eval", "job_type": "eval", "group": node.get("group") or group}
-        loggers.append(instantiate(node, **extra))
-    return loggers
+
+    def wandb_run(key: str, node: Mapping[str, Any]) -> dict[str, Any]:
+        if key != "wandb":
+            return {}
+        name, group = trained.get("name") or ckpt_path.stem, trained.get("group") or trained.get("wandb_id")
+        return {"name": f"{name}-eval", "job_type": "eval", "group": node.get("group") or group}
+
+    return build_group(cfg.get("logger"), wandb_run)
 
 
 def evaluate(
@@ -106,7 +96,9 @@ def evaluate(
     output_dir: str | Path | None = None,
     trust_checkpoint: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate ``ckpt_path``; returns the metrics written to ``<output_dir>/metrics.json``.
+    """Evaluate ``ckpt_path``; returns the metrics written to ``<output_dir>/metrics.json``, or raises
+    :class:`~crnn.lifecycle.RunStopped` when the evaluation failed or was interrupted (Ctrl-C, SIGTERM:
+    it stops at the next batch), which ``metrics.json`` records as crnn-train's runs do.
 
     ``overrides``: ``{"trainer.limit_val_batches": 2}`` or ``["trainer.limit_val_batches=2"]``.
     """
@@ -145,20 +137,24 @@ def evaluate(
     loggers = build_eval_loggers(cfg, ckpt_path, loaded.run_dir)
     trainer: L.Trainer = instantiate(trainer_cfg, logger=loggers or False, callbacks=[])
     start, results = time.time(), {}
-    status = "failed"
+    received: dict[str, str] = {}
     try:
-        for out_metrics in trainer.validate(task, datamodule=datamodule, verbose=False):
-            results.update({k: float(v) for k, v in out_metrics.items()})
-        if cfg.get("test_after_fit"):
-            for out_metrics in trainer.test(task, datamodule=datamodule, verbose=False):
+        with graceful_interrupts(trainer) as received:
+            for out_metrics in trainer.validate(task, datamodule=datamodule, verbose=False):
                 results.update({k: float(v) for k, v in out_metrics.items()})
-        status = "completed"
-    finally:
-        metrics.update(**results, status=status, wall_time_s=round(time.time() - start, 2))
-        for logger in loggers:
-            if hasattr(logger, "finish"):
-                logger.finish(EXIT_CODES.get(status, 1))
+            if cfg.get("test_after_fit"):
+                for out_metrics in trainer.test(task, datamodule=datamodule, verbose=False):
+                    results.update({k: float(v) for k, v in out_metrics.items()})
+        outcome = outcome_of(None, received, out)
+    except BaseException as err:  # every ending is recorded; KeyboardInterrupt and SystemExit included
+        outcome = outcome_of(err, received, out)
+    metrics.update(**results, **outcome, wall_time_s=round(time.time() - start, 2))
+    for logger in loggers:
+        if hasattr(logger, "finish"):
+            logger.finish(outcome["exit_code"])
     log.info("metrics.json: %s", metrics.path)
+    if metrics.data["status"] != "completed":
+        raise RunStopped(metrics.data, outcome["exit_code"])
     return metrics.data
 
 
@@ -189,6 +185,11 @@ def _main(cfg: DictConfig) -> None:
     except (*USER_ERRORS, CheckpointError) as err:
         log.error("%s", err)
         raise SystemExit(EXIT_CODES["user_error"]) from None
+    except RunStopped as stop:
+        log.error(
+            "%s: %s", stop.metrics.get("status"), stop.metrics.get("error") or stop.metrics.get("reason")
+        )
+        raise SystemExit(stop.exit_code) from None
     for key in sorted(results):
         if key.startswith(("val/", "test/")):
             print(f"{key:>12s}  {results[key]:.4f}")

@@ -15,10 +15,13 @@ import lightning as L
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from crnn.callbacks import NonFiniteLossError
+from crnn.checkpoints import CheckpointError
 from crnn.errors import USER_ERRORS
-from crnn.runtime import EXIT_CODES, CheckpointError
 
 log = logging.getLogger("crnn.train")
+
+EXIT_CODES = {"completed": 0, "failed": 1, "user_error": 2, "SIGINT": 130, "SIGTERM": 143}
+"""Process exit code of each outcome: a scheduler reads the same outcome as ``metrics.json``."""
 
 
 class RunStopped(Exception):

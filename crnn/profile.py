@@ -48,7 +48,10 @@ from crnn import complexity
 from crnn.builders import build_model, run_labels
 from crnn.complexity import activation_memory, cpu_latency, module_table
 from crnn.errors import USER_ERRORS, ConfigError
-from crnn.runtime import choices, git_commit, print_config, write_json_atomic
+from crnn.naming import choices, model_name
+from crnn.records import write_json_atomic
+from crnn.run_config import print_config
+from crnn.runtime import git_commit
 
 log = logging.getLogger("crnn.profile")
 
@@ -167,10 +170,9 @@ def profile(cfg: DictConfig) -> dict[str, Any]:
     node = cfg.get("profile")
     settings = OmegaConf.to_container(node, resolve=True) if node is not None else {}
     picked = choices(cfg)
-    name = "-".join(str(picked.get(g)) for g in ("backbone", "rnn", "head"))
     record: dict[str, Any] = {
         "status": "running",
-        "name": name,
+        "name": model_name(picked),
         **picked,
         "seed": cfg.get("seed"),
         "overrides": _task_overrides(),
@@ -190,7 +192,7 @@ def profile(cfg: DictConfig) -> dict[str, Any]:
             _require_embedded_extra()  # before the (slower) measurements
         task, module, inputs = build_model(cfg)
         built = run_labels(task)  # the labels of what was built (the group choices may say otherwise)
-        record.update(built, name="-".join(str(built[g]) for g in ("backbone", "rnn", "head")))
+        record.update(built, name=model_name(built))
         lat = settings.get("latency") or {}
         measured = profile_model(
             module,

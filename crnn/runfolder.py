@@ -22,8 +22,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from crnn.checkpoints import CONFIG_KEY, load_checkpoint
 from crnn.errors import ConfigError
-from crnn.runtime import CONFIG_KEY, RUN_LOCATION_KEYS, config_diff, load_checkpoint
+from crnn.run_config import RUN_LOCATION_KEYS, config_diff
 
 log = logging.getLogger("crnn.train")
 
@@ -36,8 +37,7 @@ class Launch:
     run_dir: Path
     resume_from: Path | None = None  # full training state of this same run
     weights_from: Path | None = None  # finetune: weights only, into a new run
-    previous_config: dict[str, Any] | None = None
-    explicit: bool = False  # ckpt_path=...: continuing (or extending) that run was asked for
+    previous_config: dict[str, Any] | None = None  # of the run in run_dir, when still to compare
 
 
 def _stored_config(ckpt: Path, trust: bool) -> dict[str, Any] | None:
@@ -65,7 +65,7 @@ def plan_launch(cfg: DictConfig, output_dir: Path) -> Launch:
                 "finetune=true to start a new run from its weights"
             )
         run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else output_dir
-        return Launch(run_dir, resume_from=ckpt, previous_config=stored, explicit=True)
+        return Launch(run_dir, resume_from=ckpt)  # compared here, before anything moves into run_dir
     last = output_dir / "checkpoints" / "last.ckpt"
     previous = _previous_config(output_dir, last, trust)
     return Launch(
@@ -84,11 +84,12 @@ def _previous_config(run_dir: Path, last: Path, trust: bool) -> dict[str, Any] |
 
 def check_relaunch(cfg: DictConfig, launch: Launch, completed: bool) -> list[str]:
     """The differences that forbid continuing in ``launch.run_dir`` (empty: fine). Re-launching into
-    a completed run compares every setting; resuming an unfinished run, or continuing any run by
-    ``ckpt_path`` (e.g. more epochs), may change :data:`RESUMABLE_DIFFERENCES`."""
-    if launch.previous_config is None or launch.weights_from is not None:
+    a completed run compares every setting; resuming an unfinished run may change
+    :data:`RESUMABLE_DIFFERENCES`. Continuing a run by ``ckpt_path`` (e.g. more epochs, the same
+    differences allowed) was compared by :func:`plan_launch`; a finetune starts a new run."""
+    if launch.previous_config is None:
         return []
-    ignore = RUN_LOCATION_KEYS + (() if completed and not launch.explicit else RESUMABLE_DIFFERENCES)
+    ignore = RUN_LOCATION_KEYS + (() if completed else RESUMABLE_DIFFERENCES)
     current = OmegaConf.to_container(cfg, resolve=True)
     return config_diff(launch.previous_config, current, ignore)  # type: ignore[arg-type]
 

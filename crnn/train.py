@@ -14,6 +14,7 @@ import os
 import secrets
 import string
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +26,15 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from crnn import complexity
-from crnn.builders import build_datamodule, build_task, run_labels
+from crnn.builders import build_datamodule, build_group, build_task, run_labels
 from crnn.callbacks import GlobalRngState, NonFiniteGuard, RunRecord, StoreConfig
 from crnn.callbacks.record import logger_config
+from crnn.checkpoints import CheckpointError, check_state_fits, load_checkpoint
 from crnn.errors import USER_ERRORS, ConfigError
-from crnn.lifecycle import JobFailed, RunStopped, graceful_interrupts, outcome_of
+from crnn.lifecycle import EXIT_CODES, JobFailed, RunStopped, graceful_interrupts, outcome_of
+from crnn.naming import choices, run_name_and_tags, sweep_group
+from crnn.records import MetricsFile, end_table
+from crnn.run_config import config_hash, print_config, save_config
 from crnn.runfolder import (
     Launch,
     check_relaunch,
@@ -38,25 +43,7 @@ from crnn.runfolder import (
     plan_launch,
     restore_hydra_files,
 )
-from crnn.runtime import (
-    EXIT_CODES,
-    CheckpointError,
-    MetricsFile,
-    check_state_fits,
-    choices,
-    config_hash,
-    end_table,
-    git_commit,
-    hydra_job,
-    load_checkpoint,
-    print_config,
-    progress_bar_enabled,
-    project_root,
-    quiet_known_noise,
-    run_name_and_tags,
-    save_config,
-    sweep_group,
-)
+from crnn.runtime import git_commit, hydra_job, progress_bar_enabled, project_root, quiet_known_noise
 from crnn.sweeps.cluster import lightning_plugins, slurm_info
 
 log = logging.getLogger("crnn.train")
@@ -69,31 +56,25 @@ def build_loggers(
     cfg: DictConfig, name: str, group: str | None, tags: list[str], resume_id: str | None
 ) -> list:
     """Every node of ``cfg.logger``; W&B gets the run's name, group, tags and (resuming) id."""
-    loggers = []
-    for key, node in (cfg.get("logger") or {}).items():
-        if not isinstance(node, DictConfig) or "_target_" not in node:
-            continue
-        extra: dict[str, Any] = {}
-        if key == "wandb":
-            # The id is chosen here so that metrics.json holds it before W&B starts (resume reuses it).
-            run_id = resume_id or "".join(
-                secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8)
-            )
-            extra = dict(name=name, group=node.get("group") or group, tags=tags, id=run_id)
-        loggers.append(instantiate(node, **extra))
-    return loggers
+
+    def wandb_run(key: str, node: Mapping[str, Any]) -> dict[str, Any]:
+        if key != "wandb":
+            return {}
+        # The id is chosen here so that metrics.json holds it before W&B starts (resume reuses it).
+        run_id = resume_id or "".join(
+            secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8)
+        )
+        return dict(name=name, group=node.get("group") or group, tags=tags, id=run_id)
+
+    return build_group(cfg.get("logger"), wandb_run)
 
 
 def build_callbacks(cfg: DictConfig, has_logger: bool) -> list[L.Callback]:
     """Every node of ``cfg.callbacks`` (LearningRateMonitor only with a logger: it refuses without)."""
-    callbacks = []
-    for node in (cfg.get("callbacks") or {}).values():
-        if not isinstance(node, DictConfig) or "_target_" not in node:
-            continue
-        if node._target_.endswith("LearningRateMonitor") and not has_logger:
-            continue
-        callbacks.append(instantiate(node))
-    return callbacks
+    return build_group(
+        cfg.get("callbacks"),
+        keep=lambda node: has_logger or not node["_target_"].endswith("LearningRateMonitor"),
+    )
 
 
 def check_data(datamodule: L.LightningDataModule) -> None:

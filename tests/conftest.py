@@ -88,7 +88,7 @@ def write_checkpoint(cfg, task, path: Path, choices: dict | None = None) -> Path
     import lightning
     from omegaconf import OmegaConf
 
-    from crnn.runtime import CONFIG_KEY
+    from crnn.checkpoints import CONFIG_KEY
 
     path.parent.mkdir(parents=True, exist_ok=True)
     stored = {"config": OmegaConf.to_container(cfg, resolve=True), "choices": dict(choices or {})}

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import cifar_overrides, compose, run_module
+from conftest import ROOT, cifar_overrides, compose, run_module
 
 from crnn.eval import evaluate
 from crnn.train import train
@@ -44,6 +48,39 @@ def test_eval_cli_honours_trainer_overrides_and_refuses_model_overrides(trained_
     proc = run_module("crnn.eval", f"ckpt_path={ckpt}", "rnn.cell=gru", cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "rnn.cell='gru' (checkpoint: 'rnn_tanh')" in proc.stdout + proc.stderr
+
+
+# crnn-eval whose first validation batch is interrupted by Ctrl-C (SIGINT to itself), as a user would.
+EVAL_WITH_CTRL_C = """
+import os, signal
+from crnn.tasks.classification import ClassificationTask
+
+step = ClassificationTask.validation_step
+
+def interrupted_step(self, batch, batch_idx):
+    if batch_idx == 0:
+        os.kill(os.getpid(), signal.SIGINT)
+    return step(self, batch, batch_idx)
+
+ClassificationTask.validation_step = interrupted_step
+from crnn.eval import main
+
+main()
+"""
+
+
+def test_eval_ctrl_c_is_interrupted_with_exit_130(trained_run, tmp_path):
+    run, _ = trained_run
+    out = tmp_path / "eval"
+    env = {**os.environ, "CI": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    args = [f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "data.batch_size=8", f"hydra.run.dir={out}"]
+    proc = subprocess.run(
+        [sys.executable, "-c", EVAL_WITH_CTRL_C, *args], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 128 + signal.SIGINT, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["status"], metrics["reason"], metrics["exit_code"]) == ("interrupted", "SIGINT", 130)
+    assert "Traceback" not in proc.stderr
 
 
 def test_eval_errors_are_one_line(tmp_path):

@@ -5,9 +5,11 @@ The TFLite / TensorFlow Lite Micro chain is in test_export_embedded.py (needs th
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
-from conftest import compose, write_checkpoint
+from conftest import cifar_overrides, compose, write_checkpoint
 from hydra.utils import instantiate
 
 from crnn.builders import build_task
@@ -19,7 +21,7 @@ from crnn.export import (
     source_from_checkpoint,
     source_from_config,
 )
-from crnn.export.cli import expand_multirun, main
+from crnn.export.cli import main
 from crnn.export.unrolled import DiagonalScanExportForm, UnrolledPass
 from crnn.layers import build_layer, get_cell, layer_info, list_layers
 
@@ -142,11 +144,42 @@ def test_onnx_round_trip_every_layer(rnn, tmp_path):
 # ---------------------------------------------------------------------------------- CLI
 
 
-def test_expand_multirun():
-    assert expand_multirun(["rnn=none,srnn", "seed=0", "backbone.replace=[last,stage:2]"]) == [
-        ["rnn=none", "seed=0", "backbone.replace=[last,stage:2]"],
-        ["rnn=srnn", "seed=0", "backbone.replace=[last,stage:2]"],
-    ]
+def _fake_measure_embedded(module, calibration, images, labels, **_):
+    """A stand-in for :func:`crnn.export.embedded.measure_embedded` (the real one needs the embedded
+    extra: test_export_embedded.py); numbers from the model's size, so each row gets its own."""
+    kib = sum(p.numel() for p in module.parameters()) / 1024
+    return {
+        **dict(flash_kib=kib, arena_kib=kib / 10, float_acc=0.5, int8_acc=0.25, int8_agreement=0.75),
+        **dict(n_calibration=len(calibration), n_eval=len(images), n_float_check=4, float_max_abs_diff=0.0),
+        **dict(float_ok=True, input_dtype="int8", output_dtype="int8", export_form=[]),
+    }
+
+
+def test_cli_int8_multirun_writes_one_row_per_value(cifar_root, tmp_path, capsys, monkeypatch):
+    """``-m rnn=none,srnn --format tflite --int8``: Hydra's sweep syntax expands to one model per value
+    (a bracketed list stays one value); embedded.json and the embedded table (with its weights column)."""
+    import crnn.export.embedded
+
+    monkeypatch.setattr(crnn.export.embedded, "measure_embedded", _fake_measure_embedded)
+    overrides = [*cifar_overrides(cifar_root), "rnn=none,srnn", "data.mean=[0.5,0.5,0.5]"]
+    with pytest.raises(SystemExit) as exit_:
+        main(["-m", *overrides, "--format", "tflite", "--int8", "--out", str(tmp_path)])
+    assert exit_.value.code == 0
+    results = json.loads((tmp_path / "embedded.json").read_text())
+    assert [r["name"] for r in results] == ["resnet20-none-linear", "resnet20-srnn-linear"]
+    assert [(r["n_calibration"], r["n_eval"]) for r in results] == [(64, 48)] * 2  # all there are
+    table = (tmp_path / "embedded_table.md").read_text()
+    rows = [[c.strip() for c in ln.split("|")[1:-1]] for ln in table.splitlines() if ln.startswith("| ")]
+    assert rows[0][:3] == ["backbone", "layer", "weights"]
+    assert [row[:3] for row in rows[1:]] == [["resnet20", "none", "untrained"], ["", "srnn", "untrained"]]
+    assert "of the weights named" in table and table in capsys.readouterr().out
+
+
+def test_cli_multirun_bad_sweep_is_a_config_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["-m", "rnn=none,srnn", "seed=interval(0,2)", "--out", str(tmp_path)])
+    assert exit_.value.code == 2
+    assert "seed: the basic sweeper takes only lists of values" in capsys.readouterr().err
 
 
 def test_cli_onnx(tmp_path, capsys):

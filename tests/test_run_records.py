@@ -15,8 +15,10 @@ import torch
 from conftest import cifar_overrides, compose
 
 from crnn.callbacks import GlobalRngState
+from crnn.callbacks.record import epoch_values
+from crnn.checkpoints import CheckpointError
 from crnn.errors import ConfigError
-from crnn.runtime import CheckpointError, MetricsFile
+from crnn.records import MetricsFile
 from crnn.train import RunStopped, train
 
 
@@ -25,6 +27,13 @@ def strict(path: Path) -> dict:
         raise ValueError(f"non-strict JSON constant {constant} in {path}")
 
     return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_epoch_values_take_the_epoch_value_of_each_metric():
+    metrics = {"train/loss": 3.0, "train/loss_step": 2.0, "train/loss_epoch": 1.0, "train/acc1": 0.5}
+    metrics |= {"val/acc1": 0.25, "lr-SGD": 0.1}
+    assert epoch_values(metrics, ("train/",)) == {"train/loss": 1.0, "train/acc1": 0.5}
+    assert epoch_values(metrics, ("train/", "val/"))["val/acc1"] == 0.25
 
 
 def finite_weights(path: Path) -> bool:
@@ -72,7 +81,7 @@ def test_final_status_is_written_on_a_full_disk(tmp_path, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("crnn.runtime.write_json_atomic", full)
+    monkeypatch.setattr("crnn.records.write_json_atomic", full)
     metrics.update(status="failed", reason="error", error="the original error")
     written = strict(tmp_path / "metrics.json")
     assert written["status"] == "failed" and written["error"].startswith("the original error")
@@ -167,7 +176,7 @@ def test_global_random_state_round_trips_through_a_safe_checkpoint(tmp_path):
 
 
 def test_safe_loading_refuses_code_and_names_the_switch(tmp_path):
-    from crnn.runtime import load_checkpoint
+    from crnn.checkpoints import load_checkpoint
 
     torch.save({"x": Path("p")}, tmp_path / "x.ckpt")  # a class outside the allow-list
     with pytest.raises(CheckpointError, match="trust_checkpoint=true"):

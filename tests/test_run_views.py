@@ -134,7 +134,7 @@ def test_wandb_own_settings_win_over_the_credentials_guess(tmp_path, monkeypatch
 
 
 def test_printed_config_is_never_cut(tmp_path, capsys):
-    from crnn.runtime import print_config
+    from crnn.run_config import print_config
 
     long_path = "/very/long/" + "x" * 300 + "/data"
     print_config(OmegaConf.create({"data": {"root": long_path}}), tmp_path / "config.yaml")

@@ -36,8 +36,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from crnn.checkpoints import CheckpointError
 from crnn.errors import USER_ERRORS
-from crnn.runtime import CheckpointError
 
 __all__ = ["ReceptiveField", "erf", "layer_erf", "model_erf", "parse_layer_spec", "save_heatmaps"]
 

@@ -9,6 +9,8 @@ from typing import Any
 
 import lightning as L
 
+from crnn.callbacks.record import epoch_values
+
 log = logging.getLogger("crnn.progress")
 
 
@@ -58,10 +60,8 @@ class ProgressLog(L.Callback):
         )
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        metrics = trainer.callback_metrics
-        shown = [k for k in sorted(metrics) if k.startswith(("train/", "val/")) and not k.endswith("_step")]
-        shown = [k for k in shown if not (k.endswith("_epoch") is False and f"{k}_epoch" in metrics)]
-        text = ", ".join(f"{k.removesuffix('_epoch')} {_fmt(metrics[k])}" for k in shown)
+        shown = epoch_values(trainer.callback_metrics, ("train/", "val/"))
+        text = ", ".join(f"{k} {_fmt(v)}" for k, v in sorted(shown.items()))
         log.info(
             "epoch %d (of %s) step %d: %s; %s",
             trainer.current_epoch,

@@ -10,13 +10,29 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from crnn.runtime import CONFIG_KEY, MetricsFile, plain_config
+from crnn.checkpoints import CONFIG_KEY
+from crnn.records import MetricsFile
+from crnn.run_config import plain_config
 
 log = logging.getLogger("crnn")
 
 
 def number(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
+
+
+def epoch_values(metrics: Mapping[str, Any], prefixes: tuple[str, ...]) -> dict[str, Any]:
+    """The epoch value of each metric of ``metrics`` (Lightning's ``callback_metrics``) whose name starts
+    with one of ``prefixes``, under its name without ``_epoch``. A metric logged both per step and per
+    epoch appears as ``x_step`` (left out), ``x_epoch`` and ``x``: ``x_epoch`` wins (``x`` may hold a
+    step value)."""
+    values: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if key.startswith(prefixes) and not key.endswith("_step"):
+            name = key.removesuffix("_epoch")
+            if key.endswith("_epoch") or name not in values:
+                values[name] = value
+    return values
 
 
 def logger_config(cfg: Mapping[str, Any], picked: Mapping[str, Any]) -> dict[str, Any]:
@@ -92,12 +108,7 @@ class RunRecord(L.Callback):
             return
         metrics = {k: number(v) for k, v in trainer.callback_metrics.items()}
         val = {k: v for k, v in metrics.items() if k.startswith("val/") and k != self.best_key}
-        train: dict[str, Any] = {}
-        for key, value in metrics.items():  # ``train/loss_epoch`` wins over ``train/loss`` (a step value)
-            if key.startswith("train/") and not key.endswith("_step"):
-                name = key.removesuffix("_epoch")
-                if key.endswith("_epoch") or name not in train:
-                    train[name] = value
+        train = epoch_values(metrics, ("train/",))
         epoch = trainer.current_epoch
         if self.monitor in val and self._improved(float(val[self.monitor])):
             self.best = {"epoch": epoch, **val}

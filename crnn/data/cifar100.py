@@ -39,15 +39,7 @@ from torch.utils.data import Dataset
 
 from crnn.data.augment import BatchAugment
 from crnn.data.cifar100_files import CIFAR100_FILES, CIFAR100Files, read_cifar100
-from crnn.data.sampling import (
-    EpochBatchSampler,
-    EpochLoader,
-    EpochShuffleSampler,
-    SeededBatch,
-    next_training_batch,
-    process_rank,
-    shuffles,
-)
+from crnn.data.sampling import EpochLoader, SeededBatch, epoch_loader
 
 __all__ = ["CIFAR100_MEAN", "CIFAR100_STD", "CIFAR100DataModule", "TensorBatchDataset", "collate_batch"]
 
@@ -286,36 +278,19 @@ class CIFAR100DataModule(LightningDataModule):
         self.test_set = TensorBatchDataset(test_images, test_labels)
 
     # ------------------------------------------------------------------ loaders
-    @property
-    def seed(self) -> int:
-        """Seed of the epoch orders and the augmentation: ``shuffle_seed``, else ``torch.initial_seed()``."""
-        return self.shuffle_seed if self.shuffle_seed is not None else torch.initial_seed()
-
     def _loader(self, dataset: TensorBatchDataset | None, what: str, train: bool = False) -> EpochLoader:
         if dataset is None:
             raise RuntimeError(f"call setup() before {what}_dataloader()")
-        batch_size = self.batch_size if train else self.eval_batch_size
-        # DDP: each process trains on its shard of the epoch; evaluation reads the whole split everywhere.
-        batches = EpochBatchSampler(
-            EpochShuffleSampler(
-                len(dataset),
-                self.seed,
-                shuffles(self.trainer, train),
-                *process_rank(self.trainer if train else None),
-            ),
-            batch_size,
-            drop_last=train and self.drop_last and len(dataset) >= batch_size,
-            seeded=train,
-        )
-        pin = torch.cuda.is_available() if self.pin_memory is None else bool(self.pin_memory)
-        return EpochLoader(
+        return epoch_loader(
             dataset,
-            batches,
-            first_batch=(lambda: next_training_batch(self.trainer)) if train else None,
-            collate_fn=collate_batch,
+            self.batch_size if train else self.eval_batch_size,
+            train=train,
+            trainer=self.trainer,
+            shuffle_seed=self.shuffle_seed,
             num_workers=self.num_workers,
-            pin_memory=pin,
-            persistent_workers=self.num_workers > 0,
+            drop_last=self.drop_last,
+            collate_fn=collate_batch,
+            pin_memory=torch.cuda.is_available() if self.pin_memory is None else bool(self.pin_memory),
         )
 
     def train_dataloader(self) -> EpochLoader:

@@ -56,15 +56,11 @@ from crnn.data.errors import CorruptDatasetError, DatasetNotFoundError
 from crnn.data.sampling import (
     SAMPLE,
     DataErrorValue,
-    EpochBatchSampler,
     EpochLoader,
-    EpochShuffleSampler,
     SeededBatch,
     SkippedSamples,
     derive_seed,
-    next_training_batch,
-    process_rank,
-    shuffles,
+    epoch_loader,
 )
 
 log = logging.getLogger("crnn")
@@ -440,27 +436,15 @@ class COCODataModule(L.LightningDataModule):
         return [m for loader in self._loaders for m in loader.skipped]
 
     def _loader(self, dataset: CocoDetectionDataset, batch_size: int, train: bool) -> EpochLoader:
-        seed = self.shuffle_seed if self.shuffle_seed is not None else torch.initial_seed()
-        # DDP: each process trains on its shard of the epoch; evaluation reads the whole split everywhere.
-        batches = EpochBatchSampler(
-            EpochShuffleSampler(
-                len(dataset),
-                seed,
-                shuffles(self.trainer, train),
-                *process_rank(self.trainer if train else None),
-            ),
-            batch_size,
-            drop_last=False,
-            seeded=train,
-        )
-        loader = EpochLoader(
+        loader = epoch_loader(
             dataset,
-            batches,
-            first_batch=(lambda: next_training_batch(self.trainer)) if train else None,
+            batch_size,
+            train=train,
+            trainer=self.trainer,
+            shuffle_seed=self.shuffle_seed,
             num_workers=self.num_workers,
             collate_fn=collate,
             pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
         )
         self._loaders.append(loader)
         return loader

@@ -11,6 +11,7 @@ the epoch is iterated from its start or from batch ``i`` (as after a resume), on
   asks ``first_batch()`` where to start when an iteration begins, and raises data errors that a
   worker returned as values. It is not a DataLoader subclass on purpose: Lightning then leaves it
   as it is (no sampler injection); under DDP the sampler shards each epoch's order itself.
+- :func:`epoch_loader`: the three wired for a data module's split (what the data modules call).
 
 How this reproduces under Lightning (2.x, read in ``loops/fit_loop.py``, ``loops/training_epoch_loop.py``):
 a run resumed from a mid-epoch checkpoint restores the loop counters, calls ``set_epoch(e)`` on
@@ -51,6 +52,7 @@ __all__ = [
     "SeededBatch",
     "SkippedSamples",
     "derive_seed",
+    "epoch_loader",
     "next_training_batch",
     "process_rank",
 ]
@@ -246,3 +248,44 @@ class EpochLoader:
                     log.warning("left out of its batch (%d so far): %s", len(self.skipped), message)
                 batch = batch.batch
             yield batch
+
+
+def epoch_loader(
+    dataset: Any,
+    batch_size: int,
+    *,
+    train: bool,
+    trainer: Any,
+    shuffle_seed: int | None,
+    num_workers: int,
+    drop_last: bool = False,
+    **dataloader_kwargs: Any,
+) -> EpochLoader:
+    """A data module's loader of one split: :class:`EpochShuffleSampler` -> :class:`EpochBatchSampler`
+    -> :class:`EpochLoader`.
+
+    ``train``: shuffled (see :func:`shuffles`), sharded under DDP, seeded batches, starting at the batch
+    Lightning numbers next; otherwise the whole split in order everywhere, unseeded, from batch 0.
+    ``shuffle_seed``: seed of the epoch orders and the augmentation (``None``: ``torch.initial_seed()``,
+    the run's seed, read now). ``drop_last`` (training only) drops the last incomplete batch, unless
+    that would leave no batch. ``trainer``: the data module's (``None`` outside a run).
+    ``dataloader_kwargs`` go to the DataLoader (``collate_fn``, ``pin_memory``); workers persist.
+    """
+    seed = shuffle_seed if shuffle_seed is not None else torch.initial_seed()
+    # DDP: each process trains on its shard of the epoch; evaluation reads the whole split everywhere.
+    batches = EpochBatchSampler(
+        EpochShuffleSampler(
+            len(dataset), seed, shuffles(trainer, train), *process_rank(trainer if train else None)
+        ),
+        batch_size,
+        drop_last=train and drop_last and len(dataset) >= batch_size,
+        seeded=train,
+    )
+    return EpochLoader(
+        dataset,
+        batches,
+        first_batch=(lambda: next_training_batch(trainer)) if train else None,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        **dataloader_kwargs,
+    )

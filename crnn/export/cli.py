@@ -7,7 +7,8 @@
         --data root=../shared/data/cifar100_partial --data verify_checksums=false
 
 Without ``--ckpt`` the model is the one ``crnn-train <overrides>`` builds, untrained (its seeded
-initialisation). ``-m`` expands comma-separated override values into one model per combination.
+initialisation). ``-m`` expands comma-separated override values into one model per combination
+(Hydra's override parser, as the basic sweeper: :func:`crnn.results.read.expand_sweep`).
 
 * ``--format onnx``: :mod:`crnn.export.onnx` (onnxruntime check on a seeded random input).
 * ``--format tflite``: the float ``.tflite`` (:mod:`crnn.export.tflite`), run in TensorFlow Lite
@@ -24,8 +25,6 @@ Recurrent layers are exported in their unrolled export form (:mod:`crnn.export.u
 from __future__ import annotations
 
 import argparse
-import itertools
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,25 +33,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from crnn.checkpoints import CheckpointError
 from crnn.errors import USER_ERRORS, ConfigError
 from crnn.export.embedded import EXTRA_MODULES, INSTALL_HINT
 from crnn.export.source import ExportSource, normalized_images, source_from_checkpoint, source_from_config
-from crnn.runtime import CheckpointError
+from crnn.records import strict_json, write_json_atomic
+from crnn.results.read import BASE, expand_sweep
+from crnn.results.render import embedded_markdown
 
-__all__ = ["expand_multirun", "main", "markdown_table"]
+__all__ = ["main"]
 
 EMBEDDED_EXTRA = f"the embedded extra is not installed: {INSTALL_HINT} ({{err}})"
-
-
-def expand_multirun(overrides: Sequence[str]) -> list[list[str]]:
-    """``["rnn=none,srnn", "seed=0"]`` -> ``[["rnn=none", "seed=0"], ["rnn=srnn", "seed=0"]]``
-    (values inside brackets are left whole)."""
-    choices = []
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        split = sep and "," in value and not value.lstrip().startswith(("[", "{"))
-        choices.append([f"{key}={v}" for v in value.split(",")] if split else [item])
-    return [list(combo) for combo in itertools.product(*choices)]
 
 
 def _out_path(source: ExportSource, out: str | None, suffix: str, many: bool) -> Path:
@@ -134,26 +125,25 @@ def _export_tflite_int8(source: ExportSource, path: Path, args: argparse.Namespa
     return result
 
 
-def markdown_table(results: Sequence[dict[str, Any]]) -> str:
-    """The embedded table: one row per model."""
-    head = (
-        "| model | weights | params | MACs | flash KiB (int8) | arena KiB (int8) | "
-        "acc float | acc int8 | int8 = float top-1 |\n|---|---|---:|---:|---:|---:|---:|---:|---:|"
-    )
-    rows = [head]
-    for r in results:
-        rows.append(
-            f"| {r['name']} | {'trained' if r['trained'] else 'untrained'} | {r['params'] / 1e3:.1f}K | "
-            f"{r['macs'] / 1e6:.2f}M | {r['flash_kib']:.1f} | {r['arena_kib']:.1f} | "
-            f"{100 * r.get('float_acc', float('nan')):.1f}% | {100 * r.get('int8_acc', float('nan')):.1f}% | "
-            f"{100 * r['int8_agreement']:.1f}% |"
-        )
-    n = results[0] if results else {}
-    rows.append(
-        f"\nint8: ai-edge-quantizer static a8w8, {n.get('n_calibration')} calibration images; "
-        f"accuracies and agreement on {n.get('n_eval')} test images, run in tflite-micro."
-    )
-    return "\n".join(rows)
+def _expanded(overrides: Sequence[str]) -> list[list[str]]:
+    """``-m``: one override list per combination of the comma-separated values, as Hydra's sweeper."""
+    from hydra.errors import HydraException
+
+    try:
+        return expand_sweep({}, overrides)
+    except (HydraException, ValueError) as err:
+        raise ConfigError(f"-m {' '.join(overrides)}: {err}") from None
+
+
+def _table_row(result: dict[str, Any]) -> dict[str, Any]:
+    """An int8 export's result as a row of :func:`crnn.results.render.embedded_markdown`."""
+    return {
+        **{k: result["choices"].get(k) for k in BASE},
+        "weights": "trained" if result["trained"] else "untrained",
+        "params": result["params"],
+        "macs": result["macs"],
+        "embedded": result,
+    }
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -195,7 +185,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.ckpt:
         sources = [source_from_checkpoint(c, trust=args.trust_checkpoint) for c in args.ckpt]
     else:
-        runs = expand_multirun(args.overrides) if args.multirun else [list(args.overrides)]
+        runs = _expanded(args.overrides) if args.multirun else [list(args.overrides)]
         sources = [source_from_config(o) for o in runs]
     many = len(sources) > 1
     suffix = ".onnx" if args.format == "onnx" else ".tflite"
@@ -212,10 +202,10 @@ def _run(args: argparse.Namespace) -> int:
         if not ok:
             failed.append(source.name)
     if results:
-        table = markdown_table(results)
+        table = embedded_markdown([_table_row(r) for r in results])
         print(table)
         folder = _out_path(sources[0], args.out, suffix, many).parent
-        (folder / "embedded.json").write_text(json.dumps(results, indent=2, default=str))
+        write_json_atomic(folder / "embedded.json", strict_json(results)[0])
         (folder / "embedded_table.md").write_text(table + "\n")
         print(f"wrote {folder / 'embedded.json'} and {folder / 'embedded_table.md'}")
     if failed:
@@ -234,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         code = _run(args)
     except (*USER_ERRORS, CheckpointError) as err:
-        # crnn.runtime names eval's Hydra switch; crnn-export's is a flag.
+        # crnn.checkpoints names eval's Hydra switch; crnn-export's is a flag.
         print(
             f"crnn-export: {str(err).replace('trust_checkpoint=true', '--trust-checkpoint')}", file=sys.stderr
         )

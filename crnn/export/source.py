@@ -20,6 +20,7 @@ from torch import nn
 
 from crnn.builders import build_datamodule, build_model, compose_config, run_labels, task_from_checkpoint
 from crnn.errors import ConfigError
+from crnn.naming import model_name
 
 __all__ = ["ExportSource", "normalized_images", "source_from_checkpoint", "source_from_config"]
 
@@ -38,12 +39,12 @@ class ExportSource:
     @property
     def name(self) -> str:
         """``backbone-rnn-head`` of the run's group choices."""
-        return "-".join(str(self.choices.get(k)) for k in ("backbone", "rnn", "head"))
+        return model_name(self.choices)
 
 
 def source_from_config(overrides: Sequence[str] = ()) -> ExportSource:
     """The model ``crnn-train <overrides>`` builds (seeded random init, untrained)."""
-    from crnn.runtime import choices
+    from crnn.naming import choices
 
     cfg = compose_config(overrides)
     task, module, inputs = build_model(cfg)  # seeded init; constructors check settings only: no disk access

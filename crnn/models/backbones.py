@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from crnn.models.blocks import LayerFactory, PositiveFloat, PositiveInt, ReplacementBlock, parse_replace
+from crnn.constraints import PositiveFloat, PositiveInt
+from crnn.models.blocks import LayerFactory, ReplacementBlock, parse_replace
 
 
 def conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1):

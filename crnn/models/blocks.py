@@ -8,18 +8,15 @@ pattern of the block it replaces so that "RNN vs conv" changes the layer and not
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated
 
 import torch
-from annotated_types import Gt
 from torch import nn
+
+# Re-exported: crnn.models.detection imports them from here (their home is crnn.constraints).
+from crnn.constraints import PositiveFloat, PositiveInt  # noqa: F401
 
 LayerFactory = Callable[[int, int], nn.Module]
 """``factory(in_channels, out_channels) -> nn.Module``: a configured layer class of :mod:`crnn.layers`."""
-
-PositiveInt = Annotated[int, Gt(0)]
-"""A size: an ``int > 0`` (checked with the config key named by :mod:`crnn.builders`)."""
-PositiveFloat = Annotated[float, Gt(0)]
 
 
 class ReplacementBlock(nn.Module):

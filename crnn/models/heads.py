@@ -11,9 +11,9 @@ from typing import Literal
 import torch
 from torch import nn
 
+from crnn.constraints import PositiveInt
 from crnn.layers.cells import get_cell
 from crnn.layers.fast_rnn import run_rnn, run_ws_birnn
-from crnn.models.blocks import PositiveInt
 
 
 class LinearHead(nn.Module):

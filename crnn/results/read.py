@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from crnn.naming import model_name
+
 __all__ = [
     "BASE",
     "EMBEDDED_KEYS",
@@ -73,8 +75,7 @@ class Job:
         """``backbone-rnn-head [other overrides]``, without the seed and the ``common`` overrides."""
         skip = (*BASE, "seed")
         extra = [o for o in self.overrides if _key_of(o) not in skip and o not in common]
-        base = "-".join(str(self.choices.get(k)) for k in ("backbone", "rnn", "head"))
-        return base + (f" [{' '.join(extra)}]" if extra else "")
+        return model_name(self.choices) + (f" [{' '.join(extra)}]" if extra else "")
 
 
 def metric_value(metrics: Mapping[str, Any], name: str) -> float | None:

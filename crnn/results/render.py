@@ -315,16 +315,27 @@ def profile_markdown(jobs: Sequence[Job]) -> str:
 EMBEDDED_CAPTION = (
     "int8: full-integer TFLite (ai-edge-quantizer a8w8, {cal} calibration training images) run in "
     "TensorFlow Lite Micro: flash = the int8 flatbuffer, arena = the tensor arena TFLM allocated. "
-    "Accuracy (float: PyTorch) and int8 = float top-1 on {n_eval} test images, of the weights "
-    "crnn-profile measured (the config's seeded initialisation, untrained)."
+    "Accuracy (float: PyTorch) and int8 = float top-1 on {n_eval} test images, {weights}."
+)
+# Whose weights were measured: rows without ``weights`` are crnn-profile's, rows with it crnn-export's.
+PROFILED_WEIGHTS = "of the weights crnn-profile measured (the config's seeded initialisation, untrained)"
+NAMED_WEIGHTS = (
+    "of the weights named (trained: the checkpoint's; untrained: the config's seeded initialisation)"
 )
 
 
 def embedded_table(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
-    """The rows measured with ``crnn-profile profile.embedded=true``: model, params, MACs and the
-    int8 TFLM numbers (:data:`crnn.results.read.EMBEDDED_KEYS`, ``n_calibration``, ``n_eval``)."""
+    """The rows measured with ``crnn-profile profile.embedded=true`` (or ``crnn-export --int8``): model,
+    params, MACs and the int8 TFLM numbers (:data:`crnn.results.read.EMBEDDED_KEYS`, ``n_calibration``,
+    ``n_eval``), and ``weights`` where a row names them (``trained`` / ``untrained``)."""
     lines = [
-        {**{k: r[k] for k in BASE}, "params": r["params"], "macs": r["macs"], **r["embedded"]}
+        {
+            **{k: r[k] for k in BASE},
+            **({"weights": r["weights"]} if "weights" in r else {}),
+            "params": r["params"],
+            "macs": r["macs"],
+            **r["embedded"],
+        }
         for r in rows
         if r.get("embedded")
     ]
@@ -336,12 +347,12 @@ def _counts(values: pd.Series) -> str:
 
 
 def embedded_markdown(rows: Sequence[dict[str, Any]]) -> str | None:
-    """The embedded table of the paper's kind (backbone x layer -> params, MACs, flash, arena,
-    accuracy float / int8, agreement) and its caption; ``None`` when no row was measured."""
+    """The embedded table of the paper's kind (backbone x layer [x weights] -> params, MACs, flash,
+    arena, accuracy float / int8, agreement) and its caption; ``None`` when no row was measured."""
     table = embedded_table(rows)
     if table.empty:
         return None
-    cols = _columns(table.to_dict("records"), ())
+    cols = _columns(table.to_dict("records"), ("weights",) if "weights" in table else ())
     shown = table[cols].map(lambda v: "-" if v is None else str(v))
     for c in ("data", "backbone"):
         if c in shown:
@@ -356,5 +367,9 @@ def embedded_markdown(rows: Sequence[dict[str, Any]]) -> str | None:
     shown["int8 = float top-1 (%)"] = table["int8_agreement"].map(lambda v: f"{100 * v:.1f}")
     align = ["left"] * len(cols) + ["right"] * (shown.shape[1] - len(cols))
     text = shown.to_markdown(index=False, colalign=align, disable_numparse=True)
-    note = EMBEDDED_CAPTION.format(cal=_counts(table["n_calibration"]), n_eval=_counts(table["n_eval"]))
+    note = EMBEDDED_CAPTION.format(
+        cal=_counts(table["n_calibration"]),
+        n_eval=_counts(table["n_eval"]),
+        weights=NAMED_WEIGHTS if "weights" in table else PROFILED_WEIGHTS,
+    )
     return f"{text}\n\n{note}"

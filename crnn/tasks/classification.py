@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from annotated_types import Interval
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from crnn.constraints import Fraction
 from crnn.tasks.base import BaseTask, OptimizerFactory, SchedulerFactory
 
 
@@ -31,7 +31,7 @@ class ClassificationTask(BaseTask):
         input_shape: tuple[int, int, int],
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory,
-        label_smoothing: Annotated[float, Interval(ge=0, le=1)] = 0.0,
+        label_smoothing: Fraction = 0.0,
         monitor: str = "val/acc1",
         monitor_mode: str = "max",
         config: Mapping[str, Any] | None = None,

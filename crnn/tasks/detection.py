@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from crnn.models.detection import FCOSDetector, FCOSNetwork
-from crnn.runtime import write_json_atomic
+from crnn.records import write_json_atomic
 from crnn.tasks.base import BaseTask, OptimizerFactory, SchedulerFactory
 from crnn.tasks.coco_eval import evaluate_detections, gather_detections, to_coco_detections
 

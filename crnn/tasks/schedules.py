@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Annotated
 
-from annotated_types import Ge, Interval
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
-__all__ = ["constant", "cosine", "multistep"]
+from crnn.constraints import Fraction, NonNegativeFloat, NonNegativeInt
 
-NonNegativeFloat = Annotated[float, Ge(0)]
+__all__ = ["constant", "cosine", "multistep"]
 
 
 def _with_warmup(
@@ -39,7 +37,7 @@ def cosine(
     total_steps: int,
     steps_per_epoch: int,
     warmup_epochs: NonNegativeFloat = 0.0,
-    min_lr_ratio: Annotated[float, Interval(ge=0, le=1)] = 0.0,
+    min_lr_ratio: Fraction = 0.0,
 ) -> LambdaLR:
     """Warm-up, then half a cosine from the base rate to ``min_lr_ratio`` x it at ``total_steps``."""
     decay_steps = max(1, total_steps - int(round(warmup_epochs * steps_per_epoch)))
@@ -55,8 +53,8 @@ def multistep(
     optimizer: Optimizer,
     total_steps: int,
     steps_per_epoch: int,
-    milestones: list[Annotated[int, Ge(0)]],
-    gamma: Annotated[float, Ge(0)] = 0.1,
+    milestones: list[NonNegativeInt],
+    gamma: NonNegativeFloat = 0.1,
     warmup_epochs: NonNegativeFloat = 0.0,
 ) -> LambdaLR:
     """Warm-up, then the base rate x ``gamma`` once per epoch of ``milestones`` passed (counted from

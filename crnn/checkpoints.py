@@ -1,0 +1,63 @@
+"""Reading crnn checkpoints: safe loading (tensors and plain values only), the key of the run config
+they carry, and one clear error when their weights do not fit a model."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CONFIG_KEY", "CheckpointError", "check_state_fits", "load_checkpoint"]
+
+
+CONFIG_KEY = "crnn_config"
+"""Checkpoint key holding the resolved config of the run that wrote it (see
+:class:`crnn.callbacks.StoreConfig`)."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded safely, or that does not fit the model."""
+
+
+def load_checkpoint(path: str | Path, trust: bool = False) -> dict[str, Any]:
+    """``torch.load`` of a crnn checkpoint: tensors and plain Python values only
+    (``weights_only=True``), unless ``trust`` (``trust_checkpoint=true``: your own older files,
+    which may run code when unpickled)."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        what = f"it needs {found.group(1)}" if found else (str(err).strip().splitlines() or ["?"])[0][:200]
+        raise CheckpointError(
+            f"{path}: holds more than tensors and plain values, so it is not loaded ({what}). "
+            "If you wrote it yourself, pass trust_checkpoint=true."
+        ) from None
+    except (OSError, RuntimeError, EOFError) as err:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({err})") from None
+
+
+def check_state_fits(own: Mapping[str, Any], state: Mapping[str, Any], source: str) -> None:
+    """One :class:`CheckpointError` naming the parameters whose names or shapes differ between a
+    model's ``state_dict`` (``own``) and a checkpoint's (``state``); ``source`` says where the
+    model's config came from."""
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state))
+        if tuple(own[k].shape) != tuple(state[k].shape)
+    ]
+    parts = [
+        f"{label} {', '.join(keys[:3])}{f' (+{len(keys) - 3} more)' if len(keys) > 3 else ''}"
+        for label, keys in (("shape differs:", shapes), ("missing:", missing), ("unexpected:", unexpected))
+        if keys
+    ]
+    if parts:
+        raise CheckpointError(
+            f"the checkpoint does not fit the model built from {source}: {'; '.join(parts)}"
+        )

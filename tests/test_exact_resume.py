@@ -136,9 +136,10 @@ def test_unreachable_wandb_goes_offline_within_the_timeout(tmp_path, cifar_root)
         **env,
     )
     seconds = time.monotonic() - start
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    output = f"--- stdout (tail) ---\n{proc.stdout[-4000:]}\n--- stderr (tail) ---\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, output
     metrics = json.loads((tmp_path / "run/metrics.json").read_text())
-    assert metrics["status"] == "completed" and math.isfinite(metrics["test/acc1"])
-    assert (proc.stdout + proc.stderr).count("continuing offline") == 1
+    assert metrics["status"] == "completed" and math.isfinite(metrics["test/acc1"]), output
+    assert (proc.stdout + proc.stderr).count("continuing offline") == 1, output
     assert list((tmp_path / "run/wandb").glob(f"offline-run-*-{metrics['wandb_id']}"))
     assert seconds < 120, seconds

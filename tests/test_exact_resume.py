@@ -123,22 +123,36 @@ def test_killed_and_resumed_runs_end_with_the_same_metrics(task, rnn, tmp_path, 
 
 
 @pytest.mark.slow
-def test_unreachable_wandb_goes_offline_within_the_timeout(tmp_path, cifar_root):
-    """A key set, the server a closed local port: one warning, offline, the run completes."""
+@pytest.mark.parametrize("service", ["own", "inherited"])
+def test_unreachable_wandb_goes_offline_within_the_timeout(service, tmp_path, cifar_root):
+    """A key set, the server a closed local port: one warning, offline, the run completes, whether
+    crnn-train starts its own W&B service or inherits one from a parent that uses W&B
+    (``WANDB_SERVICE``; a pytest worker that ran an in-process W&B test hands its service on)."""
+    import wandb
+
     env = {"WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_MODE": None}
+    env[wandb.env.SERVICE] = None
+    if service == "inherited":
+        wandb.setup()  # this process's service: its token is in WANDB_SERVICE
+        env[wandb.env.SERVICE] = os.environ[wandb.env.SERVICE]
     start = time.monotonic()
-    proc = run(
-        *cifar_overrides(
-            cifar_root, "rnn=none", "logger=wandb", "logger.wandb.init_timeout=5", "callbacks=none"
-        ),
-        f"hydra.run.dir={tmp_path / 'run'}",
-        cwd=tmp_path,
-        **env,
-    )
+    try:
+        proc = run(
+            *cifar_overrides(
+                cifar_root, "rnn=none", "logger=wandb", "logger.wandb.init_timeout=5", "callbacks=none"
+            ),
+            f"hydra.run.dir={tmp_path / 'run'}",
+            cwd=tmp_path,
+            **env,
+        )
+    finally:
+        if service == "inherited":
+            wandb.teardown()
     seconds = time.monotonic() - start
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    output = f"--- stdout (tail) ---\n{proc.stdout[-4000:]}\n--- stderr (tail) ---\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, output
     metrics = json.loads((tmp_path / "run/metrics.json").read_text())
-    assert metrics["status"] == "completed" and math.isfinite(metrics["test/acc1"])
-    assert (proc.stdout + proc.stderr).count("continuing offline") == 1
+    assert metrics["status"] == "completed" and math.isfinite(metrics["test/acc1"]), output
+    assert (proc.stdout + proc.stderr).count("continuing offline") == 1, output
     assert list((tmp_path / "run/wandb").glob(f"offline-run-*-{metrics['wandb_id']}"))
     assert seconds < 120, seconds

@@ -12,9 +12,6 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-# Re-exported: crnn.models.detection imports them from here (their home is crnn.constraints).
-from crnn.constraints import PositiveFloat, PositiveInt  # noqa: F401
-
 LayerFactory = Callable[[int, int], nn.Module]
 """``factory(in_channels, out_channels) -> nn.Module``: a configured layer class of :mod:`crnn.layers`."""
 

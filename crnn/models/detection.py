@@ -27,10 +27,9 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import torch
-from annotated_types import Ge, Interval
 from torch import nn
 from torchvision.models import get_model_weights
 from torchvision.models._utils import IntermediateLayerGetter
@@ -42,11 +41,9 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from crnn.constraints import NonNegativeInt, PositiveFloat, PositiveInt, Probability
 from crnn.layers import Layer2d
-from crnn.models.blocks import LayerFactory, PositiveFloat, PositiveInt
-
-NonNegativeInt = Annotated[int, Ge(0)]
-Probability = Annotated[float, Interval(gt=0, lt=1)]
+from crnn.models.blocks import LayerFactory
 
 __all__ = [
     "FCOSDetector",

@@ -31,9 +31,9 @@ def _never_fatal(method):
         try:
             return method(self, *args, **kwargs)
         except Exception as err:  # a dead service, a full disk, a W&B bug: the run goes on without W&B
-            self.failed = True
+            self.failed = f"{method.__name__}: {_first_line(err)}"
             log.warning(
-                "W&B failed in %s (%s); the run goes on without W&B (metrics.json records it)",
+                "W&B failed in %s (%s); the run goes on without W&B (metrics.json: wandb_error)",
                 method.__name__,
                 _first_line(err),
             )
@@ -78,8 +78,8 @@ class WandbLogger(_LightningWandbLogger):
             **kwargs,
         )
         self.media, self.watch_mode = media, watch
-        self.failed = False
-        """A W&B call failed after start: no more W&B calls in this run."""
+        self.failed: str | None = None
+        """The W&B call that failed after start, and its error: no more W&B calls in this run."""
         # Lightning passes ``anonymous=None``, which W&B answers with a deprecation warning every run.
         if self._wandb_init.get("anonymous") is None:
             self._wandb_init.pop("anonymous", None)

@@ -250,6 +250,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     for logger in loggers:
         if hasattr(logger, "finish"):
             logger.finish(exit_code)
+    wandb_errors = [lg.failed for lg in loggers if getattr(lg, "failed", None)]
+    if wandb_errors:  # the run went on without W&B after this error
+        metrics.update(wandb_error=wandb_errors[0])
     for line in end_table(metrics.data, run_dir) if writer else ():
         log.info("%s", line)
     if metrics.data["status"] != "completed":

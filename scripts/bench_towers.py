@@ -13,6 +13,7 @@ part of a synthetic_shapes epoch (1,000 images = 63 steps).
 
     python scripts/bench_towers.py                                  # none, sws_birnn; 1 thread
     python scripts/bench_towers.py --layers none,srnn,sws_birnn --rounds 5 --threads 2
+    python scripts/bench_towers.py --clock cpu                      # CPU time: a shared machine
 """
 
 from __future__ import annotations
@@ -57,7 +58,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=4, help="training steps per model and round")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (medians reported)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="cpu: process CPU time (1 thread; steadier on a shared machine)",
+    )
     args = parser.parse_args(argv)
+    global CLOCK
+    if args.clock == "cpu":
+        CLOCK = time.process_time
     torch.set_num_threads(args.threads)
     layers = args.layers.split(",")
 
@@ -74,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
             models[layer] = (net, opt, batches, params)
     print(
         f"synthetic_shapes, batch {len(models[layers[0]][2][0][0])}, {args.threads} thread(s), "
-        f"{args.steps} steps x {args.rounds} rounds"
+        f"{args.steps} steps x {args.rounds} rounds, {args.clock} clock"
     )
 
     train: dict[str, list[float]] = {k: [] for k in layers}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from conftest import cifar_overrides, compose
 from omegaconf import OmegaConf
@@ -87,6 +89,26 @@ def test_classification_media_reach_a_logger_that_takes_them(tmp_path, cifar_roo
     assert rows[0][0].shape == (3, 32, 32) and 0.0 <= rows[0][3] <= 1.0
     ((key, y_true, preds, names),) = logger.matrices
     assert key == "val/confusion_matrix" and len(y_true) == len(preds) == 32 and len(names) == 100
+
+
+def test_a_logger_that_failed_mid_run_is_named_in_metrics(tmp_path, cifar_root):
+    """crnn's W&B logger goes on without W&B after an error (``failed``): metrics.json says so."""
+    import logger_double
+    from logger_double import RecordingLogger
+
+    class FailedLogger(RecordingLogger):
+        failed = "log_metrics: ConnectionResetError: the W&B service is gone"
+
+    logger_double.FailedLogger = FailedLogger
+    overrides = cifar_overrides(
+        cifar_root,
+        "rnn=none",
+        "trainer.fast_dev_run=true",
+        "+logger.failed._target_=logger_double.FailedLogger",
+    )
+    metrics = train(compose(overrides, tmp_path))
+    assert metrics["status"] == "completed" and metrics["wandb_error"] == FailedLogger.failed
+    assert json.loads((tmp_path / "metrics.json").read_text())["wandb_error"] == FailedLogger.failed
 
 
 def test_progress_lines_per_epoch_and_every_n_steps(tmp_path, cifar_root, caplog):

@@ -4,7 +4,9 @@ its own ``last.ckpt`` and ends with the metrics of the same job run without inte
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import subprocess
 import sys
 import time
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, cifar_overrides
-from slurm_cluster import slurm_cluster
+from slurm_cluster import SlurmCluster, slurm_cluster
 from test_sweeps import needs_plugins
 
 pytestmark = [pytest.mark.slow, needs_plugins]
@@ -47,10 +49,71 @@ def slurm_job_ids(sweep: Path) -> list[str]:
     return sorted(p.name for p in (sweep / ".submitit").iterdir() if "_" in p.name and p.name[0].isdigit())
 
 
-def _wait_for_state(cluster, job_id: str, state: str, timeout: float = 120) -> None:
+def submitit_logs(sweep: Path, job_id: str) -> dict[Path, str]:
+    """The job's stdout and stderr as submitit's sbatch script keeps them (``--open-mode=append``:
+    every attempt of a requeued job, one after the other)."""
+    return {p: p.read_text() for p in sorted((sweep / ".submitit" / job_id).glob("*_log.*"))}
+
+
+def submitit_events(log: str, event: str) -> int:
+    """How many times submitit logged ``event`` (its own handler's lines, not their copy in Hydra's log
+    format): "Starting with" once per attempt, "Job completed successfully" once it wrote a result."""
+    return len(re.findall(rf"^submitit INFO \(.*\) - {re.escape(event)}", log, re.MULTILINE))
+
+
+@contextlib.contextmanager
+def evidence_on_failure(cluster: SlurmCluster, sweep: Path, keep: Path, launcher_output: list[str]):
+    """A failure inside names what the scheduler and the jobs saw: ``scontrol show job``, the job
+    completion log, the end of each job's submitit logs, each metrics.json and the launcher's output
+    (all of it in full in ``keep``, which outlives the cluster)."""
+    try:
+        yield
+    except (AssertionError, TimeoutError, RuntimeError, subprocess.SubprocessError) as err:
+        ids = slurm_job_ids(sweep) if (sweep / ".submitit").is_dir() else []
+        logs = {path: text for job_id in ids for path, text in submitit_logs(sweep, job_id).items()}
+        head = [f"--- launcher output\n{''.join(launcher_output)}", cluster.record(*ids)]
+        tail = [f"--- {p}\n{p.read_text()}" for p in sorted(sweep.glob("*/metrics.json"))]
+        keep.write_text("\n".join([*head, *(f"--- {p}\n{text}" for p, text in logs.items()), *tail]))
+        short = [*(f"--- {p} (end)\n{text[-3000:]}" for p, text in logs.items()), *tail]
+        text = "\n".join([head[0][-3000:], head[1], *short])
+        raise AssertionError(f"{err}\n===== evidence (in full in {keep}) =====\n{text}") from err
+
+
+def run_sweep(cifar_root: Path, sweep: Path, env: dict[str, str], *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        sweep_command(cifar_root, sweep, *extra),
+        env=env,
+        cwd=sweep.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def finish(launch: subprocess.Popen, output: list[str], timeout: float = 900) -> None:
+    """Wait for the launcher, killed after ``timeout`` s; its output appended to ``output``."""
+    try:
+        output.append(launch.communicate(timeout=timeout)[0])
+        print(f"launcher returned at {time.strftime('%H:%M:%S')}")  # beside the jobs' EndTime
+    except subprocess.TimeoutExpired:
+        launch.kill()
+        output.append(launch.communicate()[0])
+        raise
+
+
+def wait_for_training(pattern: Path, timeout: float) -> Path:
+    """The run folder matching ``pattern`` once it trains with a checkpoint behind it: ``last.ckpt``
+    written and metrics.json still ``running`` (a requeue then lands mid-training)."""
     deadline = time.time() + timeout
-    while cluster.job(job_id).get("JobState") != state and time.time() < deadline:
-        time.sleep(0.5)
+    while time.time() < deadline:
+        for run_dir in sorted(pattern.parent.glob(pattern.name)):
+            metrics = run_dir / "metrics.json"
+            if (run_dir / "checkpoints" / "last.ckpt").is_file() and metrics.is_file():
+                status = json.loads(metrics.read_text()).get("status")
+                assert status == "running", f"{run_dir} is {status} before it could be requeued"
+                return run_dir
+        time.sleep(0.2)
+    raise TimeoutError(f"no run folder {pattern} with a checkpoint after {timeout:.0f} s")
 
 
 def test_slurm_sweep_and_requeue(tmp_path, cifar_root):
@@ -59,67 +122,67 @@ def test_slurm_sweep_and_requeue(tmp_path, cifar_root):
         env["OMP_NUM_THREADS"] = "1"
 
         # 1. A 2-job sweep, both jobs SLURM jobs that complete.
-        sweep = tmp_path / "sweep"
-        proc = subprocess.run(
-            sweep_command(
-                cifar_root, sweep, "seed=0,1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1"
-            ),
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-        ids = slurm_job_ids(sweep)
-        assert len(ids) == 2, ids
-        records = {job_id: cluster.job(job_id) for job_id in ids}
-        print(*(cluster.run("scontrol", "show", "job", job_id) for job_id in ids), cluster.completion_log)
-        assert [r.get("JobState") for r in records.values()] == ["COMPLETED", "COMPLETED"], records
-        metrics = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
-        assert [m["status"] for m in metrics] == ["completed", "completed"]
+        sweep, output = tmp_path / "sweep", []
+        with evidence_on_failure(cluster, sweep, tmp_path / "sweep-evidence.txt", output):
+            launch = run_sweep(
+                cifar_root,
+                sweep,
+                env,
+                "seed=0,1",
+                "trainer.limit_train_batches=1",
+                "trainer.limit_val_batches=1",
+            )
+            finish(launch, output)
+            assert launch.returncode == 0, "the sweep failed"
+            ids = slurm_job_ids(sweep)
+            assert len(ids) == 2, ids
+            # submitit (and so the launcher) counts a job done once it has written its result, a few
+            # seconds before its process, and so the SLURM job, ends.
+            records = [cluster.wait_for_end(job_id) for job_id in ids]
+            print(cluster.record(*ids))
+            assert [r.get("JobState") for r in records] == ["COMPLETED", "COMPLETED"], records
+            metrics = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
+            assert [m["status"] for m in metrics] == ["completed", "completed"]
+            # Each job's SLURM id in its metrics.json (crnn.train records crnn.sweeps.cluster.slurm_info()).
+            assert sorted(str(m.get("slurm_job_id")) for m in metrics) == ids
 
-        # 2. Two identical jobs (they differ only in a W&B tag); the first is requeued while it runs.
-        sweep = tmp_path / "requeue"
-        launch = subprocess.Popen(
-            sweep_command(cifar_root, sweep, "trainer.max_epochs=6", "tags=[interrupted],[uninterrupted]"),
-            env=env,
-            cwd=tmp_path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        try:
-            first = next(iter(sorted(sweep.glob("0_*"))), None)
-            deadline = time.time() + 600
-            while time.time() < deadline and not (first and (first / "checkpoints" / "last.ckpt").is_file()):
-                time.sleep(0.5)
-                first = next(iter(sorted(sweep.glob("0_*"))), None)
-            assert first is not None and (first / "checkpoints" / "last.ckpt").is_file(), "no checkpoint"
-            job_id = slurm_job_ids(sweep)[0]
-            assert cluster.job(job_id).get("JobState") == "RUNNING", cluster.job(job_id)
-            cluster.run("scontrol", "requeue", job_id)
-            # SLURM holds a requeued batch job back for about two minutes (BeginTime); not needed here.
-            _wait_for_state(cluster, job_id, "PENDING")
-            cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
-            output, _ = launch.communicate(timeout=900)
-        finally:
-            if launch.poll() is None:
-                launch.kill()
-        assert launch.returncode == 0, output[-3000:]
-        record = cluster.job(job_id)
-        print(cluster.run("scontrol", "show", "job", job_id), cluster.completion_log)
-        assert record.get("JobState") == "COMPLETED" and record.get("Restarts") == "1", record
-        interrupted, uninterrupted = (
-            json.loads((p / "metrics.json").read_text()) for p in sorted(sweep.glob("[01]_*"))
-        )
-        assert interrupted["status"] == uninterrupted["status"] == "completed"
-        # The second run resumed from the job's own checkpoint (Lightning's message, in submitit's log).
-        log = "".join(p.read_text() for p in (sweep / ".submitit" / job_id).glob("*_log.err"))
-        resumed = f"Restoring states from the checkpoint path at {first}/checkpoints/last.ckpt"
-        assert resumed in log, log[-2000:]
-        for key in ("val/acc1", "val/loss", "test/acc1", "test/loss"):
-            assert interrupted[key] == uninterrupted[key], key
-        # Each job's SLURM id in its metrics.json (crnn.train records crnn.sweeps.cluster.slurm_info()).
-        assert sorted(str(m.get("slurm_job_id")) for m in metrics) == ids
-        assert interrupted.get("slurm_restart_count") == "1"
+        # 2. Two identical jobs (they differ only in a W&B tag); the first is requeued while it trains.
+        sweep, output = tmp_path / "requeue", []
+        with evidence_on_failure(cluster, sweep, tmp_path / "requeue-evidence.txt", output):
+            launch = run_sweep(
+                cifar_root, sweep, env, "trainer.max_epochs=6", "tags=[interrupted],[uninterrupted]"
+            )
+            try:
+                run_dir = wait_for_training(sweep / "0_*", 600)
+                job_id = slurm_job_ids(sweep)[0]
+                cluster.run("scontrol", "requeue", job_id)
+                # SLURM holds a requeued batch job back for about two minutes (BeginTime); not needed here.
+                cluster.wait_for(
+                    job_id, lambda r: r.get("JobState") == "PENDING" and r.get("Restarts") == "1", "requeued"
+                )
+                cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
+            except BaseException:
+                finish(launch, output, timeout=0.1)
+                raise
+            finish(launch, output)
+            assert launch.returncode == 0, "the sweep failed"
+            record = cluster.wait_for_end(job_id)
+            print(cluster.record(job_id))
+            assert record.get("JobState") == "COMPLETED" and record.get("Restarts") == "1", record
+            # The first attempt stopped training on SLURM's SIGTERM (crnn's message) and left no result:
+            # only the second one completed, resuming from the job's own checkpoint (Lightning's message).
+            log = "".join(submitit_logs(sweep, job_id).values())
+            assert "SIGTERM received: stopping at the next batch" in log, (
+                "the first attempt was not interrupted"
+            )
+            attempts = [submitit_events(log, e) for e in ("Starting with", "Job completed successfully")]
+            assert attempts == [2, 1], f"{attempts[0]} attempts started, {attempts[1]} wrote a result"
+            resumed = f"Restoring states from the checkpoint path at {run_dir}/checkpoints/last.ckpt"
+            assert resumed in log, "the requeued job did not resume from its last.ckpt"
+            interrupted, uninterrupted = (
+                json.loads((p / "metrics.json").read_text()) for p in sorted(sweep.glob("[01]_*"))
+            )
+            assert interrupted["status"] == uninterrupted["status"] == "completed"
+            for key in ("val/acc1", "val/loss", "test/acc1", "test/loss"):
+                assert interrupted[key] == uninterrupted[key], key
+            assert interrupted.get("slurm_restart_count") == "1"

@@ -1,6 +1,8 @@
 """A real SLURM run (slow): a single-node cluster (tests/slurm_cluster.py) runs a 2-job sweep through
-``hydra/launcher=submitit_slurm``; then a running job is requeued (``scontrol requeue``), resumes from
-its own ``last.ckpt`` and ends with the metrics of the same job run without interruption."""
+``hydra/launcher=submitit_slurm``; then two running jobs are requeued, one from outside (``scontrol
+requeue``), one by submitit on the signal SLURM sends before the time limit; each resumes from its own
+``last.ckpt`` and ends with the metrics of the same job run without interruption. A failure names
+what the scheduler and the jobs saw (:func:`evidence_on_failure`)."""
 
 from __future__ import annotations
 
@@ -146,43 +148,60 @@ def test_slurm_sweep_and_requeue(tmp_path, cifar_root):
             # Each job's SLURM id in its metrics.json (crnn.train records crnn.sweeps.cluster.slurm_info()).
             assert sorted(str(m.get("slurm_job_id")) for m in metrics) == ids
 
-        # 2. Two identical jobs (they differ only in a W&B tag); the first is requeued while it trains.
+        # 2. Three identical jobs (they differ only in a W&B tag). While they train, the first is requeued
+        # from outside (`scontrol requeue`: SIGTERM, crnn stops at the next batch); the second gets the
+        # signal SLURM sends before the time limit (`--signal=USR2@<signal_delay_s>`), on which
+        # submitit itself requeues the job and exits. Both resume from their own last.ckpt.
         sweep, output = tmp_path / "requeue", []
         with evidence_on_failure(cluster, sweep, tmp_path / "requeue-evidence.txt", output):
             launch = run_sweep(
-                cifar_root, sweep, env, "trainer.max_epochs=6", "tags=[interrupted],[uninterrupted]"
+                cifar_root, sweep, env, "trainer.max_epochs=8", "tags=[requeued],[time_limit],[uninterrupted]"
             )
             try:
-                run_dir = wait_for_training(sweep / "0_*", 600)
-                job_id = slurm_job_ids(sweep)[0]
-                cluster.run("scontrol", "requeue", job_id)
-                # SLURM holds a requeued batch job back for about two minutes (BeginTime); not needed here.
-                cluster.wait_for(
-                    job_id, lambda r: r.get("JobState") == "PENDING" and r.get("Restarts") == "1", "requeued"
-                )
-                cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
+                run_dirs = [wait_for_training(sweep / "0_*", 600)]
+                job_ids = slurm_job_ids(sweep)[:2]
+                cluster.run("scontrol", "requeue", job_ids[0])
+                run_dirs.append(wait_for_training(sweep / "1_*", 600))
+                cluster.run("scancel", "--signal=USR2", job_ids[1])
+                for job_id in job_ids:
+                    cluster.wait_for(
+                        job_id,
+                        lambda r: r.get("JobState") == "PENDING" and r.get("Restarts") == "1",
+                        "requeued",
+                    )
+                    # SLURM holds a requeued batch job back (BeginTime, about two minutes); not needed here.
+                    cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
             except BaseException:
                 finish(launch, output, timeout=0.1)
                 raise
             finish(launch, output)
             assert launch.returncode == 0, "the sweep failed"
-            record = cluster.wait_for_end(job_id)
-            print(cluster.record(job_id))
-            assert record.get("JobState") == "COMPLETED" and record.get("Restarts") == "1", record
-            # The first attempt stopped training on SLURM's SIGTERM (crnn's message) and left no result:
-            # only the second one completed, resuming from the job's own checkpoint (Lightning's message).
-            log = "".join(submitit_logs(sweep, job_id).values())
-            assert "SIGTERM received: stopping at the next batch" in log, (
-                "the first attempt was not interrupted"
+            records = [cluster.wait_for_end(job_id) for job_id in job_ids]
+            print(cluster.record(*job_ids))
+            assert [(r.get("JobState"), r.get("Restarts")) for r in records] == [("COMPLETED", "1")] * 2, (
+                records
             )
-            attempts = [submitit_events(log, e) for e in ("Starting with", "Job completed successfully")]
-            assert attempts == [2, 1], f"{attempts[0]} attempts started, {attempts[1]} wrote a result"
-            resumed = f"Restoring states from the checkpoint path at {run_dir}/checkpoints/last.ckpt"
-            assert resumed in log, "the requeued job did not resume from its last.ckpt"
-            interrupted, uninterrupted = (
-                json.loads((p / "metrics.json").read_text()) for p in sorted(sweep.glob("[01]_*"))
+            # The first attempt of each stopped on its signal (crnn's messages) and left no result for
+            # submitit (else the launcher would return while the job runs again); the second completed,
+            # resuming from the job's own checkpoint (Lightning's message).
+            signals = (
+                "SIGTERM received: stopping at the next batch",
+                "SIGUSR2 received: submitit requeued the job",
             )
-            assert interrupted["status"] == uninterrupted["status"] == "completed"
-            for key in ("val/acc1", "val/loss", "test/acc1", "test/loss"):
-                assert interrupted[key] == uninterrupted[key], key
-            assert interrupted.get("slurm_restart_count") == "1"
+            for job_id, run_dir, stopped in zip(job_ids, run_dirs, signals, strict=True):
+                log = "".join(submitit_logs(sweep, job_id).values())
+                assert stopped in log, f"job {job_id}: no '{stopped}' in its log"
+                attempts = [submitit_events(log, e) for e in ("Starting with", "Job completed successfully")]
+                assert attempts == [2, 1], (
+                    f"job {job_id}: {attempts[0]} attempts started, {attempts[1]} with a result"
+                )
+                resumed = f"Restoring states from the checkpoint path at {run_dir}/checkpoints/last.ckpt"
+                assert resumed in log, f"job {job_id} did not resume from its last.ckpt"
+            *requeued, uninterrupted = (
+                json.loads((p / "metrics.json").read_text()) for p in sorted(sweep.glob("[012]_*"))
+            )
+            for metrics in requeued:
+                assert metrics["status"] == uninterrupted["status"] == "completed"
+                assert metrics.get("slurm_restart_count") == "1"
+                for key in ("val/acc1", "val/loss", "test/acc1", "test/loss"):
+                    assert metrics[key] == uninterrupted[key], (metrics["run_dir"], key)

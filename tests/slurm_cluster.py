@@ -234,6 +234,9 @@ def slurm_cluster(folder: Path) -> Iterator[SlurmCluster]:
         logs = {p.name: p.read_text()[-800:] for p in folder.glob("*.log") if p.is_file()}
         _stop(cluster.pids)
         pytest.skip(f"the SLURM cluster did not come up: {err}; logs: {logs}")
+    except BaseException:
+        _stop(cluster.pids)
+        raise
     try:
         yield cluster
     finally:

@@ -17,6 +17,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from crnn.callbacks import NonFiniteLossError
 from crnn.checkpoints import CheckpointError
 from crnn.errors import USER_ERRORS
+from crnn.sweeps.cluster import submitit_requeue_signal
 
 log = logging.getLogger("crnn.train")
 
@@ -41,7 +42,10 @@ class JobFailed(RuntimeError):
 def graceful_interrupts(trainer: L.Trainer) -> Iterator[dict[str, str]]:
     """Ctrl-C and SIGTERM stop training at the next batch boundary, the way Lightning handles
     SIGTERM (``SIGTERMException``), instead of Lightning's ``sys.exit(1)`` on Ctrl-C; a second
-    signal stops at once. The dict receives the signal's name."""
+    signal stops at once. In a submitit job, its handler of its requeue signal requeues the job and
+    exits at once (:func:`crnn.sweeps.cluster.submitit_requeue_signal`): an interruption too, not a
+    failure (which would let submitit record a result for the job). The dict receives the signal's
+    name."""
     received: dict[str, str] = {}
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -51,8 +55,25 @@ def graceful_interrupts(trainer: L.Trainer) -> Iterator[dict[str, str]]:
         log.warning("%s received: stopping at the next batch (again to stop now)", received["signal"])
         trainer._signal_connector.received_sigterm = True  # what Lightning's own SIGTERM handler sets
 
+    handlers = {signal.SIGINT: on_signal, signal.SIGTERM: on_signal}
+    requeue = submitit_requeue_signal()
+    submitit_handler = signal.getsignal(requeue) if requeue is not None else None
+    if callable(submitit_handler):
+
+        def on_requeue(signum: int, frame: Any) -> None:
+            try:
+                submitit_handler(signum, frame)  # checkpoint, scontrol requeue, SystemExit
+            except SystemExit:  # requeued (not requeued: an error, which ends the job as failed)
+                # SLURM's SIGTERM to the requeued job may have come first (during `scontrol requeue`).
+                received.setdefault("signal", signal.Signals(signum).name)
+                log.warning(
+                    "%s received: submitit requeued the job, stopping now", signal.Signals(signum).name
+                )
+                raise
+
+        handlers[requeue] = on_requeue
     try:
-        old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        old = {s: signal.signal(s, handler) for s, handler in handlers.items()}
     except ValueError:  # not the main thread: keep the default handlers
         old = {}
     try:
@@ -71,7 +92,8 @@ def outcome_of(err: BaseException | None, received: dict[str, str], run_dir: Pat
         return {"status": "completed", "exit_code": EXIT_CODES["completed"]}
     if received or isinstance(err, (KeyboardInterrupt, SIGTERMException)):
         sig = received.get("signal") or ("SIGTERM" if isinstance(err, SIGTERMException) else "SIGINT")
-        return {"status": "interrupted", "reason": sig, "exit_code": EXIT_CODES[sig]}
+        code = EXIT_CODES.get(sig, 128 + signal.Signals[sig])  # the shell's code of a signal's death
+        return {"status": "interrupted", "reason": sig, "exit_code": code}
     failed = {"status": "failed", "error_type": type(err).__name__, "exit_code": EXIT_CODES["failed"]}
     if isinstance(err, NonFiniteLossError):
         return {**failed, "reason": err.reason, "error": str(err)}

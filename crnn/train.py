@@ -4,7 +4,8 @@ crnn-train backbone=resnet20 rnn=sws_birnn head=linear
 crnn-train -m rnn=none,srnn,sws_birnn seed=0,1
 
 Exit codes (always matching ``metrics.json``'s status): 0 completed, 1 failed, 2 bad config or
-input, 130 interrupted by Ctrl-C, 143 by SIGTERM.
+input, 130 interrupted by Ctrl-C, 143 by SIGTERM, 140 by the USR2 before which submitit requeues a SLURM
+job.
 """
 
 from __future__ import annotations

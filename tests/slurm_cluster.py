@@ -18,7 +18,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +26,8 @@ import pytest
 
 PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
 BINARIES = ["slurmctld", "slurmd", "sbatch", "scontrol", "sinfo", "munged"]
+ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
+"""``JobState`` values of a job that has ended (COMPLETING and a requeued job's PENDING have not)."""
 
 
 @dataclass
@@ -49,10 +51,40 @@ class SlurmCluster:
             fields.setdefault(key, value)
         return fields if "JobId" in fields else {}
 
+    def wait_for(
+        self, job_id: str, condition: Callable[[dict[str, str]], bool], what: str, timeout: float = 120
+    ) -> dict[str, str]:
+        """Poll :meth:`job` until ``condition(record)`` holds; the record, or TimeoutError naming
+        ``what`` and the last record."""
+        deadline = time.time() + timeout
+        while not condition(record := self.job(job_id)):
+            if time.time() > deadline:
+                raise TimeoutError(f"job {job_id}: not {what} after {timeout:.0f} s; its record: {record}")
+            time.sleep(0.5)
+        return record
+
+    def wait_for_end(self, job_id: str, timeout: float = 120) -> dict[str, str]:
+        """The job's record once it has ended (one of :data:`ENDED`)."""
+        return self.wait_for(
+            job_id, lambda r: r.get("JobState") in ENDED, f"ended ({'/'.join(ENDED)})", timeout
+        )
+
     @property
     def completion_log(self) -> str:
         path = self.folder / "jobcomp.txt"
         return path.read_text() if path.is_file() else ""
+
+    def record(self, *job_ids: str, tail: int = 4000) -> str:
+        """The scheduler's side of what happened, for a failing test's message: ``scontrol show job``
+        of each job, the job completion log (one line per attempt: a requeued attempt is listed with
+        its exit code) and the ends of the daemons' logs."""
+        parts = [self.run("scontrol", "show", "job", job_id, check=False) for job_id in job_ids]
+        parts.append(f"--- job completion log\n{self.completion_log}")
+        for name in ("slurmctld.log", "slurmd.log"):
+            path = self.folder / name
+            if path.is_file():
+                parts.append(f"--- {name} (end)\n{path.read_text()[-tail:]}")
+        return "\n".join(parts)
 
 
 def _install_packages() -> str | None:
@@ -145,7 +177,20 @@ def _start_munge(folder: Path) -> int:
     )
     if proc.returncode != 0:
         raise RuntimeError(f"munged: {proc.stdout}{proc.stderr}")
-    return int(pidfile.read_text().strip())
+    return _wait_for_pid(pidfile, "munged")
+
+
+def _read_pid(pidfile: Path) -> int | None:
+    try:
+        return int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _wait_for_pid(pidfile: Path, daemon: str) -> int:
+    """The pid a daemon wrote; it creates the file before it writes the pid there."""
+    _wait(lambda: _read_pid(pidfile) is not None, 30, f"{daemon} wrote no pid to {pidfile}")
+    return _read_pid(pidfile)  # type: ignore[return-value]
 
 
 def _wait(predicate, timeout: float, what: str) -> None:
@@ -179,9 +224,7 @@ def slurm_cluster(folder: Path) -> Iterator[SlurmCluster]:
             )
             if proc.returncode != 0:
                 raise RuntimeError(f"{daemon}: {proc.stdout}{proc.stderr}")
-            pidfile = folder / f"{daemon}.pid"
-            _wait(pidfile.is_file, 30, f"{daemon} wrote no pid file")
-            cluster.pids.append(int(pidfile.read_text().strip()))
+            cluster.pids.append(_wait_for_pid(folder / f"{daemon}.pid", daemon))
         _wait(
             lambda: "idle" in cluster.run("sinfo", "-h", "-o", "%T", check=False),
             60,
@@ -191,6 +234,9 @@ def slurm_cluster(folder: Path) -> Iterator[SlurmCluster]:
         logs = {p.name: p.read_text()[-800:] for p in folder.glob("*.log") if p.is_file()}
         _stop(cluster.pids)
         pytest.skip(f"the SLURM cluster did not come up: {err}; logs: {logs}")
+    except BaseException:
+        _stop(cluster.pids)
+        raise
     try:
         yield cluster
     finally:

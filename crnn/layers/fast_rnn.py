@@ -273,68 +273,83 @@ class _VanillaRNNFunction(torch.autograd.Function):
         if not relu:
             bias = bias - 2.0 * row_sum  # the -2 W_hh 1 of every step but the first
         projection = _linear(x, w_ih * scale, bias)  # (T, H): once, read by both directions
-        # (directions, T, H): the states, computed in place; a fresh copy for the second direction
-        h = projection.unsqueeze(0) if directions == 1 else torch.stack([projection, projection])
+        # The states of each direction (T, H), computed in place: the forward one in the projection
+        # itself, the backward one in a copy (large fresh buffers cost page faults: as few as can be).
+        h = [projection] if directions == 1 else [projection.clone(), projection]
         activation = torch.relu_ if relu else torch.sigmoid_
         w_step = w_hh if relu else 4.0 * w_hh
         first_step = 2.0 * row_sum  # tanh: a sequence's first step has no previous state
-        forward = h[0]
         for s, (start, rows) in enumerate(zip(starts, steps, strict=True)):
-            block = forward[start : start + rows]
+            block = h[0][start : start + rows]
             if s == 0:
                 if not relu:
                     block.add_(first_step)
             else:
-                _accumulate(block, forward[starts[s - 1] : starts[s - 1] + rows], w_step)
+                _accumulate(block, h[0][starts[s - 1] : starts[s - 1] + rows], w_step)
             activation(block)
         if directions == 2:
-            backward = h[1]
             for s in range(len(steps) - 1, -1, -1):
                 start, rows = starts[s], steps[s]
-                block = backward[start : start + rows]
+                block = h[1][start : start + rows]
                 going_on = steps[s + 1] if s + 1 < len(steps) else 0  # rows whose sequence started later
                 if going_on:
-                    _accumulate(block[:going_on], backward[starts[s + 1] : starts[s + 1] + going_on], w_step)
+                    _accumulate(block[:going_on], h[1][starts[s + 1] : starts[s + 1] + going_on], w_step)
                 if not relu and going_on < rows:
                     block[going_on:].add_(first_step)  # the sequences that start here (their last token)
                 activation(block)
         if not relu:
-            h.mul_(2.0).sub_(1.0)  # u -> h = 2u - 1
-        ctx.save_for_backward(x, w_ih, w_hh, h)
+            for states in h:
+                states.mul_(2.0).sub_(1.0)  # u -> h = 2u - 1
+        ctx.save_for_backward(x, w_ih, w_hh, *h)
         ctx.steps, ctx.relu, ctx.merge = steps, relu, merge
-        if not merge:
-            return h
-        return h[0] + h[1] if directions == 2 else h[0]
+        if merge:
+            return h[0] + h[1] if directions == 2 else h[0]
+        return torch.stack(h)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        x, w_ih, w_hh, h = ctx.saved_tensors
-        steps, directions, H = ctx.steps, h.shape[0], w_hh.shape[0]
+        x, w_ih, w_hh, *h = ctx.saved_tensors
+        steps, relu, H = ctx.steps, ctx.relu, w_hh.shape[0]
         starts, forward_pairs, backward_pairs = _schedule(steps)
-        # d loss / d pre-activation of every state, (directions, T, H), computed in place
-        da = (grad.expand_as(h) if ctx.merge else grad).clone(memory_format=torch.contiguous_format)
-        deriv = torch.sign(h) if ctx.relu else torch.addcmul(h.new_ones(()), h, h, value=-1)  # act'
+        # d loss / d pre-activation of every state of each direction (T, H), computed in place
+        da = [
+            (grad if ctx.merge else grad[d]).clone(memory_format=torch.contiguous_format)
+            for d in range(len(h))
+        ]
+        # act' of one block at a time, in one small buffer (a whole-sequence one would be a large fresh
+        # allocation, whose page faults cost more than the extra call per step)
+        deriv = h[0].new_empty(steps[0], H)
+        one = h[0].new_ones(())
+
+        def times_deriv(d: int, start: int, rows: int) -> None:
+            states, out = h[d][start : start + rows], deriv[:rows]
+            if relu:
+                torch.sign(states, out=out)  # relu states are >= 0: sign is the step function's 0 / 1
+            else:
+                torch.addcmul(one, states, states, value=-1, out=out)  # tanh' = 1 - h^2
+            da[d][start : start + rows].mul_(out)
+
         w_hh_t = w_hh.t().contiguous()
         for s in range(len(steps) - 1, -1, -1):  # forward direction: from the last step back
             start, rows = starts[s], steps[s]
-            da[0, start : start + rows].mul_(deriv[0, start : start + rows])
+            times_deriv(0, start, rows)
             if s:
-                previous = da[0, starts[s - 1] : starts[s - 1] + rows]
-                _accumulate(previous, da[0, start : start + rows], w_hh_t)
-        if directions == 2:
+                previous = da[0][starts[s - 1] : starts[s - 1] + rows]
+                _accumulate(previous, da[0][start : start + rows], w_hh_t)
+        if len(h) == 2:
             for s in range(len(steps)):  # backward direction: its last step is the first block
                 start, rows = starts[s], steps[s]
-                da[1, start : start + rows].mul_(deriv[1, start : start + rows])
+                times_deriv(1, start, rows)
                 going_on = steps[s + 1] if s + 1 < len(steps) else 0
                 if going_on:
-                    later = da[1, starts[s + 1] : starts[s + 1] + going_on]
-                    _accumulate(later, da[1, start : start + going_on], w_hh_t)
+                    later = da[1][starts[s + 1] : starts[s + 1] + going_on]
+                    _accumulate(later, da[1][start : start + going_on], w_hh_t)
         grad_w_hh = w_hh.new_zeros(H, H)
-        for d, pairs in enumerate((forward_pairs, backward_pairs)[:directions]):
+        for d, pairs in enumerate((forward_pairs, backward_pairs)[: len(h)]):
             for state, following, rows in pairs:  # h[previous] pairs with da[next]; h = 0 before
-                grad_w_hh.addmm_(da[d, following : following + rows].t(), h[d, state : state + rows])
-        da_projection = da[0] + da[1] if directions == 2 else da[0]
+                grad_w_hh.addmm_(da[d][following : following + rows].t(), h[d][state : state + rows])
+        da_projection = da[0].add_(da[1]) if len(h) == 2 else da[0]
         grad_b = da_projection.sum(0)
         grad_w_ih = da_projection.t().mm(x)
         grad_x = _linear(da_projection, w_ih.t().contiguous()) if ctx.needs_input_grad[0] else None

@@ -8,10 +8,10 @@ where it makes its input contiguous, plus one final copy back to ``(B, C_out, H,
 weight-shared pass runs both directions in one ``nn.RNN`` call (one cuDNN call on GPU) on the
 sequence and its reverse stacked along the batch (:func:`~crnn.layers.fast_rnn.run_ws_birnn`).
 
-On the fast CPU path (vanilla cells, :mod:`crnn.layers.fast_rnn`) :class:`SRNN` and
-:class:`SWSBiRNN` run through ``forward_levels``: the same ``(W, B, H)`` and ``(H, B, W)`` orders,
-laid out step-major over any number of maps (:class:`_GridLayout`; one map: the same copies as
-above), each pass one call for all maps and both directions (one input projection read both ways).
+On the fast CPU path (vanilla cells, :mod:`crnn.layers.fast_rnn`) a pass is one call for both
+directions (one input projection read both ways), and ``forward_levels`` of :class:`SRNN` and
+:class:`SWSBiRNN` runs several maps (a detection tower's pyramid levels) as one pass over their
+rows and one over their columns: the same orders, laid out step-major (:class:`_GridLayout`).
 
 Notation for the closed forms: ``C = C_in``, ``O = C_out``, ``h = hidden_channels`` (default
 ``C_out``), ``g`` the gate multiplier of the cell (1 rnn_tanh/rnn_relu, 3 gru, 4 lstm),
@@ -176,7 +176,7 @@ class _GridLayout:
     Maps ``shapes[k] = (B_k, H_k, W_k)``. The row pass reads every map's rows as sequences along W,
     laid out step-major (:func:`~crnn.layers.fast_rnn.run_steps`): block ``s`` holds column ``s`` of
     every map at least ``s + 1`` wide, the widest maps first, each map's pixels in ``(B, H)`` order;
-    the column pass likewise along H. Index tensors (``None``: the identity, one map):
+    the column pass likewise along H. Index tensors (a map alone needs none: ``forward`` runs it):
 
     * ``to_rows``: from every map's pixels in ``(W, B, H)`` order, one map after another;
     * ``rows_to_cols``: from the row layout to the column layout;
@@ -185,9 +185,9 @@ class _GridLayout:
 
     row_steps: tuple[int, ...]
     col_steps: tuple[int, ...]
-    to_rows: Tensor | None
+    to_rows: Tensor
     rows_to_cols: Tensor
-    to_maps: Tensor | None
+    to_maps: Tensor
 
 
 def _step_major(extents: list[int], counts: list[int], first: list[int], stride: list[int]):
@@ -225,18 +225,7 @@ def _grid_layout(shapes: tuple[tuple[int, int, int], ...]) -> _GridLayout:
     rows_to_cols = row_position[np.asarray(offsets)[k_of] + (w_i * shape[:, 0] + b_i) * shape[:, 1] + h_i]
     to_maps = np.empty_like(from_maps)
     to_maps[from_maps] = np.arange(len(from_maps))
-    single = len(shapes) == 1
-    return _GridLayout(
-        row_steps,
-        col_steps,
-        None if single else torch.from_numpy(to_rows),
-        torch.from_numpy(rows_to_cols),
-        None if single else torch.from_numpy(to_maps),
-    )
-
-
-def _rows(x: Tensor, index: Tensor | None) -> Tensor:
-    return x if index is None else x.index_select(0, index)
+    return _GridLayout(row_steps, col_steps, *(torch.from_numpy(i) for i in (to_rows, rows_to_cols, to_maps)))
 
 
 class _SeparableRNN2d(Layer2d):
@@ -254,8 +243,6 @@ class _SeparableRNN2d(Layer2d):
         self.cell_name = cell
 
     def forward(self, x: Tensor) -> Tensor:
-        if self._packed(x):
-            return self.forward_levels([x])[0]
         # rows: sequences along W, every image row a batch element -> (W, B, H, C), a view
         r = self.row.forward_seq_first(x.permute(3, 0, 2, 1))  # (W, B, H, hidden)
         # columns: sequences along H -> (H, B, W, hidden), a view
@@ -270,20 +257,20 @@ class _SeparableRNN2d(Layer2d):
 
     def forward_levels(self, maps: list[Tensor]) -> list[Tensor]:
         """Every map ``(B_k, C, H_k, W_k)`` through the layer. On the fast path all maps' rows are one
-        packed pass and all their columns another (:func:`~crnn.layers.fast_rnn.grid_plans`): each
-        step is one matmul over every map, so a detection tower's pyramid levels cost the steps of
-        the largest one."""
-        if not self._packed(maps[0]):
+        packed pass and all their columns another (:class:`_GridLayout`): each step is one matmul
+        over every map, so a detection tower's pyramid levels cost the steps of the largest one."""
+        if len(maps) == 1 or not self._packed(maps[0]):
             return [self(m) for m in maps]
         shapes = tuple(_ints((m.shape[0], m.shape[2], m.shape[3])) for m in maps)
         layout = _grid_layout(shapes)
         directions = self.row.fast_directions
         # every map's pixels in (W, B, H) order (one copy each), then the row layout
-        x = [m.permute(3, 0, 2, 1).reshape(-1, self.in_channels) for m in maps]
-        x = _rows(torch.cat(x) if len(x) > 1 else x[0], layout.to_rows)
+        x = torch.cat([m.permute(3, 0, 2, 1).reshape(-1, self.in_channels) for m in maps])
+        x = x.index_select(0, layout.to_rows.to(x.device))
         r = run_steps(self.row.rnn, x, layout.row_steps, directions)  # (T, hidden), row layout
-        y = run_steps(self.col.rnn, _rows(r, layout.rows_to_cols), layout.col_steps, directions)  # (T, O)
-        y = _rows(y, layout.to_maps).split([b * h * w for b, h, w in shapes])  # each map (H, B, W)
+        r = r.index_select(0, layout.rows_to_cols.to(r.device))
+        y = run_steps(self.col.rnn, r, layout.col_steps, directions)  # (T, O), column layout
+        y = y.index_select(0, layout.to_maps.to(y.device)).split([b * h * w for b, h, w in shapes])
         return [
             part.view(h, b, w, -1).permute(1, 3, 0, 2).contiguous()
             for part, (b, h, w) in zip(y, shapes, strict=True)

@@ -193,6 +193,23 @@ def test_recurrent_tower_in_both_branches_shared_across_levels(rnn):
     assert set(out[0]) == {"boxes", "scores", "labels"}
 
 
+def test_checkpoints_with_the_towers_inside_torchvisions_heads_still_load():
+    """Before the towers ran over all levels at once they were ``classification_head.conv`` /
+    ``regression_head.conv``: such state dicts load into the same weights."""
+    net = detector("srnn")
+    state = net.state_dict()
+    renamed = {
+        k.replace("head.classification_tower.", "head.classification_head.conv.").replace(
+            "head.regression_tower.", "head.regression_head.conv."
+        ): v
+        for k, v in state.items()
+    }
+    assert renamed.keys() != state.keys()
+    fresh = detector("srnn")
+    fresh.load_state_dict(renamed)
+    assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in state.items())
+
+
 def test_recurrent_tower_init():
     """``tower_init=fcos`` (default): non-recurrent weight matrices N(0, 0.01), biases 0, recurrent
     matrices untouched; ``tower_init=layer`` keeps the layer's own initialisation."""

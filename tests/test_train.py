@@ -252,7 +252,10 @@ def test_multirun_two_jobs(tmp_path, cifar_root):
 
 
 def test_missing_dataset_is_one_clear_error(tmp_path):
-    proc = _cli(f"data.root={tmp_path / 'empty'}", "data.download=false", "logger=none", cwd=tmp_path)
+    run_dir = f"hydra.run.dir={tmp_path / 'run'}"  # not the checkout's outputs/
+    proc = _cli(
+        f"data.root={tmp_path / 'empty'}", "data.download=false", "logger=none", run_dir, cwd=tmp_path
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 2, output[-2000:]
     assert "cifar-100-python" in output and "train" in output and "Traceback" not in output

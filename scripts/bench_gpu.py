@@ -24,14 +24,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 
 import torch
+from bench_clock import CLOCKS, add_clock_argument
 
 from crnn.builders import build_model, compose_config
 from crnn.layers import list_layers
 
-CLOCK = time.perf_counter
+CLOCK = CLOCKS["wall"]  # main() sets --clock
 BATCH, CLASSES, EPOCH_IMAGES = 128, 100, 50_000
 
 
@@ -83,16 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--epoch", action="store_true", help="also time one 50,000-image epoch per layer")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument(
-        "--clock",
-        choices=["wall", "cpu"],
-        default="wall",
-        help="cpu: process CPU time (--device cpu, 1 thread)",
-    )
+    add_clock_argument(parser)
     args = parser.parse_args(argv)
     global CLOCK
-    if args.clock == "cpu":
-        CLOCK = time.process_time
+    CLOCK = CLOCKS[args.clock]
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():

@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
+from bench_clock import CLOCKS, add_clock_argument
 from torch import nn
 
 from crnn.complexity import count_macs
@@ -43,7 +43,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-CLOCK = time.perf_counter  # --clock cpu: time.process_time (CPU seconds of this process)
+CLOCK = CLOCKS["wall"]  # main() sets --clock
 
 
 def timed(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> float:
@@ -182,18 +182,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument(
-        "--clock",
-        choices=["wall", "cpu"],
-        default="wall",
-        help="wall: perf_counter (the number to report); cpu: process CPU time, steadier on a shared "
-        "machine with --threads 1 (CPU only)",
-    )
+    add_clock_argument(parser)
     args = parser.parse_args(argv)
-
     global CLOCK
-    if args.clock == "cpu":
-        CLOCK = time.process_time
+    CLOCK = CLOCKS[args.clock]
 
     if args.threads:
         torch.set_num_threads(args.threads)

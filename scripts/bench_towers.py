@@ -21,13 +21,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 
 import torch
+from bench_clock import CLOCKS, add_clock_argument
 
 from crnn.builders import build_datamodule, build_task, compose_config
 
-CLOCK = time.perf_counter
+CLOCK = CLOCKS["wall"]  # main() sets --clock
 EPOCH_STEPS = 63  # synthetic_shapes: 1,000 training images, batch 16
 
 
@@ -58,16 +58,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=4, help="training steps per model and round")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (medians reported)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument(
-        "--clock",
-        choices=["wall", "cpu"],
-        default="wall",
-        help="cpu: process CPU time (1 thread; steadier on a shared machine)",
-    )
+    add_clock_argument(parser)
     args = parser.parse_args(argv)
     global CLOCK
-    if args.clock == "cpu":
-        CLOCK = time.process_time
+    CLOCK = CLOCKS[args.clock]
     torch.set_num_threads(args.threads)
     layers = args.layers.split(",")
 

@@ -36,14 +36,21 @@ def wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = 300
     raise AssertionError(f"{text!r} never appeared in {path}: {proc.communicate()[0][-3000:]}")
 
 
-def test_sigterm_saves_at_the_interrupt_exits_143_and_resumes(tmp_path, cifar_root):
+def interrupted_run(tmp_path: Path, cifar_root, sig: signal.Signals, once: str):
+    """A 40-epoch ``crnn-train`` sent ``sig`` once ``once`` is in its train.log:
+    ``(run folder, its arguments, exit code, output)``."""
     run = tmp_path / "run"
     args = [*cifar_overrides(cifar_root, "rnn=none", "trainer.max_epochs=40"), f"hydra.run.dir={run}"]
     proc = crnn_train(*args, cwd=tmp_path)
-    wait_for(run / "train.log", "epoch 1 ", proc)
-    proc.send_signal(signal.SIGTERM)
+    wait_for(run / "train.log", once, proc)
+    proc.send_signal(sig)
     output = proc.communicate(timeout=300)[0]
-    assert proc.returncode == 143, output[-3000:]
+    return run, args, proc.returncode, output
+
+
+def test_sigterm_saves_at_the_interrupt_exits_143_and_resumes(tmp_path, cifar_root):
+    run, args, returncode, output = interrupted_run(tmp_path, cifar_root, signal.SIGTERM, "epoch 1 ")
+    assert returncode == 143, output[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
     assert (metrics["status"], metrics["reason"], metrics["exit_code"]) == ("interrupted", "SIGTERM", 143)
     saved = torch.load(run / "checkpoints/last.ckpt", weights_only=True)["global_step"]
@@ -58,13 +65,8 @@ def test_sigterm_saves_at_the_interrupt_exits_143_and_resumes(tmp_path, cifar_ro
 
 
 def test_ctrl_c_is_interrupted_with_exit_130(tmp_path, cifar_root):
-    run = tmp_path / "run"
-    args = [*cifar_overrides(cifar_root, "rnn=none", "trainer.max_epochs=40"), f"hydra.run.dir={run}"]
-    proc = crnn_train(*args, cwd=tmp_path)
-    wait_for(run / "train.log", "epoch 0 ", proc)
-    proc.send_signal(signal.SIGINT)
-    output = proc.communicate(timeout=300)[0]
-    assert proc.returncode == 130, output[-3000:]
+    run, _, returncode, output = interrupted_run(tmp_path, cifar_root, signal.SIGINT, "epoch 0 ")
+    assert returncode == 130, output[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
     assert (metrics["status"], metrics["reason"]) == ("interrupted", "SIGINT")
     assert (run / "checkpoints/last.ckpt").is_file()

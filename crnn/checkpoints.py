@@ -8,12 +8,37 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CONFIG_KEY", "CheckpointError", "check_state_fits", "load_checkpoint"]
+__all__ = [
+    "CONFIG_KEY",
+    "RENAMED_PARAMETERS",
+    "CheckpointError",
+    "check_state_fits",
+    "current_names",
+    "load_checkpoint",
+]
 
 
 CONFIG_KEY = "crnn_config"
 """Checkpoint key holding the resolved config of the run that wrote it (see
 :class:`crnn.callbacks.StoreConfig`)."""
+
+
+RENAMED_PARAMETERS = {
+    ".head.classification_head.conv.": ".head.classification_tower.",
+    ".head.regression_head.conv.": ".head.regression_tower.",
+}
+"""Parts of parameter names that changed (old -> new), so that older checkpoints load: the FCOS
+towers moved out of torchvision's heads when they began to run over all pyramid levels at once."""
+
+
+def current_names(state: Mapping[str, Any]) -> dict[str, Any]:
+    """A checkpoint's ``state_dict`` under today's parameter names (:data:`RENAMED_PARAMETERS`)."""
+    renamed = {}
+    for key, value in state.items():
+        for old, new in RENAMED_PARAMETERS.items():
+            key = key.replace(old, new)
+        renamed[key] = value
+    return renamed
 
 
 class CheckpointError(ValueError):
@@ -23,13 +48,13 @@ class CheckpointError(ValueError):
 def load_checkpoint(path: str | Path, trust: bool = False) -> dict[str, Any]:
     """``torch.load`` of a crnn checkpoint: tensors and plain Python values only
     (``weights_only=True``), unless ``trust`` (``trust_checkpoint=true``: your own older files,
-    which may run code when unpickled)."""
+    which may run code when unpickled); its ``state_dict`` under today's names (:func:`current_names`)."""
     import pickle
 
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=not trust)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as err:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
         what = f"it needs {found.group(1)}" if found else (str(err).strip().splitlines() or ["?"])[0][:200]
@@ -39,6 +64,9 @@ def load_checkpoint(path: str | Path, trust: bool = False) -> dict[str, Any]:
         ) from None
     except (OSError, RuntimeError, EOFError) as err:
         raise CheckpointError(f"{path}: not a readable checkpoint ({err})") from None
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), Mapping):
+        checkpoint["state_dict"] = current_names(checkpoint["state_dict"])
+    return checkpoint
 
 
 def check_state_fits(own: Mapping[str, Any], state: Mapping[str, Any], source: str) -> None:

@@ -13,6 +13,7 @@ import torch
 from coco_fixtures import ground_truth_detections, write_coco_fixture
 from conftest import compose
 from logger_double import RecordingLogger
+from omegaconf import OmegaConf
 from torch import nn
 
 from crnn import complexity
@@ -193,21 +194,36 @@ def test_recurrent_tower_in_both_branches_shared_across_levels(rnn):
     assert set(out[0]) == {"boxes", "scores", "labels"}
 
 
-def test_checkpoints_with_the_towers_inside_torchvisions_heads_still_load():
+def test_checkpoints_with_the_towers_inside_torchvisions_heads_still_load(tmp_path):
     """Before the towers ran over all levels at once they were ``classification_head.conv`` /
-    ``regression_head.conv``: such state dicts load into the same weights."""
-    net = detector("srnn")
-    state = net.state_dict()
-    renamed = {
-        k.replace("head.classification_tower.", "head.classification_head.conv.").replace(
-            "head.regression_tower.", "head.regression_head.conv."
+    ``regression_head.conv``: such checkpoints load into the same weights, through crnn's checkpoint
+    reader (crnn-eval, crnn-export, finetune) and through Lightning's resume (``on_load_checkpoint``)."""
+    from crnn.builders import build_datamodule, build_task, task_from_checkpoint
+    from crnn.checkpoints import CONFIG_KEY
+
+    cfg = compose(["experiment=synthetic_shapes_detection", "rnn=srnn", f"data.root={tmp_path}"], tmp_path)
+    task = build_task(cfg, build_datamodule(cfg))
+    state = task.state_dict()
+    old_names = {
+        k.replace(".classification_tower.", ".classification_head.conv.").replace(
+            ".regression_tower.", ".regression_head.conv."
         ): v
         for k, v in state.items()
     }
-    assert renamed.keys() != state.keys()
-    fresh = detector("srnn")
-    fresh.load_state_dict(renamed)
-    assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in state.items())
+    assert old_names.keys() != state.keys()
+    checkpoint = {
+        "state_dict": old_names,
+        "hyper_parameters": dict(task.hparams),
+        CONFIG_KEY: {"config": OmegaConf.to_container(cfg), "choices": {}},
+    }
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    loaded = task_from_checkpoint(tmp_path / "old.ckpt").task.state_dict()
+    assert loaded.keys() == state.keys() and all(torch.equal(v, loaded[k]) for k, v in state.items())
+
+    resumed = build_task(cfg, build_datamodule(cfg))
+    resumed.on_load_checkpoint(checkpoint)  # Lightning then loads checkpoint["state_dict"]
+    resumed.load_state_dict(checkpoint["state_dict"])
+    assert all(torch.equal(v, resumed.state_dict()[k]) for k, v in state.items())
 
 
 def test_recurrent_tower_init():

@@ -380,18 +380,6 @@ class FCOSTowerHead(FCOSHead):
             self.classification_head.cls_logits.bias, -math.log((1 - prior_probability) / prior_probability)
         )
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # Checkpoints written before the towers moved out of torchvision's heads (where they were
-        # ``classification_head.conv`` / ``regression_head.conv``) load under the new names.
-        for head, tower in (
-            ("classification_head", "classification_tower"),
-            ("regression_head", "regression_tower"),
-        ):
-            old = f"{prefix}{head}.conv."
-            for key in [k for k in state_dict if k.startswith(old)]:
-                state_dict[f"{prefix}{tower}.{key[len(old) :]}"] = state_dict.pop(key)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
     def forward(self, x: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """torchvision's :meth:`FCOSHead.forward` on the towers' outputs of the levels ``x``."""
         cls_logits = self.classification_head(self.classification_tower.forward_levels(x))

@@ -61,6 +61,12 @@ class BaseTask(L.LightningModule):
             raise TypeError(f"{checkpoint_path} holds a {type(task).__name__}, not a {cls.__name__}")
         return task.to(map_location) if isinstance(map_location, (str, torch.device)) else task
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A resumed checkpoint's weights under today's names (Lightning loads them after this hook)."""
+        from crnn.checkpoints import current_names
+
+        checkpoint["state_dict"] = current_names(checkpoint["state_dict"])
+
     def complexity_inputs(self) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
         """The module and batch-1 inputs whose params and MACs describe this model."""
         return self.net, (torch.zeros(1, *self.input_shape),)

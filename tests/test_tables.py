@@ -259,6 +259,44 @@ def test_wandb_offline_fails_clearly(monkeypatch):
         read_wandb("me/crnn", "cifar100_last_block")
 
 
+def test_wandb_runs_logged_by_crnn_train_become_rows(tmp_path):
+    """The layout crnn-train gives W&B (``logger_config``: choices at the top, the config under
+    ``cfg``): runs that differ in their cell or their learning rate are different rows."""
+    from crnn.callbacks.record import logger_config
+
+    class Run:
+        def __init__(self, i, cell, lr, acc):
+            self.id, self.state = f"run{i}", "finished"
+            cfg = {
+                "seed": i,
+                "rnn": {"_target_": "crnn.layers.SRNN", "cell": cell},
+                "backbone": {"depth": 20},
+                "head": {"dropout": 0.0},
+                "task": {"optimizer": {"lr": lr}},
+                "trainer": {"max_epochs": 5},
+            }
+            picked = {
+                "data": "cifar100",
+                "backbone": "resnet20",
+                "rnn": "srnn",
+                "cell": cell,
+                "head": "linear",
+            }
+            self.config = logger_config(cfg, picked)
+            self.summary = {"params": 1, "macs": 1, "test/acc1": acc}
+
+    class Api:
+        def runs(self, path, filters=None):
+            return [Run(0, "rnn_tanh", 0.1, 0.5), Run(1, "rnn_relu", 0.1, 0.6), Run(2, "rnn_tanh", 0.05, 0.7)]
+
+    result = make_tables([], out_dir=tmp_path / "t", wandb_project="me/crnn", api=Api())
+    assert sorted((r["cell"], r["n"]) for r in result.rows) == [
+        ("rnn_relu", 1),
+        ("rnn_tanh", 1),
+        ("rnn_tanh", 1),
+    ]
+
+
 def test_wandb_runs_become_rows(tmp_path):
     class Summary(dict):
         @property

@@ -53,12 +53,15 @@ def read_wandb(project: str, group: str | None = None, api: Any = None) -> list[
     for run in runs:
         config = dict(run.config or {})
         summary = dict(getattr(run.summary, "_json_dict", None) or dict(run.summary or {}))
+        # crnn-train's layout (crnn.callbacks.record.logger_config): the choices as top-level
+        # strings, the resolved config under "cfg"; older runs: "choices" and the nodes at the top
+        nodes = config["cfg"] if isinstance(config.get("cfg"), Mapping) else config
         choices = dict(config.get("choices") or {})
-        rnn = config.get("rnn") if isinstance(config.get("rnn"), Mapping) else {}
-        choices.setdefault("cell", rnn.get("cell"))
-        for key in ("data", "backbone", "rnn", "head"):  # choices as top-level keys (newer runs)
+        for key in ("data", "backbone", "rnn", "cell", "head"):
             if choices.get(key) is None and isinstance(config.get(key), str):
                 choices[key] = config[key]
+        rnn = nodes.get("rnn") if isinstance(nodes.get("rnn"), Mapping) else {}
+        choices.setdefault("cell", rnn.get("cell"))
         state = getattr(run, "state", "unknown")
         status = _STATES.get(state, state)
         run_id = str(getattr(run, "id", "?"))
@@ -68,9 +71,9 @@ def read_wandb(project: str, group: str | None = None, api: Any = None) -> list[
                 status=status,
                 run_id=run_id,
                 choices=choices,
-                seed=config.get("seed"),
-                model=model_key(choices, config),
-                recipe=recipe_key(config),
+                seed=config.get("seed", nodes.get("seed")),
+                model=model_key(choices, nodes),
+                recipe=recipe_key(nodes),
                 metrics={k: v for k, v in summary.items() if not str(k).startswith("_")},
                 error=None if status == "completed" else f"W&B state {state}",
             )

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from crnn import complexity
 from crnn.builders import build_datamodule, build_group, checkpoint_run_dir, task_from_checkpoint
-from crnn.checkpoints import CONFIG_KEY, CheckpointError
+from crnn.checkpoints import CONFIG_KEY
 from crnn.errors import USER_ERRORS, ConfigError
 from crnn.lifecycle import EXIT_CODES, RunStopped, graceful_interrupts, outcome_of
 from crnn.records import MetricsFile
@@ -182,7 +182,7 @@ def _main(cfg: DictConfig) -> None:
             output_dir=cfg.paths.output_dir,
             trust_checkpoint=bool(cfg.get("trust_checkpoint")),
         )
-    except (*USER_ERRORS, CheckpointError) as err:
+    except USER_ERRORS as err:
         log.error("%s", err)
         raise SystemExit(EXIT_CODES["user_error"]) from None
     except RunStopped as stop:

@@ -15,7 +15,6 @@ import lightning as L
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from crnn.callbacks import NonFiniteLossError
-from crnn.checkpoints import CheckpointError
 from crnn.errors import USER_ERRORS
 from crnn.sweeps.cluster import submitit_requeue_signal
 
@@ -97,7 +96,7 @@ def outcome_of(err: BaseException | None, received: dict[str, str], run_dir: Pat
     failed = {"status": "failed", "error_type": type(err).__name__, "exit_code": EXIT_CODES["failed"]}
     if isinstance(err, NonFiniteLossError):
         return {**failed, "reason": err.reason, "error": str(err)}
-    if isinstance(err, (*USER_ERRORS, CheckpointError)):
+    if isinstance(err, USER_ERRORS):
         return {
             **failed,
             "reason": "bad config or input",

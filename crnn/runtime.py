@@ -39,8 +39,9 @@ def git_commit() -> str | None:
 
 
 def hydra_job() -> dict[str, Any]:
-    """This job's Hydra facts: ``multirun``, ``sweep_dir``, ``swept`` (the sweep's keys with this job's
-    values) and ``overrides``; empty outside a Hydra app."""
+    """This job's Hydra facts: ``multirun``, ``sweep_dir``, ``sweep_params`` (the sweeper's own
+    ``params`` keys), ``swept`` (the sweep's keys with this job's values) and ``overrides``; empty
+    outside a Hydra app."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -66,11 +67,15 @@ def _command_line_sweeps(hc: Any) -> set[str]:
     """Keys swept on the command line (``rnn=none,srnn``): Hydra keeps the sweep's own overrides in
     ``hydra.overrides.hydra`` only as ``hydra.*``; the job knows its own task overrides, so the keys
     whose value differs across jobs come from the sweep's ``multirun.yaml`` when it is there."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
     try:
         sweep = OmegaConf.load(Path(hc.sweep.dir) / "multirun.yaml")
-        return {o.split("=", 1)[0].lstrip("+~") for o in sweep.hydra.overrides.task if "," in o}
+        parsed = OverridesParser.create().parse_overrides(list(sweep.hydra.overrides.task))
     except Exception:  # no multirun.yaml (single run, or not written yet)
         return set()
+    # Hydra's own parser: `a,b`, range(...), glob(...) sweep; a list value `tags=[a,b]` does not
+    return {o.key_or_group for o in parsed if o.is_sweep_override()}
 
 
 def _wandb_settings_mode() -> str | None:

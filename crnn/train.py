@@ -30,7 +30,7 @@ from crnn import complexity
 from crnn.builders import build_datamodule, build_group, build_task, run_labels
 from crnn.callbacks import GlobalRngState, NonFiniteGuard, RunRecord, StoreConfig
 from crnn.callbacks.record import logger_config
-from crnn.checkpoints import CheckpointError, check_state_fits, load_checkpoint
+from crnn.checkpoints import check_state_fits, load_checkpoint
 from crnn.errors import USER_ERRORS, ConfigError
 from crnn.lifecycle import EXIT_CODES, JobFailed, RunStopped, graceful_interrupts, outcome_of
 from crnn.naming import choices, run_name_and_tags, sweep_group
@@ -290,7 +290,7 @@ def _main(cfg: DictConfig) -> float | None:
         raise SystemExit(EXIT_CODES["user_error"])
     try:
         result = train(cfg)
-    except (*USER_ERRORS, CheckpointError) as err:  # before the run started
+    except USER_ERRORS as err:  # before the run started
         log.error("%s", err)
         if multirun:
             return failed_sweep_job(str(err))

@@ -46,11 +46,6 @@ def sync(device: torch.device) -> None:
 CLOCK = CLOCKS["wall"]  # main() sets --clock
 
 
-def timed(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> float:
-    """Median time of ``fn`` in seconds (wall clock unless ``--clock cpu``)."""
-    return interleaved({"fn": fn}, device, repeats, warmup)["fn"]
-
-
 def interleaved(fns: dict[str, Callable[[], object]], device: torch.device, repeats: int, warmup: int):
     """Median time of each function, in rounds that run every function once."""
     for fn in fns.values():

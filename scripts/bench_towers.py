@@ -26,6 +26,7 @@ import torch
 from bench_clock import CLOCKS, add_clock_argument
 
 from crnn.builders import build_datamodule, build_task, compose_config
+from crnn.complexity import count_params
 
 CLOCK = CLOCKS["wall"]  # main() sets --clock
 EPOCH_STEPS = 63  # synthetic_shapes: 1,000 training images, batch 16
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
             batches = list(datamodule.train_dataloader())
             net = task.net
             opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=0.05)
-            params = sum(p.numel() for p in net.parameters())
+            params = count_params(net)
             models[layer] = (net, opt, batches, params)
     print(
         f"synthetic_shapes, batch {len(models[layers[0]][2][0][0])}, {args.threads} thread(s), "

@@ -343,8 +343,9 @@ class COCODataModule(L.LightningDataModule):
     """COCO 2017 detection (``data=coco``); see the module docstring.
 
     ``num_classes`` and ``input_shape = (3, image_size, image_size)`` are known at construction
-    (no disk I/O); :meth:`setup` reads and checks both splits (whatever the stage). ``val`` is also
-    the ``test`` split (COCO's test-dev has no public annotations). ``{train,val}_max_images`` cut a
+    (no disk I/O); :meth:`setup` reads and checks the validation split for every stage, the
+    training split for fit. ``val`` is also the ``test`` split (COCO's test-dev has no public
+    annotations). ``{train,val}_max_images`` cut a
     split to its first N image ids (quick runs); ``val_split: train2017`` evaluates on the training
     images (overfit checks). ``shuffle_seed``: seed of the epoch orders and the augmentation
     (``None``: ``torch.initial_seed()``, the run's seed); ``skip_bad_images``, ``strict_annotations``:
@@ -423,8 +424,8 @@ class COCODataModule(L.LightningDataModule):
                     )
 
     def setup(self, stage: str | None = None) -> None:
-        """Read and check both splits (once, whatever ``stage``): a bad validation file stops
-        ``fit`` here, before the first training step."""
+        """Read and check the validation split (every stage) and the training split (``fit``), once
+        each: a bad validation file stops ``fit`` here, before the first training step."""
         if self.val_set is None:
             self.val_set = self._dataset(self.val_split, False, self.val_max_images)
         if self.train_set is None and stage in (None, "fit"):

@@ -16,9 +16,8 @@ its tanh is slow on this build (torch 2.14, one (2048, 64) float32 tensor, 1 thr
   tower's pyramid levels, into one recurrence (``Layer2d.forward_levels``), whose steps are those of
   the longest sequence, not the sum over maps;
 * per step one matmul accumulated in place (oneDNN's ``_linear_pointwise`` + ``add_`` for float32
-  products of at least ``_ONEDNN_MIN_MACS``, about 1.4x MKL's ``addmm_`` on the dev machine's AMD
-  EPYC, where MKL takes its AVX2 path; MKL's ``addmm_`` below, where oneDNN's fixed cost per call
-  dominates) and one in-place activation; no per-step autograd nodes;
+  products of at least ``_ONEDNN_MIN_MACS``, MKL's ``addmm_`` below, where oneDNN's fixed cost per
+  call dominates) and one in-place activation; no per-step autograd nodes;
 * tanh runs in the sigmoid domain: with ``u_t = sigmoid(2 a_t)`` (``a_t`` the pre-activation),
   ``h_t = tanh(a_t) = 2 u_t - 1`` and ``2 a_{t+1} = 2 P_{t+1} - 2 W_hh 1 + 4 W_hh u_t``, so a step
   is a matmul with ``4 W_hh`` + ``sigmoid_``, and ``h = 2u - 1`` is formed once at the end;
@@ -185,17 +184,17 @@ def _weights(rnn: nn.RNNBase) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
 
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-"""oneDNN's fp32 matmul (the op inductor uses for ``linear``), on dense tensors: about 2x the GFLOP/s
-of ``torch.mm`` (MKL) for the tall-skinny products here on the dev machine (AMD EPYC, where MKL
-takes its AVX2 path). float64 and builds without oneDNN use ``torch.mm``."""
+"""oneDNN's fp32 matmul (the op inductor uses for ``linear``), on dense tensors: faster than MKL's
+``torch.mm`` / ``addmm_`` for the tall-skinny products here from a few hundred rows on (see
+``_ONEDNN_MIN_MACS``; the dev machine's AMD EPYC, where MKL takes its AVX2 path). float64 and builds
+without oneDNN use MKL."""
 
 _ONEDNN_MIN_MACS = 384 * 64 * 64
-"""Below this many multiply-adds a oneDNN call's fixed cost (15-60 us a call on the dev machine, 1
-thread, depending on its load) outweighs its speed. ``(M, 64) @ (64, 64)`` + add, medians of
-interleaved rounds, oneDNN vs MKL ``addmm`` (quiet machine): M=64 17 vs 8 us, 128 20 vs 14, 256 25
-vs 25, 384 30 vs 35, 512 34 vs 47, 1024 56 vs 94. The detection towers' per-step products (16 x 4..16
-rows) are this small: an FCOS training step with sws_birnn towers on synthetic_shapes took 0.189 s
-with this threshold vs 0.210 s with oneDNN always (scripts/bench_towers.py's models, interleaved)."""
+"""Below this many multiply-adds a oneDNN call's fixed cost outweighs its speed. ``(M, 64) @ (64, 64)``
+accumulated in place, 1 thread, CPU clock, medians of 9 rounds on the quiet dev machine, MKL
+``addmm_`` vs oneDNN ``_linear_pointwise`` + ``add_``: M=64 9.3 vs 25.1 us, 128 15.2 vs 28.5, 256
+27.7 vs 34.0, 384 38.6 vs 39.9, 448 45.5 vs 43.7, 512 52.2 vs 47.5, 896 86.9 vs 66.4. The detection
+towers' steps (16 x 4..16 rows per level, up to 3 levels packed) fall on both sides."""
 
 
 def _onednn(x: Tensor, w: Tensor) -> bool:

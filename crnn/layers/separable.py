@@ -251,7 +251,7 @@ class _SeparableRNN2d(Layer2d):
 
     def _packed(self, x: Tensor) -> bool:
         """Whether both passes run on the fast path, all maps' sequences packed together."""
-        return getattr(self.row, "fast_directions", None) is not None and all(
+        return self.row.fast_directions is not None and all(
             uses_fast_path(p.rnn, x) for p in (self.row, self.col)
         )
 

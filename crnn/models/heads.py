@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from crnn.constraints import PositiveInt
+from crnn.layers import run_rnn, run_ws_birnn
 from crnn.layers.cells import get_cell
-from crnn.layers.fast_rnn import run_rnn, run_ws_birnn
 
 
 class LinearHead(nn.Module):
@@ -106,8 +106,7 @@ class SequenceHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         seq = self.to_sequence(x)
         if self.bidirectional == "shared":
-            # Both directions in one call: the reversed sequence rides along the batch.
-            # (2, L, B, H), both directions by sequence position: the fast path for vanilla cells
+            # both directions in one call (run_ws_birnn): (2, L, B, H), each by sequence position
             forward, backward = run_ws_birnn(self.rnn, seq, merge=False).unbind(0)
             summary = self._read(forward, backward=False) + self._read(backward, backward=True)
         elif self.bidirectional == "standard":

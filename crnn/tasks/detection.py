@@ -35,7 +35,7 @@ class DetectionTask(BaseTask):
     :class:`crnn.data.COCODataModule`. Training logs ``train/loss`` (sum) and its parts
     ``train/loss_cls`` (sigmoid focal), ``train/loss_box`` (GIoU), ``train/loss_ctr``
     (centerness BCE). Validation (and test, on the same split) collects every image's detections
-    in original-image coordinates, gathers them from all processes and runs pycocotools' COCOeval
+    in original-image coordinates, gathers them from all processes and runs faster-coco-eval's COCOeval
     once per epoch: ``{val,test}/{AP,AP50,AP75,APs,APm,APl,AR100,F1}`` plus ``eval_time_s`` and
     ``num_detections``; the detections JSON goes to the run folder (``trainer.default_root_dir``).
     :attr:`per_class_ap` keeps the last validation epoch's AP of each class (by name); images with

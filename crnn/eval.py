@@ -23,7 +23,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from crnn import complexity
-from crnn.builders import build_datamodule, build_group, checkpoint_run_dir, task_from_checkpoint
+from crnn.builders import MODEL_NODES, build_datamodule, build_group, checkpoint_run_dir, task_from_checkpoint
 from crnn.checkpoints import CONFIG_KEY
 from crnn.errors import USER_ERRORS, ConfigError
 from crnn.lifecycle import EXIT_CODES, RunStopped, graceful_interrupts, outcome_of
@@ -33,8 +33,6 @@ from crnn.runtime import git_commit, progress_bar_enabled, project_root, quiet_k
 
 log = logging.getLogger("crnn.eval")
 
-MODEL_KEYS = ("backbone", "rnn", "head", "task")
-"""Settings that define the model: taken from the checkpoint, never from the command line."""
 EVAL_KEYS = ("data", "trainer", "test_after_fit", "logger", "seed")
 """Settings the command line may change for an evaluation."""
 
@@ -47,33 +45,37 @@ def eval_dir(ckpt_path: str, stamp: str) -> str:
 OmegaConf.register_new_resolver("crnn_eval_dir", eval_dir, replace=True)
 
 
-def merged_config(
-    stored: Mapping[str, Any], overrides: Mapping[str, Any], ckpt_path: Path
-) -> tuple[DictConfig, list[str]]:
+def merged_config(stored: Mapping[str, Any], overrides: Mapping[str, Any], ckpt_path: Path) -> DictConfig:
     """The checkpoint's config with the command line's evaluation settings (dotted keys) applied.
 
-    Raises :class:`ConfigError` when a model setting on the command line differs from the checkpoint's.
+    Raises :class:`ConfigError` when a model setting on the command line differs from the checkpoint's,
+    or when a setting is neither a model nor an evaluation setting (it would be ignored).
     """
     cfg = OmegaConf.create(dict(stored))
-    stored_flat = flat(stored)
-    conflicts, applied = [], []
+    conflicts, ignored = [], []
     for key, value in overrides.items():
         top = key.split(".")[0]
-        if top in MODEL_KEYS:
+        if top in MODEL_NODES:
             now = OmegaConf.select(cfg, key)
             if OmegaConf.is_config(now):
                 now = OmegaConf.to_container(now, resolve=True)
-            if now != value and not (key in stored_flat and stored_flat[key] == value):
+            if now != value:
                 conflicts.append(f"{key}={value!r} (checkpoint: {now!r})")
         elif top in EVAL_KEYS:
             OmegaConf.update(cfg, key, value, merge=False, force_add=True)
-            applied.append(key)
+        else:
+            ignored.append(key)
     if conflicts:
         raise ConfigError(
             f"model settings on the command line differ from the checkpoint's config ({CONFIG_KEY} in "
             f"{ckpt_path}): {'; '.join(conflicts)}. The model is rebuilt from the checkpoint: drop them."
         )
-    return cfg, applied
+    if ignored:
+        raise ConfigError(
+            f"{', '.join(ignored)}: not an evaluation setting (crnn-eval takes {', '.join(EVAL_KEYS)}; "
+            "the rest comes from the checkpoint): drop them."
+        )
+    return cfg
 
 
 def build_eval_loggers(cfg: DictConfig, ckpt_path: Path, run_dir: Path) -> list:
@@ -106,7 +108,7 @@ def evaluate(
         overrides = flat(OmegaConf.to_container(OmegaConf.from_dotlist(overrides)))
     loaded = task_from_checkpoint(ckpt_path, trust=trust_checkpoint)
     ckpt_path, task = loaded.path, loaded.task
-    cfg, _ = merged_config(OmegaConf.to_container(loaded.config), overrides or {}, ckpt_path)
+    cfg = merged_config(OmegaConf.to_container(loaded.config), overrides or {}, ckpt_path)
     out = (
         Path(output_dir) if output_dir else Path(eval_dir(str(ckpt_path), time.strftime("%Y-%m-%d_%H-%M-%S")))
     )

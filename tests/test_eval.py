@@ -115,3 +115,19 @@ def test_a_checkpoint_that_runs_code_is_not_loaded(tmp_path):
     with pytest.raises(ValueError, match="trust_checkpoint=true"):
         evaluate(bad, output_dir=tmp_path / "eval")
     assert not marker.exists()
+
+
+def test_a_setting_eval_would_ignore_is_refused():
+    """Before, ``crnn-eval ... paths.data_dir=/x`` was ignored without a word."""
+    from pathlib import Path
+
+    from crnn.errors import ConfigError
+    from crnn.eval import merged_config
+
+    stored = {"rnn": {"cell": "rnn_tanh"}, "trainer": {"max_epochs": 3}, "paths": {"data_dir": "data"}}
+    cfg = merged_config(stored, {"trainer.limit_val_batches": 2}, Path("run.ckpt"))
+    assert cfg.trainer.limit_val_batches == 2 and cfg.trainer.max_epochs == 3
+    with pytest.raises(
+        ConfigError, match=r"paths.data_dir: not an evaluation setting \(crnn-eval takes data"
+    ):
+        merged_config(stored, {"paths.data_dir": "/x"}, Path("run.ckpt"))

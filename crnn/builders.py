@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from crnn.checkpoints import CONFIG_KEY, check_state_fits, load_checkpoint
+from crnn.checkpoints import CONFIG_KEY, check_state_fits, current_settings, load_checkpoint
 from crnn.config import check_fit, check_node, instantiate_node, plain, target_of
 from crnn.errors import ConfigError
 from crnn.layers import LAYERS, Layer2d, list_layers
@@ -273,6 +273,7 @@ def task_from_checkpoint(ckpt_path: str | Path, trust: bool = False) -> TrainedT
             f"{path} holds no crnn config ({CONFIG_KEY!r} and the model nodes in 'hyper_parameters'): "
             "was it written by crnn-train?"
         )
+    hparams = current_settings(hparams)
     task = task_from_config(hparams, hparams["num_classes"], tuple(hparams["input_shape"]))
     check_state_fits(task.state_dict(), checkpoint["state_dict"], f"its stored hyper_parameters ({path})")
     task.load_state_dict(checkpoint["state_dict"])

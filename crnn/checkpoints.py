@@ -14,6 +14,7 @@ __all__ = [
     "CheckpointError",
     "check_state_fits",
     "current_names",
+    "current_settings",
     "load_checkpoint",
 ]
 
@@ -39,6 +40,17 @@ def current_names(state: Mapping[str, Any]) -> dict[str, Any]:
             key = key.replace(old, new)
         renamed[key] = value
     return renamed
+
+
+def current_settings(nodes: Mapping[str, Any]) -> dict[str, Any]:
+    """A checkpoint's stored model nodes (``hyper_parameters``) under today's settings: detection's
+    ``task.evaluation`` mapping became ``task.save_detections`` (its image-logging keys moved to
+    ``callbacks.detection_media``)."""
+    task = dict(nodes.get("task") or {})
+    evaluation = task.pop("evaluation", None)
+    if isinstance(evaluation, Mapping) and "save_detections" in evaluation:
+        task["save_detections"] = evaluation["save_detections"]
+    return {**nodes, "task": task} if "task" in nodes else dict(nodes)
 
 
 class CheckpointError(ValueError):

@@ -194,10 +194,11 @@ def test_recurrent_tower_in_both_branches_shared_across_levels(rnn):
     assert set(out[0]) == {"boxes", "scores", "labels"}
 
 
-def test_checkpoints_with_the_towers_inside_torchvisions_heads_still_load(tmp_path):
+def test_checkpoints_of_the_previous_layout_still_load(tmp_path):
     """Before the towers ran over all levels at once they were ``classification_head.conv`` /
-    ``regression_head.conv``: such checkpoints load into the same weights, through crnn's checkpoint
-    reader (crnn-eval, crnn-export, finetune) and through Lightning's resume (``on_load_checkpoint``)."""
+    ``regression_head.conv``, and the task had an ``evaluation`` mapping: such checkpoints load into
+    the same weights and settings, through crnn's checkpoint reader (crnn-eval, crnn-export,
+    finetune) and through Lightning's resume (``on_load_checkpoint``)."""
     from crnn.builders import build_datamodule, build_task, task_from_checkpoint
     from crnn.checkpoints import CONFIG_KEY
 
@@ -211,14 +212,22 @@ def test_checkpoints_with_the_towers_inside_torchvisions_heads_still_load(tmp_pa
         for k, v in state.items()
     }
     assert old_names.keys() != state.keys()
+    old_settings = dict(task.hparams)  # and the task's settings of then
+    old_settings["task"] = {
+        **old_settings["task"],
+        "evaluation": {"save_detections": False, "num_log_images": 4},
+    }
+    del old_settings["task"]["save_detections"]
     checkpoint = {
         "state_dict": old_names,
-        "hyper_parameters": dict(task.hparams),
+        "hyper_parameters": old_settings,
         CONFIG_KEY: {"config": OmegaConf.to_container(cfg), "choices": {}},
     }
     torch.save(checkpoint, tmp_path / "old.ckpt")
-    loaded = task_from_checkpoint(tmp_path / "old.ckpt").task.state_dict()
+    old_task = task_from_checkpoint(tmp_path / "old.ckpt").task
+    loaded = old_task.state_dict()
     assert loaded.keys() == state.keys() and all(torch.equal(v, loaded[k]) for k, v in state.items())
+    assert old_task.save_detections is False
 
     resumed = build_task(cfg, build_datamodule(cfg))
     resumed.on_load_checkpoint(checkpoint)  # Lightning then loads checkpoint["state_dict"]
@@ -550,7 +559,7 @@ def test_short_run_on_synthetic_shapes_beats_untrained(tmp_path):
         input_shape=(3, 128, 128),
         optimizer=partial(torch.optim.AdamW, lr=2e-3, weight_decay=0.05),
         scheduler=partial(schedules.cosine, warmup_epochs=0.3, min_lr_ratio=0.01),
-        evaluation={"save_detections": False},
+        save_detections=False,
     )
     before, after = _train_and_eval(task, dm, 4, tmp_path, clip=1.0)
     assert before < 0.01
@@ -571,7 +580,7 @@ def test_overfit_coco_tiny_train_images(tmp_path):
         input_shape=(3, 256, 256),
         optimizer=partial(torch.optim.AdamW, lr=5e-3, weight_decay=0.0),
         scheduler=partial(schedules.cosine, warmup_epochs=1, min_lr_ratio=0.05),
-        evaluation={"save_detections": False},
+        save_detections=False,
     )
     before, after = _train_and_eval(task, dm, int(os.environ.get("CRNN_OVERFIT_EPOCHS", "40")), tmp_path)
     assert before < 0.005

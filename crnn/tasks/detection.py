@@ -23,10 +23,6 @@ __all__ = ["DetectionTask"]
 LOGGED = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100", "F1")
 """COCOeval numbers logged as ``{val,test}/<name>``."""
 
-EVAL_DEFAULTS: dict[str, Any] = {
-    "save_detections": True,  # <run folder>/detections_{val,test}.json, COCO results format (rank 0)
-}
-
 
 class DetectionTask(BaseTask):
     """Trains ``net``, a :class:`crnn.models.detection.FCOSDetector`.
@@ -53,17 +49,11 @@ class DetectionTask(BaseTask):
         scheduler: SchedulerFactory,
         monitor: str = "val/AP",
         monitor_mode: str = "max",
-        evaluation: Mapping[str, Any] | None = None,
+        save_detections: bool = True,
         config: Mapping[str, Any] | None = None,
     ):
         super().__init__(net, optimizer, scheduler, input_shape, monitor, monitor_mode, config)
-        evaluation = dict(evaluation or {})
-        unknown = set(evaluation) - set(EVAL_DEFAULTS)
-        if unknown:
-            raise ValueError(
-                f"task.evaluation: unknown keys {sorted(unknown)}; valid: {sorted(EVAL_DEFAULTS)}"
-            )
-        self.evaluation = EVAL_DEFAULTS | evaluation
+        self.save_detections = save_detections  # <run folder>/detections_{val,test}.json (rank 0)
         self.image_size = max(int(s) for s in input_shape[1:])
         self._detections: dict[int, list[dict[str, Any]]] = {}
         self._eval_time = 0.0
@@ -153,11 +143,7 @@ class DetectionTask(BaseTask):
             self._eval_time,
             coco_time,
         )
-        if (
-            self.evaluation["save_detections"]
-            and self.trainer.is_global_zero
-            and not self.trainer.sanity_checking
-        ):
+        if self.save_detections and self.trainer.is_global_zero and not self.trainer.sanity_checking:
             write_json_atomic(
                 Path(self.trainer.default_root_dir) / f"detections_{stage}.json", detections, indent=None
             )

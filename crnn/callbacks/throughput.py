@@ -12,7 +12,7 @@ class TrainThroughput(L.Callback):
     """Logs ``train/images_per_s`` and ``train/epoch_time_s`` each epoch.
 
     The clock runs from the epoch's start to its last training batch (data loading, forward,
-    backward and optimiser step; validation excluded), synchronising CUDA before reading it.
+    backward and optimiser step; validation excluded), synchronising CUDA before the last reading.
     """
 
     def __init__(self) -> None:
@@ -32,7 +32,10 @@ class TrainThroughput(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         images = batch[0]
         self.images += len(images)
-        self.last = self._now(trainer)
+        # CUDA synchronises on the epoch's last batch only: a sync every step would stall the very
+        # pipeline being timed (an epoch cut short by max_steps reads the clock unsynchronised)
+        last = batch_idx + 1 >= trainer.num_training_batches
+        self.last = self._now(trainer) if last else time.perf_counter()
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         seconds = self.last - self.start

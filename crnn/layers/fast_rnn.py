@@ -50,6 +50,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import math
 import os
 from collections.abc import Iterator, Sequence
 
@@ -163,17 +164,20 @@ def _native(rnn: nn.RNNBase, x: Tensor) -> Tensor:
 
 
 def run_ws_birnn(rnn: nn.RNNBase, x: Tensor, merge: bool) -> Tensor:
-    """The weight-shared bidirectional pass: ``rnn`` over ``x (L, N, I)`` and over ``x.flip(0)``.
+    """The weight-shared bidirectional pass: ``rnn`` over ``x (L, *batch, I)`` (any strides) and over
+    ``x.flip(0)``; ``N = prod(batch)``.
 
     ``merge=False``: ``(2, L, N, H)``, both directions' states indexed by sequence position (``[1, t]``
     is the state after reading ``x[L-1] ... x[t]``). ``merge=True``: ``(L, N, H)``, their sum (the
     WS-BiRNN output).
     """
-    L, N, _ = _ints(x.shape)
+    L, *batch, I = _ints(x.shape)
+    N = math.prod(batch)
     if uses_fast_path(rnn, x):
-        y = run_steps(rnn, x.reshape(L * N, -1), (N,) * L, 2, merge)
+        y = run_steps(rnn, x.reshape(L * N, I), (N,) * L, 2, merge)
         return y.view(L, N, -1) if merge else y.view(2, L, N, -1)
-    y = _native(rnn, torch.cat([x, x.flip(0)], dim=1))
+    # the sequence and its reverse along the batch: the one copy, which also makes x contiguous
+    y = _native(rnn, torch.cat([x, x.flip(0)], dim=1).view(L, 2 * N, I))
     # unbind, not y[:, :n] / y[:, n:]: its backward is one stack, a slice's is a zero-filled copy each
     forward, backward = y.view(L, 2, N, y.shape[-1]).unbind(1)
     return forward + backward.flip(0) if merge else torch.stack([forward, backward.flip(0)])

@@ -120,7 +120,7 @@ class WSBiRNN(_AxisPass):
     def forward_seq_first(self, x: Tensor) -> Tensor:
         """``(L, *batch, C) -> (L, *batch, hidden)``, any strides."""
         L, batch = x.shape[0], x.shape[1:-1]
-        y = run_ws_birnn(self.rnn, x.reshape(L, -1, x.shape[-1]), merge=True)  # (L, N, hidden)
+        y = run_ws_birnn(self.rnn, x, merge=True)  # (L, N, hidden)
         return y.view(L, *batch, self.hidden_size)
 
     def closed_form_params(self) -> int:

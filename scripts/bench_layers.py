@@ -8,7 +8,8 @@ twice the forward, so fwd+bwd ~ 3 x forward), with the layer's exact MACs from
 ``crnn.complexity``; that as a fraction of this process's fp32 matmul peak; and the time relative
 to the conv block each layer replaces (a ResNet basic block: two 3x3 convs with BN/ReLU, same
 channels). Layers whose vanilla-cell passes have the fast CPU path (``layer_info(name).fast_path``)
-are timed on both paths: ``fast`` (crnn.layers.fast_rnn) and ``nn.RNN``.
+are timed on every path: ``fast (compiled)`` and ``fast (torch)`` (crnn.layers.fast_rnn with its
+compiled pass, where it builds, and with its torch-op pass) and ``nn.RNN``.
 
 Peak: the fastest of a large square fp32 matmul through MKL (``torch.mm``) and through oneDNN
 (``torch.ops.mkldnn._linear_pointwise`` on dense tensors, and ``mkldnn_linear`` on oneDNN
@@ -33,7 +34,7 @@ from bench_clock import CLOCKS, add_clock_argument
 from torch import nn
 
 from crnn.complexity import count_macs
-from crnn.layers import build_layer, layer_info, list_layers, rnn_path
+from crnn.layers import build_layer, compiled_kernel, layer_info, list_layers, rnn_kernel, rnn_path
 
 SHAPES = {"cifar": (128, 64, 8, 8), "det": (16, 64, 40, 40)}
 
@@ -99,20 +100,20 @@ class BasicBlock(nn.Module):
         return torch.relu(self.body(x) + x)
 
 
-def fwd_bwd_step(module: nn.Module, x: torch.Tensor, path: str) -> Callable[[], None]:
+def fwd_bwd_step(module: nn.Module, x: torch.Tensor, path: str, kernel: str = "auto") -> Callable[[], None]:
     """One training step of ``module`` on ``x`` (input gradient included: a layer inside a network
-    back-propagates to its input) with the RNN path ``path``."""
+    back-propagates to its input) with the RNN path ``path`` and the fast path's kernel ``kernel``."""
     module.train()
     params = list(module.parameters())
     x = x.detach().requires_grad_(True)
-    with rnn_path(path):
+    with rnn_path(path), rnn_kernel(kernel):
         grad = torch.randn_like(module(x))
 
     def step():
         for p in params:
             p.grad = None
         x.grad = None
-        with rnn_path(path):
+        with rnn_path(path), rnn_kernel(kernel):
             module(x).backward(grad)
 
     return step
@@ -136,10 +137,15 @@ def bench(device: torch.device, shapes: list[str], layers: list[str], cell: str,
             macs = count_macs(layer, x)
             assert macs == B * layer.closed_form_macs(H, W), name
             fast = info.fast_path and cell in ("rnn_tanh", "rnn_relu") and device.type == "cpu"
-            for path in ("fast", "native") if fast else ("auto",):
-                own = "python loop" if info.python_loop else "nn.RNN" if info.cells else "-"
-                label = {"fast": "fast", "native": "nn.RNN", "auto": own}[path]
-                candidates[(name, kwargs.get("cell", "-"), label)] = (macs, fwd_bwd_step(layer, x, path))
+            own = "python loop" if info.python_loop else "nn.RNN" if info.cells else "-"
+            runs = [("auto", "auto", own)]
+            if fast:
+                runs = [("fast", "torch", "fast (torch)"), ("native", "auto", "nn.RNN")]
+                if compiled_kernel()[0] is not None:
+                    runs.insert(0, ("fast", "compiled", "fast (compiled)"))
+            for path, kernel, label in runs:
+                step = fwd_bwd_step(layer, x, path, kernel)
+                candidates[(name, kwargs.get("cell", "-"), label)] = (macs, step)
         times = interleaved({key: step for key, (_, step) in candidates.items()}, device, repeats, warmup)
         block_t = times[next(iter(candidates))]
         for key, (macs, _) in candidates.items():

@@ -14,6 +14,7 @@ from crnn.layers import (
     build_layer,
     fast_rnn,
     get_rnn_path,
+    rnn_kernel,
     rnn_path,
     run_rnn,
     run_ws_birnn,
@@ -146,6 +147,93 @@ def test_second_derivative_raises_clearly():
         (g,) = torch.autograd.grad(m(x).square().sum(), x, create_graph=True)
         with pytest.raises(RuntimeError, match="once_differentiable|differentiate twice"):
             g.sum().backward()
+
+
+# ------------------------------------------------------------------------------ compiled pass
+
+
+def compiled_or_skip():
+    module, why = fast_rnn.compiled_kernel()
+    if module is None:
+        pytest.skip(f"the compiled RNN pass cannot run here: {why}")
+
+
+def pass_outputs_and_grads(rnn, x, steps, directions, merge, kernel):
+    x = x.detach().requires_grad_(True)
+    with rnn_kernel(kernel):
+        y = fast_rnn.run_steps(rnn, x, steps, directions, merge)
+        grads = torch.autograd.grad(y, [x, *rnn.parameters()], torch.randn_like(y, generator=GENERATOR))
+    return [y, *grads]
+
+
+GENERATOR = torch.Generator()
+# step-major layouts: equal blocks (L, N), maps of several sizes packed (blocks shrink), single rows
+LAYOUTS = [(9,) * 5, (14, 14, 9, 9, 9, 4, 1), (1, 1, 1)]
+
+
+@pytest.mark.parametrize(
+    ("relu", "directions", "merge", "widths", "steps"),
+    itertools.product([False, True], [1, 2], [True, False], [(16, 16), (32, 80), (144, 48)], LAYOUTS),
+)
+def test_compiled_pass_equals_torch_pass(relu, directions, merge, widths, steps):
+    """float32, outputs and the gradients of x and every weight, to float32 rounding; widths of one,
+    several and a part of a 64-column panel (80 = 64 + 16), input wider than a panel (144)."""
+    compiled_or_skip()
+    torch.manual_seed(0)
+    rnn = nn.RNN(*widths, nonlinearity="relu" if relu else "tanh")
+    x = 2 * torch.randn(sum(steps), widths[0])  # pre-activations beyond tanh's linear range
+    GENERATOR.manual_seed(1)
+    reference = pass_outputs_and_grads(rnn, x, steps, directions, merge, "torch")
+    GENERATOR.manual_seed(1)
+    compiled = pass_outputs_and_grads(rnn, x, steps, directions, merge, "compiled")
+    for a, b in zip(reference, compiled, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5 * a.abs().max().item())
+
+
+def test_compiled_tanh_is_accurate_over_the_float_range():
+    """The kernel's own tanh (one step from a zero state: h = tanh(x W^T + b)) against torch.tanh."""
+    compiled_or_skip()
+    a = torch.cat([torch.linspace(-12, 12, 20001), torch.logspace(-8, 0, 1000), -torch.logspace(-8, 0, 1000)])
+    a = torch.cat([a, a.new_zeros((-len(a)) % 16)]).view(-1, 16)  # 16 units: one row per 16 values
+    rnn = nn.RNN(16, 16)
+    with torch.no_grad():
+        rnn.weight_ih_l0.copy_(torch.eye(16))
+        rnn.bias_ih_l0.zero_()
+        rnn.bias_hh_l0.zero_()
+        with rnn_kernel("compiled"):
+            h = fast_rnn.run_steps(rnn, a, (len(a),), 1)
+    torch.testing.assert_close(h, torch.tanh(a), rtol=4e-7, atol=3e-7)
+
+
+def test_compiled_layers_equal_nn_rnn_to_rounding():
+    """The layers at the paper's width (64) through the compiled pass: values and grads vs nn.RNN."""
+    compiled_or_skip()
+    for layer, cell in itertools.product(FAST_LAYERS, VANILLA):
+        torch.manual_seed(0)
+        m = build_layer(layer, 64, 64, cell=cell)
+        x = torch.randn(8, 64, 10, 7)
+        with rnn_kernel("compiled"):
+            scale = max(t.abs().max().item() for t in outputs_and_grads(m, x, "native"))
+            assert max_difference(m, x) < 1e-5 * scale, (layer, cell)
+
+
+def test_compiled_kernel_refuses_what_it_cannot_run(monkeypatch):
+    rnn = nn.RNN(16, 16)
+    with rnn_kernel("compiled"), pytest.raises(RuntimeError, match="rnn_kernel\\('compiled'\\): float32 CPU"):
+        fast_rnn.run_steps(rnn.double(), torch.randn(6, 16, dtype=torch.float64), (3, 3), 1)
+    with rnn_kernel("compiled"), pytest.raises(RuntimeError, match="multiples of 16.*12 -> 16"):
+        fast_rnn.run_steps(nn.RNN(12, 16), torch.randn(6, 12), (3, 3), 1)
+    # where it cannot build, auto falls back to the torch pass and "compiled" says why
+    monkeypatch.setattr(fast_rnn, "compiled_kernel", lambda: (None, "could not build rnn_steps.cpp: no gcc"))
+    x = torch.randn(6, 16)
+    with rnn_kernel("torch"):
+        expected = fast_rnn.run_steps(rnn.float(), x, (3, 3), 2)
+    torch.testing.assert_close(fast_rnn.run_steps(rnn, x, (3, 3), 2), expected, rtol=0, atol=0)
+    with rnn_kernel("compiled"), pytest.raises(RuntimeError, match="no gcc"):
+        fast_rnn.run_steps(rnn, x, (3, 3), 2)
+    monkeypatch.setenv("CRNN_RNN_KERNEL", "fastest")
+    with pytest.raises(ValueError, match="CRNN_RNN_KERNEL='fastest'.*auto, compiled, torch"):
+        fast_rnn.run_steps(rnn, x, (3, 3), 2)
 
 
 # ----------------------------------------------------------------------------------- path choice

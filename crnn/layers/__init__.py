@@ -8,7 +8,9 @@ Pick one by name::
 
 Vanilla-cell passes of ``srnn``, ``sws_birnn`` (and the weight-shared sequence head) take a fast
 CPU path by default (:mod:`crnn.layers.fast_rnn`); ``rnn_path("native")`` or
-``CRNN_RNN_PATH=native`` forces ``nn.RNN``, ``"fast"`` forces the fast path.
+``CRNN_RNN_PATH=native`` forces ``nn.RNN``, ``"fast"`` forces the fast path. On float32 the fast
+path runs a compiled pass where it builds (AVX-512, gcc: ``compiled_kernel()`` says why not);
+``rnn_kernel("torch")`` or ``CRNN_RNN_KERNEL=torch`` runs its torch-op twin instead.
 
 Every layer exposes ``closed_form_params()`` and ``closed_form_macs(height, width)`` (per sample),
 which the tests check against :mod:`crnn.complexity`.
@@ -17,7 +19,18 @@ which the tests check against :mod:`crnn.complexity`.
 from .cells import CELLS, CellSpec, get_cell, rnn_macs_per_token, rnn_params
 from .conv import ConvLayer, DSConvLayer
 from .ds_rnn import DSRNN
-from .fast_rnn import RNN_PATHS, get_rnn_path, rnn_path, run_rnn, run_ws_birnn, uses_fast_path
+from .fast_rnn import (
+    RNN_KERNELS,
+    RNN_PATHS,
+    compiled_kernel,
+    get_rnn_kernel,
+    get_rnn_path,
+    rnn_kernel,
+    rnn_path,
+    run_rnn,
+    run_ws_birnn,
+    uses_fast_path,
+)
 from .registry import (
     LAYERS,
     NO_LAYER,
@@ -38,6 +51,7 @@ __all__ = [
     "DSRNN",
     "LAYERS",
     "RNN2D",
+    "RNN_KERNELS",
     "SRNN",
     "CellSpec",
     "ConvLayer",
@@ -54,6 +68,8 @@ __all__ = [
     "WSBiRNN",
     "build_layer",
     "get_cell",
+    "compiled_kernel",
+    "get_rnn_kernel",
     "get_rnn_path",
     "layer_info",
     "layer_kwargs",
@@ -61,6 +77,7 @@ __all__ = [
     "register_layer",
     "rnn_macs_per_token",
     "rnn_params",
+    "rnn_kernel",
     "rnn_path",
     "run_rnn",
     "run_ws_birnn",

@@ -15,22 +15,36 @@ its tanh is slow on this build (torch 2.14, one (2048, 64) float32 tensor, 1 thr
   ride together: the 2-D layers pack the rows (then the columns) of several maps, e.g. a detection
   tower's pyramid levels, into one recurrence (``Layer2d.forward_levels``), whose steps are those of
   the longest sequence, not the sum over maps;
-* per step one matmul accumulated in place (oneDNN's ``_linear_pointwise`` + ``add_`` for float32
-  products of at least ``_ONEDNN_MIN_MACS``, MKL's ``addmm_`` below, where oneDNN's fixed cost per
-  call dominates) and one in-place activation; no per-step autograd nodes;
-* tanh runs in the sigmoid domain: with ``u_t = sigmoid(2 a_t)`` (``a_t`` the pre-activation),
-  ``h_t = tanh(a_t) = 2 u_t - 1`` and ``2 a_{t+1} = 2 P_{t+1} - 2 W_hh 1 + 4 W_hh u_t``, so a step
-  is a matmul with ``4 W_hh`` + ``sigmoid_``, and ``h = 2u - 1`` is formed once at the end;
-* backward runs the per-step recurrence of the pre-activation gradients (one matmul accumulated in
-  place and one multiply by the activation's derivative per step), then computes the gradients of
-  ``W_hh`` (one matmul per run of equal block sizes), ``W_ih``, the biases and the input as one
-  large matmul (or sum) each over all steps.
+* a pass (every step, both directions of a weight-shared pass) and its backward are one call each,
+  of one of two implementations with the same two functions:
+
+  - **compiled** (``csrc/rnn_steps.cpp``; float32, AVX-512, widths multiples of 16; built by gcc on
+    first use, :func:`compiled_kernel`): a step ``h = act(x W_ih^T + b + h_prev W_hh^T)`` is one
+    register-tiled AVX-512 kernel call on a block of rows (6 rows x 64 columns of accumulators),
+    input projection, recurrent product and activation fused, ~210 GFLOP/s on one Zen 5 core where
+    MKL's ``addmm_`` runs the same (448, 64) @ (64, 64) product at ~90 and oneDNN at 65-90 (their
+    fixed cost per call dominates at this size). tanh is computed in registers (Cephes' ``expf``,
+    a Taylor series near 0). The backward fuses the activation's derivative into the recurrent
+    product and accumulates the ``W_hh``, ``W_ih``, bias and input gradients block by block while the
+    blocks are in cache (no whole-sequence gradient buffer for a one-way pass);
+  - **torch** (:class:`_TorchPass`, the reference: float64, any width, any device, and the fallback
+    where the compiled one cannot build): the projection is one matmul; per step one matmul
+    accumulated in place (oneDNN's ``_linear_pointwise`` + ``add_`` for float32 products of at
+    least ``_ONEDNN_MIN_MACS``, MKL's ``addmm_`` below) and one in-place activation, tanh in the
+    sigmoid domain (``torch.tanh`` is slow on this build: with ``u_t = sigmoid(2 a_t)``,
+    ``h_t = 2 u_t - 1`` and ``2 a_{t+1} = 2 P_{t+1} - 2 W_hh 1 + 4 W_hh u_t``); the backward runs
+    the per-step recurrence of the pre-activation gradients, then the weight, bias and input
+    gradients as one large matmul (or sum) each.
+
+  No per-step autograd nodes in either. ``rnn_kernel`` or ``CRNN_RNN_KERNEL`` picks: ``auto``
+  (compiled where it applies and builds), ``compiled`` (an error where it cannot run), ``torch``.
 
 ``torch.compile`` of the ``nn.RNN`` layer gave nothing (sws_birnn, B=128, C=64, 8x8: 51.8 ms
-compiled vs 51.2 ms eager; this path 27.7 ms).
+compiled vs 51.2 ms eager; the torch pass 27.7 ms).
 
-In float64 it equals ``nn.RNN`` to ~1e-15 (tests: 1e-10); in float32 to float32 rounding. Second
-derivatives are not implemented: differentiating the backward raises a clear error.
+In float64 (the torch pass) it equals ``nn.RNN`` to ~1e-15 (tests: 1e-10); in float32 both passes
+equal it to float32 rounding. Second derivatives are not implemented: differentiating the backward
+raises a clear error.
 
 Which path runs (:func:`rnn_path`, or the environment variable ``CRNN_RNN_PATH``):
 
@@ -50,9 +64,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import logging
 import math
 import os
 from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -61,7 +79,11 @@ from torch.autograd.function import once_differentiable
 __all__ = [
     "FAST_RNN_OP",
     "RNN_PATHS",
+    "RNN_KERNELS",
+    "compiled_kernel",
+    "get_rnn_kernel",
     "get_rnn_path",
+    "rnn_kernel",
     "rnn_path",
     "run_rnn",
     "run_steps",
@@ -70,28 +92,57 @@ __all__ = [
 ]
 
 RNN_PATHS = ("auto", "fast", "native")
-_ENV = "CRNN_RNN_PATH"
-_path_override: list[str] = []
+RNN_KERNELS = ("auto", "compiled", "torch")
+
+
+class _Setting:
+    """A process-wide choice: the innermost ``with`` override, else ``$env``, else ``"auto"``."""
+
+    def __init__(self, env: str, values: tuple[str, ...], context: str):
+        self.env, self.values, self.context = env, values, context
+        self.overrides: list[str] = []
+
+    def get(self) -> str:
+        value = self.overrides[-1] if self.overrides else os.environ.get(self.env, "auto")
+        if value not in self.values:
+            raise ValueError(f"{self.env}={value!r}: valid values are {', '.join(self.values)}")
+        return value
+
+    @contextlib.contextmanager
+    def force(self, value: str) -> Iterator[None]:
+        if value not in self.values:
+            raise ValueError(f"{self.context}({value!r}): valid values are {', '.join(self.values)}")
+        self.overrides.append(value)
+        try:
+            yield
+        finally:
+            self.overrides.pop()
+
+
+_PATH = _Setting("CRNN_RNN_PATH", RNN_PATHS, "rnn_path")
+_KERNEL = _Setting("CRNN_RNN_KERNEL", RNN_KERNELS, "rnn_kernel")
 
 
 def get_rnn_path() -> str:
     """The path setting in force: the innermost :func:`rnn_path`, else ``$CRNN_RNN_PATH``, else auto."""
-    path = _path_override[-1] if _path_override else os.environ.get(_ENV, "auto")
-    if path not in RNN_PATHS:
-        raise ValueError(f"{_ENV}={path!r}: valid values are {', '.join(RNN_PATHS)}")
-    return path
+    return _PATH.get()
 
 
-@contextlib.contextmanager
-def rnn_path(path: str) -> Iterator[None]:
+def rnn_path(path: str) -> contextlib.AbstractContextManager[None]:
     """Force the RNN path within the block: ``"auto"``, ``"fast"`` or ``"native"`` (``nn.RNN``)."""
-    if path not in RNN_PATHS:
-        raise ValueError(f"rnn_path({path!r}): valid values are {', '.join(RNN_PATHS)}")
-    _path_override.append(path)
-    try:
-        yield
-    finally:
-        _path_override.pop()
+    return _PATH.force(path)
+
+
+def get_rnn_kernel() -> str:
+    """The fast path's step loops in force: the innermost :func:`rnn_kernel`, else
+    ``$CRNN_RNN_KERNEL``, else auto."""
+    return _KERNEL.get()
+
+
+def rnn_kernel(kernel: str) -> contextlib.AbstractContextManager[None]:
+    """Force the fast path's step loops within the block: ``"auto"`` (compiled where it applies and
+    builds), ``"compiled"`` (an error where it cannot run) or ``"torch"``."""
+    return _KERNEL.force(kernel)
 
 
 def _applies(rnn: nn.RNNBase) -> bool:
@@ -248,6 +299,191 @@ def _accumulate(out: Tensor, x: Tensor, w: Tensor) -> None:
         out.addmm_(x, w.t())
 
 
+_KERNEL_SOURCE = Path(__file__).with_name("csrc") / "rnn_steps.cpp"
+_log = logging.getLogger(__name__)
+
+
+@functools.cache
+def compiled_kernel() -> tuple[ModuleType | None, str]:
+    """The compiled step loops (``csrc/rnn_steps.cpp``, float32, AVX-512) and ``""``, or ``None`` and
+    why they cannot run here. Built once per machine by :func:`torch.utils.cpp_extension.load` (gcc and
+    ninja, ~30 s) into ``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``), then loaded
+    from there."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability != "AVX512":
+        return None, f"needs a CPU with AVX-512 (this one: {capability})"
+    import ninja  # the build tool torch's extension builder runs, from PyPI
+
+    torch_logger = logging.getLogger("torch.utils.cpp_extension")
+    level, path = torch_logger.level, os.environ.get("PATH", "")
+    torch_logger.setLevel(logging.ERROR)  # its CUDA-not-found notice: this extension is CPU code
+    os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, path])
+    try:
+        from torch.utils import cpp_extension
+
+        _log.info("building crnn's compiled RNN step loops (once per machine) ...")
+        module = cpp_extension.load(
+            "crnn_rnn_steps", [str(_KERNEL_SOURCE)], extra_cflags=["-O3", "-mavx512f", "-mfma"]
+        )
+    except Exception as error:  # no compiler, no Python headers, ...: the torch loops run instead
+        reason = f"could not build {_KERNEL_SOURCE.name}: {type(error).__name__}: {error}"
+        _log.warning(
+            "%s; the fast RNN path runs its torch step loops (CRNN_RNN_KERNEL=torch hides this)", reason
+        )
+        return None, reason
+    finally:
+        torch_logger.setLevel(level)
+        os.environ["PATH"] = path
+    return module, ""
+
+
+def _pass_implementation(x: Tensor, hidden: int) -> Any:
+    """What runs a pass: ``forward(x, w_ih, bias, w_hh, steps, relu, directions) -> states`` and
+    ``backward(grad, states, x, w_ih, w_hh, steps, relu, need_grad_x) -> [grad_x, grad_w_ih, grad_w_hh,
+    grad_bias]``. The compiled module (:func:`compiled_kernel`) for float32 CPU tensors whose input
+    and hidden widths are multiples of 16, outside tracing, where it builds (``rnn_kernel("compiled")``:
+    an error where not); :class:`_TorchPass` otherwise and under ``rnn_kernel("torch")``."""
+    kernel = get_rnn_kernel()
+    if kernel == "torch":
+        return _TorchPass
+    if x.dtype != torch.float32 or x.device.type != "cpu" or hidden % 16 or x.shape[-1] % 16:
+        why = (
+            f"float32 CPU tensors with input and hidden widths multiples of 16 only ({x.dtype} on "
+            f"{x.device}, {x.shape[-1]} -> {hidden})"
+        )
+    elif torch.jit.is_tracing():
+        why = "not under tracing"
+    else:
+        module, why = compiled_kernel()
+        if module is not None:
+            return module
+    if kernel == "compiled":
+        raise RuntimeError(f"rnn_kernel('compiled'): {why}")
+    return _TorchPass
+
+
+class _TorchPass:
+    """A pass in torch ops: the reference (float64, exact to ``nn.RNN``) and the fallback of the compiled
+    one (``csrc/rnn_steps.cpp``), which has the same two functions.
+
+    The input projection ``x W_ih^T + b`` is one matmul; tanh runs in the sigmoid domain
+    (``torch.tanh`` is slow on this build): with ``u_t = sigmoid(2 a_t)`` (``a_t`` the pre-activation),
+    ``h_t = 2 u_t - 1`` and ``2 a_{t+1} = 2 P_{t+1} - 2 W_hh 1 + 4 W_hh u_t``, so a step is a matmul with
+    ``4 W_hh`` + ``sigmoid_``, and ``h = 2u - 1`` is formed once at the end. The gradients of ``W_hh``
+    (one matmul per run of equal block sizes), ``W_ih``, the bias and ``x`` are one matmul (or sum) each.
+    """
+
+    @staticmethod
+    def forward(
+        x: Tensor,
+        w_ih: Tensor,
+        bias: Tensor,
+        w_hh: Tensor,
+        steps: tuple[int, ...],
+        relu: bool,
+        directions: int,
+    ) -> Tensor:
+        """``(directions, T, H)`` states of the pass over ``x (T, I)``."""
+        scale = 1.0 if relu else 2.0  # tanh runs on 2a (sigmoid domain)
+        row_sum = w_hh.sum(1)
+        if not relu:
+            bias = bias - row_sum  # the -2 W_hh 1 of every step but the first (x 2 below)
+        start = _linear(x, w_ih * scale, bias * scale)  # (T, H): once, read by both directions
+        # one copy per direction, computed in place (large fresh buffers cost page faults: few of them)
+        states = start.expand(directions, *start.shape).clone() if directions == 2 else start.unsqueeze(0)
+        matrix = (w_hh if relu else 4.0 * w_hh).t().contiguous()  # a step adds previous @ matrix
+        first = None if relu else 2.0 * row_sum  # tanh: a sequence's first step has no previous state
+        for d in range(directions):
+            _forward_loop(states[d], matrix, steps, d == 1, relu, first)
+        return states if relu else states.mul_(2.0).sub_(1.0)  # u -> h = 2u - 1
+
+    @staticmethod
+    def backward(
+        grad: Tensor,
+        states: Tensor,
+        x: Tensor,
+        w_ih: Tensor,
+        w_hh: Tensor,
+        steps: tuple[int, ...],
+        relu: bool,
+        need_grad_x: bool,
+    ) -> list[Tensor | None]:
+        """``[grad_x (or None), grad_w_ih, grad_w_hh, grad_bias]`` from ``grad (directions, T, H)``."""
+        _, forward_pairs, backward_pairs = _schedule(tuple(steps))
+        da = grad.clone(memory_format=torch.contiguous_format)  # d loss / d pre-activation, in place
+        matrix = w_hh.contiguous()  # a step passes grad @ W_hh back
+        for d in range(len(states)):
+            _backward_loop(da[d], states[d], matrix, steps, d == 1, relu)
+        grad_w_hh = w_hh.new_zeros(w_hh.shape)
+        for d, pairs in enumerate((forward_pairs, backward_pairs)[: len(states)]):
+            for state, following, rows in pairs:  # h[previous] pairs with da[next]; h = 0 before
+                grad_w_hh.addmm_(da[d][following : following + rows].t(), states[d][state : state + rows])
+        total = da[0].add_(da[1]) if len(da) == 2 else da[0]  # d loss / d projection
+        grad_x = _linear(total, w_ih.t().contiguous()) if need_grad_x else None
+        return [grad_x, total.t().mm(x), grad_w_hh, total.sum(0)]
+
+
+def _forward_loop(
+    states: Tensor, matrix: Tensor, steps: tuple[int, ...], reverse: bool, relu: bool, first: Tensor | None
+) -> None:
+    """One direction of the recurrence over the step-major ``states (T, H)``, in place.
+
+    On entry ``states`` holds the step inputs, on exit the activated states. A step adds
+    ``previous @ matrix`` to a block and applies relu or sigmoid. Forward: block ``s`` reads the first
+    ``steps[s]`` rows of block ``s - 1``. ``reverse``: the first ``steps[s + 1]`` rows of block ``s`` read
+    block ``s + 1``; its other rows (the sequences whose last token is here) start their pass and get
+    ``first`` (if given), as does block 0 going forward."""
+    starts = _schedule(steps)[0]
+    weight = matrix.t().contiguous()  # oneDNN takes the linear layer's (out, in) weight
+    activation = torch.relu_ if relu else torch.sigmoid_
+    for i in range(len(steps)):
+        s = len(steps) - 1 - i if reverse else i
+        block = states[starts[s] : starts[s] + steps[s]]
+        fed = _fed_rows(steps, s, reverse)  # rows of the block that continue a sequence
+        if fed:
+            source = starts[s + 1] if reverse else starts[s - 1]
+            _accumulate(block[:fed], states[source : source + fed], weight)
+        if first is not None and fed < len(block):
+            block[fed:].add_(first)
+        activation(block)
+
+
+def _backward_loop(
+    grad: Tensor, states: Tensor, matrix: Tensor, steps: tuple[int, ...], reverse: bool, relu: bool
+) -> None:
+    """The backward of :func:`_forward_loop`, in place: ``grad (T, H)`` holds d loss / d states on entry
+    and d loss / d pre-activation on exit; ``states`` are the returned states (tanh: ``h``, so
+    ``tanh' = 1 - h^2``; relu: ``relu' = [h > 0]``); a step passes ``grad @ matrix`` back to the block
+    it read."""
+    starts = _schedule(steps)[0]
+    weight = matrix.t().contiguous()
+    # act' of one block at a time, in one small buffer (a whole-sequence one would be a large fresh
+    # allocation, whose page faults cost more than the extra call per step)
+    deriv = states.new_empty(steps[0], states.shape[1])
+    one = states.new_ones(())
+    for i in range(len(steps)):
+        s = i if reverse else len(steps) - 1 - i
+        start, rows = starts[s], steps[s]
+        block, out = states[start : start + rows], deriv[:rows]
+        if relu:
+            torch.sign(block, out=out)  # relu states are >= 0: sign is the step function's 0 / 1
+        else:
+            torch.addcmul(one, block, block, value=-1, out=out)  # tanh' = 1 - h^2
+        grad[start : start + rows].mul_(out)
+        # the state this step read: block s - 1 going forward, block s + 1 in reverse
+        fed = _fed_rows(steps, s, reverse)
+        if fed:
+            target = starts[s + 1] if reverse else starts[s - 1]
+            _accumulate(grad[target : target + fed], grad[start : start + fed], weight)
+
+
+def _fed_rows(steps: tuple[int, ...], s: int, reverse: bool) -> int:
+    """How many rows of block ``s`` continue a sequence from the neighbouring block they read."""
+    if reverse:
+        return steps[s + 1] if s + 1 < len(steps) else 0
+    return steps[s] if s else 0
+
+
 class _VanillaRNNFunction(torch.autograd.Function):
     """``(x (T, I), W_ih, W_hh, b_ih, b_hh, steps, relu, directions, merge) -> states``.
 
@@ -262,100 +498,34 @@ class _VanillaRNNFunction(torch.autograd.Function):
     last token: in the block where it is a *suffix* row, the rows after the continuing prefix). The
     states are returned in the layout of ``x``: ``(directions, T, H)``, or with ``merge`` summed
     over the directions, ``(T, H)``. Both directions read the one input projection, and nothing is
-    gathered or flipped: every step is a matmul on a prefix of a neighbouring block.
+    gathered or flipped: every step is a matmul on a prefix of a neighbouring block. The recurrence
+    runs compiled or in torch ops (:func:`_pass_implementation`); the large products around it (the
+    projection, the input and ``W_ih`` gradients) are one matmul each.
     """
 
     @staticmethod
     def forward(
         ctx, x, w_ih, w_hh, b_ih, b_hh, steps: tuple[int, ...], relu: bool, directions: int, merge: bool
     ):
-        starts, _, _ = _schedule(steps)
-        scale = 1.0 if relu else 2.0  # tanh runs on 2a (sigmoid domain)
-        row_sum = w_hh.sum(1)
-        bias = (b_ih + b_hh) * scale
-        if not relu:
-            bias = bias - 2.0 * row_sum  # the -2 W_hh 1 of every step but the first
-        projection = _linear(x, w_ih * scale, bias)  # (T, H): once, read by both directions
-        # The states of each direction (T, H), computed in place: the forward one in the projection
-        # itself, the backward one in a copy (large fresh buffers cost page faults: as few as can be).
-        h = [projection] if directions == 1 else [projection.clone(), projection]
-        activation = torch.relu_ if relu else torch.sigmoid_
-        w_step = w_hh if relu else 4.0 * w_hh
-        first_step = 2.0 * row_sum  # tanh: a sequence's first step has no previous state
-        for s, (start, rows) in enumerate(zip(starts, steps, strict=True)):
-            block = h[0][start : start + rows]
-            if s == 0:
-                if not relu:
-                    block.add_(first_step)
-            else:
-                _accumulate(block, h[0][starts[s - 1] : starts[s - 1] + rows], w_step)
-            activation(block)
-        if directions == 2:
-            for s in range(len(steps) - 1, -1, -1):
-                start, rows = starts[s], steps[s]
-                block = h[1][start : start + rows]
-                going_on = steps[s + 1] if s + 1 < len(steps) else 0  # rows whose sequence started later
-                if going_on:
-                    _accumulate(block[:going_on], h[1][starts[s + 1] : starts[s + 1] + going_on], w_step)
-                if not relu and going_on < rows:
-                    block[going_on:].add_(first_step)  # the sequences that start here (their last token)
-                activation(block)
-        if not relu:
-            for states in h:
-                states.mul_(2.0).sub_(1.0)  # u -> h = 2u - 1
-        ctx.save_for_backward(x, w_ih, w_hh, *h)
+        implementation = _pass_implementation(x, w_hh.shape[0])
+        states = implementation.forward(x, w_ih, b_ih + b_hh, w_hh, steps, relu, directions)
+        ctx.save_for_backward(x, w_ih, w_hh, states)
         ctx.steps, ctx.relu, ctx.merge = steps, relu, merge
-        if merge:
-            return h[0] + h[1] if directions == 2 else h[0]
-        return torch.stack(h)
+        if not merge:
+            return states
+        return states[0] + states[1] if directions == 2 else states[0]
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        x, w_ih, w_hh, *h = ctx.saved_tensors
-        steps, relu, H = ctx.steps, ctx.relu, w_hh.shape[0]
-        starts, forward_pairs, backward_pairs = _schedule(steps)
-        # d loss / d pre-activation of every state of each direction (T, H), computed in place
-        da = [
-            (grad if ctx.merge else grad[d]).clone(memory_format=torch.contiguous_format)
-            for d in range(len(h))
-        ]
-        # act' of one block at a time, in one small buffer (a whole-sequence one would be a large fresh
-        # allocation, whose page faults cost more than the extra call per step)
-        deriv = h[0].new_empty(steps[0], H)
-        one = h[0].new_ones(())
-
-        def times_deriv(d: int, start: int, rows: int) -> None:
-            states, out = h[d][start : start + rows], deriv[:rows]
-            if relu:
-                torch.sign(states, out=out)  # relu states are >= 0: sign is the step function's 0 / 1
-            else:
-                torch.addcmul(one, states, states, value=-1, out=out)  # tanh' = 1 - h^2
-            da[d][start : start + rows].mul_(out)
-
-        w_hh_t = w_hh.t().contiguous()
-        for s in range(len(steps) - 1, -1, -1):  # forward direction: from the last step back
-            start, rows = starts[s], steps[s]
-            times_deriv(0, start, rows)
-            if s:
-                previous = da[0][starts[s - 1] : starts[s - 1] + rows]
-                _accumulate(previous, da[0][start : start + rows], w_hh_t)
-        if len(h) == 2:
-            for s in range(len(steps)):  # backward direction: its last step is the first block
-                start, rows = starts[s], steps[s]
-                times_deriv(1, start, rows)
-                going_on = steps[s + 1] if s + 1 < len(steps) else 0
-                if going_on:
-                    later = da[1][starts[s + 1] : starts[s + 1] + going_on]
-                    _accumulate(later, da[1][start : start + going_on], w_hh_t)
-        grad_w_hh = w_hh.new_zeros(H, H)
-        for d, pairs in enumerate((forward_pairs, backward_pairs)[: len(h)]):
-            for state, following, rows in pairs:  # h[previous] pairs with da[next]; h = 0 before
-                grad_w_hh.addmm_(da[d][following : following + rows].t(), h[d][state : state + rows])
-        da_projection = da[0].add_(da[1]) if len(h) == 2 else da[0]
-        grad_b = da_projection.sum(0)
-        grad_w_ih = da_projection.t().mm(x)
-        grad_x = _linear(da_projection, w_ih.t().contiguous()) if ctx.needs_input_grad[0] else None
+        x, w_ih, w_hh, states = ctx.saved_tensors
+        grad = grad.contiguous()
+        if ctx.merge:  # the sum's gradient reaches every direction
+            grad = grad.expand(len(states), *grad.shape)
+        implementation = _pass_implementation(x, w_hh.shape[0])
+        grad_x, grad_w_ih, grad_w_hh, grad_b = implementation.backward(
+            grad, states, x, w_ih, w_hh, ctx.steps, ctx.relu, ctx.needs_input_grad[0]
+        )
         return grad_x, grad_w_ih, grad_w_hh, grad_b, grad_b.clone(), None, None, None, None
 
 

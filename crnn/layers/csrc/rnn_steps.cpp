@@ -1,0 +1,356 @@
+// The recurrence of crnn's fast CPU RNN path (crnn/layers/fast_rnn.py), compiled: float32, AVX-512.
+//
+// A step of a vanilla RNN over many sequences is `h[rows] = act(P[rows] + h_previous[rows] @ W_hh^T)`:
+// a (rows x H) @ (H x H) product with H ~ 64, too small for a BLAS call to pay off (MKL's addmm_ runs
+// it at ~90 GFLOP/s on the dev machine, oneDNN at 65-90: their fixed cost per call dominates), then
+// an activation, which torch runs as a further pass over the block. Here a whole pass (every step,
+// both directions of a weight-shared pass) is one call: a register-tiled kernel (6 rows x 64 columns
+// of accumulators, the weight panel streamed from L1; ~210 GFLOP/s on one Zen 5 core) computes each
+// step with the activation applied in registers, reading the input projection and writing the states
+// out of place; the backward pass likewise fuses the activation's derivative and accumulates the
+// W_hh gradient block by block while the blocks are in cache.
+//
+// Layout (as `_VanillaRNNFunction`): sequences step-major, block s = the next steps[s] rows, one token
+// of every sequence at least s + 1 long, longer sequences first; steps never increase. Forward
+// direction: all rows of block s > 0 continue the first steps[s] rows of block s - 1. Reverse
+// direction: the first steps[s + 1] rows of block s continue block s + 1; its other rows start there.
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace {
+
+constexpr int kLanes = 16;        // floats per AVX-512 register
+constexpr int kRows = 6;          // rows per register tile: 6 x 4 accumulators + 4 weights + 1 broadcast
+constexpr int64_t kGrain = 192;   // rows per thread at least: a smaller step stays on one thread
+
+enum class Epilogue { kNone, kTanh, kRelu, kTanhGrad, kReluGrad };
+
+// exp(x) for float32 lanes: Cephes' expf (range reduction by ln 2, degree-5 polynomial; ~1 ulp)
+inline __m512 exp16(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.3f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 y = _mm512_set1_ps(1.9875691500e-4f);
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
+  y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(y, n);
+}
+
+// tanh(x) for float32 lanes: 1 - 2 / (exp(2|x|) + 1) with x's sign, and for |x| < 0.25 (where that
+// form cancels) its Taylor series to x^11 (truncation < 3e-10); ~2 ulp of 1 at most.
+inline __m512 tanh16(__m512 x) {
+  const __m512 t = _mm512_abs_ps(x);
+  const __m512 e = exp16(_mm512_add_ps(t, t));
+  __m512 big = _mm512_sub_ps(_mm512_set1_ps(1.0f),
+                             _mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(e, _mm512_set1_ps(1.0f))));
+  big = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(big),
+                                            _mm512_and_si512(_mm512_castps_si512(x),
+                                                             _mm512_set1_epi32(0x80000000))));
+  const __m512 x2 = _mm512_mul_ps(x, x);
+  __m512 p = _mm512_set1_ps(-1382.0f / 155925.0f);
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(62.0f / 2835.0f));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-17.0f / 315.0f));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(2.0f / 15.0f));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-1.0f / 3.0f));
+  const __m512 small = _mm512_fmadd_ps(_mm512_mul_ps(p, x2), x, x);
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(t, _mm512_set1_ps(0.25f), _CMP_LT_OQ), big, small);
+}
+
+template <Epilogue E>
+inline __m512 finish(__m512 acc, const float* aux) {
+  if constexpr (E == Epilogue::kNone) {
+    return acc;
+  } else if constexpr (E == Epilogue::kTanh) {
+    return tanh16(acc);
+  } else if constexpr (E == Epilogue::kRelu) {
+    return _mm512_max_ps(acc, _mm512_setzero_ps());
+  } else if constexpr (E == Epilogue::kTanhGrad) {  // tanh' = 1 - h^2
+    const __m512 h = _mm512_loadu_ps(aux);
+    return _mm512_mul_ps(acc, _mm512_fnmadd_ps(h, h, _mm512_set1_ps(1.0f)));
+  } else {  // relu' = [h > 0]
+    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(_mm512_loadu_ps(aux), _mm512_setzero_ps(), _CMP_GT_OQ), acc);
+  }
+}
+
+struct Rows {  // a float32 row-major block: base pointer and row stride (unit column stride)
+  const float* p;
+  int64_t ld;
+  const float* row(int64_t r) const { return p + r * ld; }
+  Rows at(int64_t r) const { return {p ? row(r) : nullptr, ld}; }
+  Rows col(int64_t c) const { return {p ? p + c : nullptr, ld}; }
+};
+
+struct Product {  // a[rows, 0:K] @ b[0:K, columns] (b row-major with row stride ldb); K = 0: nothing
+  Rows a;
+  const float* b;
+  int64_t ldb, K;
+};
+
+// For r < R: acc = init[r] (or bias, or 0) + a1[r] @ b1 (+ side[r] = acc) + a2[r] @ b2, then
+// out[r] = finish(acc) over 16*NV columns
+template <int R, int NV, Epilogue E>
+inline void tile(Rows init, const float* bias, Product p1, Rows side, Product p2, float* out, int64_t ldo,
+                 Rows aux) {
+  __m512 acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v)
+      acc[r][v] = init.p ? _mm512_loadu_ps(init.row(r) + v * kLanes)
+                         : (bias ? _mm512_loadu_ps(bias + v * kLanes) : _mm512_setzero_ps());
+  for (const Product* p : {&p1, &p2}) {
+    for (int64_t k = 0; k < p->K; ++k) {
+      __m512 w[NV];
+      for (int v = 0; v < NV; ++v) w[v] = _mm512_loadu_ps(p->b + k * p->ldb + v * kLanes);
+      for (int r = 0; r < R; ++r) {
+        const __m512 x = _mm512_set1_ps(p->a.row(r)[k]);
+        for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(x, w[v], acc[r][v]);
+      }
+    }
+    if (p == &p1 && side.p)
+      for (int r = 0; r < R; ++r)
+        for (int v = 0; v < NV; ++v) _mm512_storeu_ps(const_cast<float*>(side.row(r)) + v * kLanes, acc[r][v]);
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v)
+      _mm512_storeu_ps(out + r * ldo + v * kLanes, finish<E>(acc[r][v], aux.p ? aux.row(r) + v * kLanes : nullptr));
+}
+
+template <int NV, Epilogue E>
+void panel(int64_t rows, Rows init, const float* bias, Product p1, Rows side, Product p2, float* out, int64_t ldo,
+           Rows aux) {
+  int64_t r = 0;
+  auto call = [&](auto rows_tag) {
+    constexpr int n = decltype(rows_tag)::value;
+    tile<n, NV, E>(init.at(r), bias, {p1.a.at(r), p1.b, p1.ldb, p1.K}, side.at(r), {p2.a.at(r), p2.b, p2.ldb, p2.K},
+                   out + r * ldo, ldo, aux.at(r));
+  };
+  for (; r + kRows <= rows; r += kRows) call(std::integral_constant<int, kRows>{});
+  switch (rows - r) {
+    case 5: call(std::integral_constant<int, 5>{}); break;
+    case 4: call(std::integral_constant<int, 4>{}); break;
+    case 3: call(std::integral_constant<int, 3>{}); break;
+    case 2: call(std::integral_constant<int, 2>{}); break;
+    case 1: call(std::integral_constant<int, 1>{}); break;
+    default: break;
+  }
+}
+
+// Rows [0, rows) of: out = finish(init + p1 (+ side = the sum so far) + p2), where p2 applies to the
+// first `fed` rows only (the rows with a previous state); N output columns (a multiple of 16) in
+// panels of <= 64; rows split over threads.
+template <Epilogue E>
+void step(int64_t rows, int64_t fed, int64_t N, Rows init, const float* bias, Product p1, Rows side, Product p2,
+          float* out, int64_t ldo, Rows aux) {
+  at::parallel_for(0, rows, kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t c = 0; c < N; c += 4 * kLanes) {
+      for (int part = 0; part < 2; ++part) {  // rows with a previous state, then rows without
+        const int64_t lo = part ? std::max(begin, fed) : begin, hi = part ? end : std::min(end, fed);
+        if (lo >= hi) continue;
+        const Product q1{p1.a.at(lo), p1.b ? p1.b + c : nullptr, p1.ldb, p1.K};
+        const Product q2{p2.a.at(lo), p2.b ? p2.b + c : nullptr, p2.ldb, part ? 0 : p2.K};
+        const Rows i = init.at(lo).col(c), s = side.at(lo).col(c), a = aux.at(lo).col(c);
+        const float* bc = bias ? bias + c : nullptr;
+        float* o = out + lo * ldo + c;
+        switch (std::min<int64_t>(4, (N - c) / kLanes)) {
+          case 4: panel<4, E>(hi - lo, i, bc, q1, s, q2, o, ldo, a); break;
+          case 3: panel<3, E>(hi - lo, i, bc, q1, s, q2, o, ldo, a); break;
+          case 2: panel<2, E>(hi - lo, i, bc, q1, s, q2, o, ldo, a); break;
+          default: panel<1, E>(hi - lo, i, bc, q1, s, q2, o, ldo, a); break;
+        }
+      }
+    }
+  });
+}
+
+// g[i, c:c+16*NV] += sum_t a[t, i] * b[t, c:...] for i0 <= i < i0 + R (g row stride ldg)
+template <int R, int NV>
+inline void outer_tile(int64_t rows, Rows a, int64_t i0, Rows b, int64_t c, float* g, int64_t ldg) {
+  __m512 acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_loadu_ps(g + (i0 + r) * ldg + c + v * kLanes);
+  for (int64_t t = 0; t < rows; ++t) {
+    __m512 w[NV];
+    for (int v = 0; v < NV; ++v) w[v] = _mm512_loadu_ps(b.row(t) + c + v * kLanes);
+    for (int r = 0; r < R; ++r) {
+      const __m512 x = _mm512_set1_ps(a.row(t)[i0 + r]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(x, w[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(g + (i0 + r) * ldg + c + v * kLanes, acc[r][v]);
+}
+
+template <int NV>
+void outer_panel(int64_t rows, Rows a, int64_t M, Rows b, int64_t c, float* g, int64_t ldg) {
+  int64_t i = 0;
+  for (; i + kRows <= M; i += kRows) outer_tile<kRows, NV>(rows, a, i, b, c, g, ldg);
+  switch (M - i) {
+    case 5: outer_tile<5, NV>(rows, a, i, b, c, g, ldg); break;
+    case 4: outer_tile<4, NV>(rows, a, i, b, c, g, ldg); break;
+    case 3: outer_tile<3, NV>(rows, a, i, b, c, g, ldg); break;
+    case 2: outer_tile<2, NV>(rows, a, i, b, c, g, ldg); break;
+    case 1: outer_tile<1, NV>(rows, a, i, b, c, g, ldg); break;
+    default: break;
+  }
+}
+
+// g (M x N) += a[0:rows, 0:M]^T @ b[0:rows, 0:N], N a multiple of 16 (column panels over threads)
+void outer(int64_t rows, Rows a, int64_t M, Rows b, int64_t N, float* g) {
+  const int64_t panels = (N + 4 * kLanes - 1) / (4 * kLanes);
+  at::parallel_for(0, panels, rows * M * 64 >= 1 << 20 ? 1 : panels, [&](int64_t begin, int64_t end) {
+    for (int64_t panel = begin; panel < end; ++panel) {
+      const int64_t c = panel * 4 * kLanes;
+      switch (std::min<int64_t>(4, (N - c) / kLanes)) {
+        case 4: outer_panel<4>(rows, a, M, b, c, g, N); break;
+        case 3: outer_panel<3>(rows, a, M, b, c, g, N); break;
+        case 2: outer_panel<2>(rows, a, M, b, c, g, N); break;
+        default: outer_panel<1>(rows, a, M, b, c, g, N); break;
+      }
+    }
+  });
+}
+
+std::vector<int64_t> block_starts(const std::vector<int64_t>& steps) {
+  std::vector<int64_t> starts(steps.size(), 0);
+  for (size_t s = 1; s < steps.size(); ++s) starts[s] = starts[s - 1] + steps[s - 1];
+  return starts;
+}
+
+void check(const torch::Tensor& t, int64_t rows, int64_t cols, const char* name) {
+  TORCH_CHECK(t.dtype() == torch::kFloat32 && t.device().is_cpu(), name, ": a float32 CPU tensor");
+  TORCH_CHECK(t.dim() == 2 && t.size(0) == rows && t.size(1) == cols && t.stride(1) == 1, name, ": (", rows,
+              ", ", cols, ") rows with unit column stride");
+  TORCH_CHECK(cols % kLanes == 0, name, ": the compiled pass needs a multiple of 16 columns");
+}
+
+const Rows kNone{nullptr, 0};
+const Product kNoProduct{kNone, nullptr, 0, 0};
+
+}  // namespace
+
+// The states (directions, T, H) of a pass over x (T, I): h = act(x W_ih^T + bias + h_previous W_hh^T),
+// zero initial state; direction 1 (if any) reads every sequence backwards with the same weights.
+torch::Tensor forward(torch::Tensor x, torch::Tensor w_ih, torch::Tensor bias, torch::Tensor w_hh,
+                      std::vector<int64_t> steps, bool relu, int64_t directions) {
+  const int64_t T = x.size(0), I = x.size(1), H = w_hh.size(0), S = static_cast<int64_t>(steps.size());
+  check(x, T, I, "x");
+  check(w_hh, H, H, "w_hh");
+  TORCH_CHECK(directions == 1 || directions == 2, "directions: 1 or 2");
+  const auto w_ih_t = w_ih.t().contiguous(), w_hh_t = w_hh.t().contiguous(), b = bias.contiguous();
+  const auto states = torch::empty({directions, T, H}, x.options());
+  // direction 1 reads the projection direction 0 computed on the way (its `side` output)
+  const auto projection = directions == 2 ? torch::empty({T, H}, x.options()) : torch::Tensor();
+  const auto starts = block_starts(steps);
+  const Rows xs{x.data_ptr<float>(), x.stride(0)};
+  for (int64_t d = 0; d < directions; ++d) {
+    float* h = states[d].data_ptr<float>();
+    for (int64_t i = 0; i < S; ++i) {
+      const int64_t s = d ? S - 1 - i : i, rows = steps[s];
+      const int64_t fed = d ? (s + 1 < S ? steps[s + 1] : 0) : (s ? rows : 0);
+      const Product recurrent{{fed ? h + starts[d ? s + 1 : s - 1] * H : nullptr, H}, w_hh_t.data_ptr<float>(), H, H};
+      Rows init = kNone, side = kNone;
+      Product input{xs.at(starts[s]), w_ih_t.data_ptr<float>(), H, I};
+      if (d == 1) {
+        init = Rows{projection.data_ptr<float>() + starts[s] * H, H};
+        input = kNoProduct;
+      } else if (directions == 2) {
+        side = Rows{projection.data_ptr<float>() + starts[s] * H, H};
+      }
+      float* out = h + starts[s] * H;
+      const float* b0 = d == 1 ? nullptr : b.data_ptr<float>();
+      if (relu)
+        step<Epilogue::kRelu>(rows, fed, H, init, b0, input, side, recurrent, out, H, kNone);
+      else
+        step<Epilogue::kTanh>(rows, fed, H, init, b0, input, side, recurrent, out, H, kNone);
+    }
+  }
+  return states;
+}
+
+// The gradients [x (or undefined), W_ih, W_hh, bias] of the pass from `grad` (directions, T, H) =
+// d loss / d states (unit column stride; e.g. one (T, H) gradient expanded over the directions) and
+// the states `forward` returned. The recurrence runs block by block; every other gradient is
+// accumulated from each block while it is in cache.
+std::vector<torch::Tensor> backward(torch::Tensor grad, torch::Tensor states, torch::Tensor x, torch::Tensor w_ih,
+                                    torch::Tensor w_hh, std::vector<int64_t> steps, bool relu, bool need_grad_x) {
+  const int64_t D = states.size(0), T = states.size(1), H = states.size(2), I = x.size(1),
+                S = static_cast<int64_t>(steps.size());
+  TORCH_CHECK(grad.dim() == 3 && grad.size(0) == D, "grad: (directions, T, H)");
+  for (int64_t d = 0; d < D; ++d) {
+    check(grad[d], T, H, "grad");
+    check(states[d], T, H, "states");
+  }
+  check(x, T, I, "x");
+  const auto w = w_hh.contiguous(), w_in = w_ih.contiguous();  // d pre-activation @ W passes the gradient back
+  const auto options = states.options();
+  auto grad_x = need_grad_x ? torch::empty({T, I}, options) : torch::Tensor();
+  auto grad_w_ih = torch::zeros({H, I}, options), grad_w_hh = torch::zeros({H, H}, options);
+  auto grad_b = torch::zeros({H}, options);
+  // d loss / d pre-activation: direction 0's in full (with two directions, direction 1 adds its own
+  // block by block, needing only its current and previous block)
+  const int64_t widest = steps.empty() ? 0 : steps[0];
+  auto first = D == 2 ? torch::empty({T, H}, options) : torch::empty({2, widest, H}, options);
+  auto scratch = torch::empty({2, widest, H}, options);
+  const auto starts = block_starts(steps);
+  const Rows xs{x.data_ptr<float>(), x.stride(0)};
+  for (int64_t d = 0; d < D; ++d) {
+    const Rows upstream{grad[d].data_ptr<float>(), grad.stride(1)};
+    const float* h = states[d].data_ptr<float>();
+    const bool last = d == D - 1;  // the pass whose blocks complete the gradient of the projection
+    for (int64_t i = 0; i < S; ++i) {
+      // direction 0 backwards from its last step; direction 1 from ITS last step, block 0
+      const int64_t s = d ? i : S - 1 - i, rows = steps[s];
+      // rows of block s whose state a later step read: its gradient flows back into them
+      const int64_t fed = d ? (s ? rows : 0) : (s + 1 < S ? steps[s + 1] : 0);
+      float* da;
+      const float* later;
+      if (d == 0 && D == 2) {
+        da = first.data_ptr<float>() + starts[s] * H;
+        later = first.data_ptr<float>() + (s + 1 < S ? starts[s + 1] : 0) * H;
+      } else {
+        auto& buffer = d == 0 ? first : scratch;
+        da = buffer[i % 2].data_ptr<float>();
+        later = buffer[(i + 1) % 2].data_ptr<float>();
+      }
+      const Product recurrent{{fed ? later : nullptr, H}, w.data_ptr<float>(), H, H};
+      const Rows init{upstream.row(starts[s]), upstream.ld}, aux{h + starts[s] * H, H};
+      if (relu)
+        step<Epilogue::kReluGrad>(rows, fed, H, init, nullptr, kNoProduct, kNone, recurrent, da, H, aux);
+      else
+        step<Epilogue::kTanhGrad>(rows, fed, H, init, nullptr, kNoProduct, kNone, recurrent, da, H, aux);
+      // W_hh's gradient: this block's pre-activation gradient times the states it read
+      if (d == 0 && s > 0) outer(rows, {da, H}, H, {h + starts[s - 1] * H, H}, H, grad_w_hh.data_ptr<float>());
+      if (d == 1 && s + 1 < S)
+        outer(steps[s + 1], {da, H}, H, {h + starts[s + 1] * H, H}, H, grad_w_hh.data_ptr<float>());
+      if (!last) continue;
+      float* total = da;  // d loss / d projection of this block: the sum over the directions
+      if (D == 2) {
+        total = first.data_ptr<float>() + starts[s] * H;
+        for (int64_t k = 0; k < rows * H; ++k) total[k] += da[k];
+      }
+      float* gb = grad_b.data_ptr<float>();
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < H; ++c) gb[c] += total[r * H + c];
+      outer(rows, {total, H}, H, xs.at(starts[s]), I, grad_w_ih.data_ptr<float>());
+      if (need_grad_x)
+        step<Epilogue::kNone>(rows, 0, I, kNone, nullptr, Product{{total, H}, w_in.data_ptr<float>(), I, H}, kNone,
+                              kNoProduct, grad_x.data_ptr<float>() + starts[s] * I, I, kNone);
+    }
+  }
+  return {grad_x, grad_w_ih, grad_w_hh, grad_b};
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &forward, "the states of a (weight-shared bidirectional) pass");
+  m.def("backward", &backward, "its gradients: x, W_ih, W_hh, bias");
+}

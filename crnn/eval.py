@@ -29,7 +29,7 @@ from crnn.errors import USER_ERRORS, ConfigError
 from crnn.lifecycle import EXIT_CODES, RunStopped, graceful_interrupts, outcome_of
 from crnn.records import MetricsFile
 from crnn.run_config import flat
-from crnn.runtime import git_commit, progress_bar_enabled, project_root, quiet_known_noise
+from crnn.runtime import git_commit, keep_freed_memory, progress_bar_enabled, project_root, quiet_known_noise
 
 log = logging.getLogger("crnn.eval")
 
@@ -200,6 +200,7 @@ def _main(cfg: DictConfig) -> None:
 def main() -> None:
     os.environ.setdefault("PROJECT_ROOT", str(project_root()))
     quiet_known_noise()
+    keep_freed_memory()
     _main()
 
 

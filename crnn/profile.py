@@ -51,7 +51,7 @@ from crnn.errors import USER_ERRORS, ConfigError
 from crnn.naming import choices, model_name
 from crnn.records import write_json_atomic
 from crnn.run_config import print_config
-from crnn.runtime import git_commit
+from crnn.runtime import git_commit, keep_freed_memory
 
 log = logging.getLogger("crnn.profile")
 
@@ -328,6 +328,7 @@ def _main(cfg: DictConfig) -> int | None:
 
 def main() -> None:
     os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
+    keep_freed_memory()  # latency as in a training process
     _main()
 
 

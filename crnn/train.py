@@ -44,7 +44,14 @@ from crnn.runfolder import (
     plan_launch,
     restore_hydra_files,
 )
-from crnn.runtime import git_commit, hydra_job, progress_bar_enabled, project_root, quiet_known_noise
+from crnn.runtime import (
+    git_commit,
+    hydra_job,
+    keep_freed_memory,
+    progress_bar_enabled,
+    project_root,
+    quiet_known_noise,
+)
 from crnn.sweeps.cluster import lightning_plugins, slurm_info
 
 log = logging.getLogger("crnn.train")
@@ -309,6 +316,7 @@ def _main(cfg: DictConfig) -> float | None:
 def main() -> None:
     os.environ.setdefault("PROJECT_ROOT", str(project_root()))
     quiet_known_noise()
+    keep_freed_memory()
     _main()
 
 

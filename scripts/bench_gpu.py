@@ -30,6 +30,7 @@ from bench_clock import CLOCKS, add_clock_argument
 
 from crnn.builders import build_model, compose_config
 from crnn.layers import list_layers
+from crnn.runtime import keep_freed_memory
 
 CLOCK = CLOCKS["wall"]  # main() sets --clock
 BATCH, CLASSES, EPOCH_IMAGES = 128, 100, 50_000
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     add_clock_argument(parser)
     args = parser.parse_args(argv)
+    keep_freed_memory()  # as crnn-train does
     global CLOCK
     CLOCK = CLOCKS[args.clock]
 

@@ -35,6 +35,7 @@ from torch import nn
 
 from crnn.complexity import count_macs
 from crnn.layers import build_layer, compiled_kernel, layer_info, list_layers, rnn_kernel, rnn_path
+from crnn.runtime import keep_freed_memory
 
 SHAPES = {"cifar": (128, 64, 8, 8), "det": (16, 64, 40, 40)}
 
@@ -185,6 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     add_clock_argument(parser)
     args = parser.parse_args(argv)
+    keep_freed_memory()  # as crnn-train does
     global CLOCK
     CLOCK = CLOCKS[args.clock]
 

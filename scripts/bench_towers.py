@@ -27,6 +27,7 @@ from bench_clock import CLOCKS, add_clock_argument
 
 from crnn.builders import build_datamodule, build_task, compose_config
 from crnn.complexity import count_params
+from crnn.runtime import keep_freed_memory
 
 CLOCK = CLOCKS["wall"]  # main() sets --clock
 EPOCH_STEPS = 63  # synthetic_shapes: 1,000 training images, batch 16
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     add_clock_argument(parser)
     args = parser.parse_args(argv)
+    keep_freed_memory()  # as crnn-train does
     global CLOCK
     CLOCK = CLOCKS[args.clock]
     torch.set_num_threads(args.threads)

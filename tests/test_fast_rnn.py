@@ -128,6 +128,13 @@ def test_gradcheck(merge, relu):
             lambda x, *w, d=directions: fast_rnn.run_steps(_Module(rnn, w), x, steps, d, merge),
             (tokens, *params),
         )
+    # the tokens reading rows of x through an index, the merged output scattered
+    rows, out_rows = torch.tensor([5, 0, 2, 2, 1, 0, 3, 4, 5]), torch.randperm(sum(steps)) if merge else None
+    source = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda x, *w: fast_rnn.run_steps(_Module(rnn, w), x, steps, 2, merge, rows, out_rows),
+        (source, *params),
+    )
 
 
 class _Module(nn.Module):
@@ -188,6 +195,31 @@ def test_compiled_pass_equals_torch_pass(relu, directions, merge, widths, steps)
     compiled = pass_outputs_and_grads(rnn, x, steps, directions, merge, "compiled")
     for a, b in zip(reference, compiled, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5 * a.abs().max().item())
+
+
+@pytest.mark.parametrize(("directions", "merge"), [(1, True), (2, True), (2, False)])
+def test_compiled_gathers_and_scatters_like_the_torch_pass(directions, merge):
+    """Tokens reading rows of x through an index (some rows twice, one never: its gradient is 0) and
+    the merged output scattered by a permutation: compiled vs torch pass, values and gradients."""
+    compiled_or_skip()
+    torch.manual_seed(0)
+    rnn = nn.RNN(32, 16)
+    steps = (6, 6, 4, 1)
+    rows = torch.randint(0, 20, (sum(steps),))
+    rows[rows == 3] = 4  # row 3 is read by no token
+    out_rows = torch.randperm(sum(steps)) if merge else None
+    x = torch.randn(20, 32)
+    results = []
+    for kernel in ("torch", "compiled"):
+        xk = x.clone().requires_grad_(True)
+        with rnn_kernel(kernel):
+            y = fast_rnn.run_steps(rnn, xk, steps, directions, merge, rows, out_rows)
+            GENERATOR.manual_seed(1)
+            grads = torch.autograd.grad(y, [xk, *rnn.parameters()], torch.randn(y.shape, generator=GENERATOR))
+        results.append([y, *grads])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5 * a.abs().max().item())
+    assert results[1][1][3].abs().max() == 0  # x's gradient: the unread row gets none
 
 
 def test_compiled_tanh_is_accurate_over_the_float_range():

@@ -182,13 +182,23 @@ def run_rnn(rnn: nn.RNNBase, x: Tensor) -> Tensor:
 
 
 def run_steps(
-    rnn: nn.RNNBase, x: Tensor, steps: tuple[int, ...], directions: int, merge: bool = True
+    rnn: nn.RNNBase,
+    x: Tensor,
+    steps: tuple[int, ...],
+    directions: int,
+    merge: bool = True,
+    rows: Tensor | None = None,
+    out_rows: Tensor | None = None,
 ) -> Tensor:
-    """The fast path on sequences laid out step-major in ``x (T, I)`` (block ``s``: the next
-    ``steps[s]`` rows, see :class:`_VanillaRNNFunction`), through the vanilla ``rnn``, zero initial
-    state; ``directions=2``: also backwards with the same weights. ``merge``: ``(T, H)``, the states
-    summed over the directions; else ``(directions, T, H)``."""
-    args = (steps, rnn.mode == "RNN_RELU", directions, merge)
+    """The fast path on sequences laid out step-major (block ``s``: the next ``steps[s]`` tokens, see
+    :class:`_VanillaRNNFunction`), through the vanilla ``rnn``, zero initial state; ``directions=2``:
+    also backwards with the same weights. Token ``t`` reads row ``rows[t]`` of ``x (R, I)`` (``rows``
+    None: row ``t``; a gather fused into the pass). ``merge``: ``(T, H)``, the states summed over the
+    directions, token ``t`` at row ``out_rows[t]`` (None: ``t``); else ``(directions, T, H)``."""
+    for name, index in (("rows", rows), ("out_rows", out_rows)):
+        if index is not None and tuple(index.shape) != (sum(steps),):
+            raise ValueError(f"{name}: one index per token ({sum(steps)}), got shape {tuple(index.shape)}")
+    args = (steps, rnn.mode == "RNN_RELU", directions, merge, rows, out_rows)
     return _VanillaRNNFunction.apply(x.contiguous(), *_weights(rnn), *args)
 
 
@@ -376,14 +386,21 @@ class _TorchPass:
     @staticmethod
     def forward(
         x: Tensor,
+        x_index: Tensor | None,
         w_ih: Tensor,
         bias: Tensor,
         w_hh: Tensor,
         steps: tuple[int, ...],
         relu: bool,
         directions: int,
-    ) -> Tensor:
-        """``(directions, T, H)`` states of the pass over ``x (T, I)``."""
+        merge: bool,
+        out_index: Tensor | None,
+    ) -> list[Tensor | None]:
+        """``[states (directions, T, H), merged]`` of the pass over the tokens' rows of ``x`` (``x_index``
+        picks them; else all, in order); ``merged`` (with ``merge``): the directions' sum, token ``t`` at
+        row ``out_index[t]`` (else ``t``)."""
+        if x_index is not None:
+            x = x.index_select(0, x_index)
         scale = 1.0 if relu else 2.0  # tanh runs on 2a (sigmoid domain)
         row_sum = w_hh.sum(1)
         if not relu:
@@ -395,21 +412,36 @@ class _TorchPass:
         first = None if relu else 2.0 * row_sum  # tanh: a sequence's first step has no previous state
         for d in range(directions):
             _forward_loop(states[d], matrix, steps, d == 1, relu, first)
-        return states if relu else states.mul_(2.0).sub_(1.0)  # u -> h = 2u - 1
+        if not relu:
+            states.mul_(2.0).sub_(1.0)  # u -> h = 2u - 1
+        if not merge:
+            return [states, None]
+        merged = states[0] + states[1] if directions == 2 else states[0]
+        return [
+            states,
+            merged if out_index is None else torch.empty_like(merged).index_copy_(0, out_index, merged),
+        ]
 
     @staticmethod
     def backward(
         grad: Tensor,
+        grad_index: Tensor | None,
         states: Tensor,
         x: Tensor,
+        x_index: Tensor | None,
         w_ih: Tensor,
         w_hh: Tensor,
         steps: tuple[int, ...],
         relu: bool,
         need_grad_x: bool,
     ) -> list[Tensor | None]:
-        """``[grad_x (or None), grad_w_ih, grad_w_hh, grad_bias]`` from ``grad (directions, T, H)``."""
+        """``[grad_x (or None), grad_w_ih, grad_w_hh, grad_bias]`` from ``grad``: ``(T', H)``, the
+        merged output's (token ``t`` at row ``grad_index[t]``, else ``t``), or ``(directions, T, H)``."""
         _, forward_pairs, backward_pairs = _schedule(tuple(steps))
+        if grad.dim() == 2:  # the sum's gradient reaches every direction
+            if grad_index is not None:
+                grad = grad.index_select(0, grad_index)
+            grad = grad.expand(len(states), *grad.shape)
         da = grad.clone(memory_format=torch.contiguous_format)  # d loss / d pre-activation, in place
         matrix = w_hh.contiguous()  # a step passes grad @ W_hh back
         for d in range(len(states)):
@@ -419,8 +451,11 @@ class _TorchPass:
             for state, following, rows in pairs:  # h[previous] pairs with da[next]; h = 0 before
                 grad_w_hh.addmm_(da[d][following : following + rows].t(), states[d][state : state + rows])
         total = da[0].add_(da[1]) if len(da) == 2 else da[0]  # d loss / d projection
+        tokens = x if x_index is None else x.index_select(0, x_index)
         grad_x = _linear(total, w_ih.t().contiguous()) if need_grad_x else None
-        return [grad_x, total.t().mm(x), grad_w_hh, total.sum(0)]
+        if grad_x is not None and x_index is not None:
+            grad_x = x.new_zeros(x.shape).index_add_(0, x_index, grad_x)
+        return [grad_x, total.t().mm(tokens), grad_w_hh, total.sum(0)]
 
 
 def _forward_loop(
@@ -505,28 +540,45 @@ class _VanillaRNNFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, x, w_ih, w_hh, b_ih, b_hh, steps: tuple[int, ...], relu: bool, directions: int, merge: bool
+        ctx,
+        x,
+        w_ih,
+        w_hh,
+        b_ih,
+        b_hh,
+        steps: tuple[int, ...],
+        relu: bool,
+        directions: int,
+        merge: bool,
+        x_index: Tensor | None,
+        out_index: Tensor | None,
     ):
         implementation = _pass_implementation(x, w_hh.shape[0])
-        states = implementation.forward(x, w_ih, b_ih + b_hh, w_hh, steps, relu, directions)
+        states, merged = implementation.forward(
+            x, x_index, w_ih, b_ih + b_hh, w_hh, steps, relu, directions, merge, out_index
+        )
         ctx.save_for_backward(x, w_ih, w_hh, states)
-        ctx.steps, ctx.relu, ctx.merge = steps, relu, merge
-        if not merge:
-            return states
-        return states[0] + states[1] if directions == 2 else states[0]
+        ctx.steps, ctx.relu, ctx.merge, ctx.x_index, ctx.out_index = steps, relu, merge, x_index, out_index
+        return merged if merge else states
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
         x, w_ih, w_hh, states = ctx.saved_tensors
-        grad = grad.contiguous()
-        if ctx.merge:  # the sum's gradient reaches every direction
-            grad = grad.expand(len(states), *grad.shape)
         implementation = _pass_implementation(x, w_hh.shape[0])
         grad_x, grad_w_ih, grad_w_hh, grad_b = implementation.backward(
-            grad, states, x, w_ih, w_hh, ctx.steps, ctx.relu, ctx.needs_input_grad[0]
+            grad.contiguous(),
+            ctx.out_index if ctx.merge else None,
+            states,
+            x,
+            ctx.x_index,
+            w_ih,
+            w_hh,
+            ctx.steps,
+            ctx.relu,
+            ctx.needs_input_grad[0],
         )
-        return grad_x, grad_w_ih, grad_w_hh, grad_b, grad_b.clone(), None, None, None, None
+        return grad_x, grad_w_ih, grad_w_hh, grad_b, grad_b.clone(), *(None,) * 6
 
 
 FAST_RNN_OP = f"prim::PythonOp.{_VanillaRNNFunction.__name__}"

@@ -173,59 +173,49 @@ class BiRNNPass(_AxisPass):
 class _GridLayout:
     """Where every pixel of several maps goes for the packed row and column passes.
 
-    Maps ``shapes[k] = (B_k, H_k, W_k)``. The row pass reads every map's rows as sequences along W,
-    laid out step-major (:func:`~crnn.layers.fast_rnn.run_steps`): block ``s`` holds column ``s`` of
-    every map at least ``s + 1`` wide, the widest maps first, each map's pixels in ``(B, H)`` order;
-    the column pass likewise along H. Index tensors (a map alone needs none: ``forward`` runs it):
+    Maps ``shapes[k] = (B_k, H_k, W_k)``, channels last and one after another: pixel ``(k, b, h, w)``
+    is row ``offset_k + (b H_k + h) W_k + w`` of their ``(pixels, C)`` concatenation. The row pass reads
+    every map's rows as sequences along W, laid out step-major (:func:`~crnn.layers.fast_rnn.run_steps`):
+    block ``s`` holds column ``s`` of every map at least ``s + 1`` wide, the widest maps first, each
+    map's rows in ``(b, h)`` order; the column pass likewise along H, columns in ``(b, w)`` order. The
+    gathers and the scatter are the passes' own (``rows`` / ``out_rows``); nothing else is copied:
 
-    * ``to_rows``: from every map's pixels in ``(W, B, H)`` order, one map after another;
-    * ``rows_to_cols``: from the row layout to the column layout;
-    * ``to_maps``: from the column layout to every map's pixels in ``(H, B, W)`` order.
+    * ``row_pixels``: the pixel each token of the row pass reads;
+    * ``col_inputs``: the row-pass token each column-pass token reads;
+    * ``col_pixels``: the pixel each column-pass token's output goes to.
     """
 
     row_steps: tuple[int, ...]
     col_steps: tuple[int, ...]
-    to_rows: Tensor
-    rows_to_cols: Tensor
-    to_maps: Tensor
+    row_pixels: Tensor
+    col_inputs: Tensor
+    col_pixels: Tensor
 
 
-def _step_major(extents: list[int], counts: list[int], first: list[int], stride: list[int]):
-    """``(steps, positions)`` of groups of sequences laid out step-major: group ``k`` has ``counts[k]``
-    sequences of ``extents[k]`` tokens; its token ``s`` of sequence ``n`` is row
-    ``first[k] + s * stride[k] + n`` of the source. Longest groups first (stable)."""
-    order = sorted(range(len(extents)), key=lambda k: -extents[k])
-    steps, positions = [], []
-    for s in range(max(extents)):
-        running = [k for k in order if extents[k] > s]
-        steps.append(sum(counts[k] for k in running))
-        positions += [first[k] + s * stride[k] + np.arange(counts[k]) for k in running]
-    return tuple(steps), np.concatenate(positions)
+def _step_major(grids: list[np.ndarray]) -> tuple[tuple[int, ...], np.ndarray]:
+    """``(steps, tokens)``: grids ``(L_k, N_k)`` of token ids (``N_k`` sequences of ``L_k`` tokens each)
+    laid out step-major, the longest sequences first (stable)."""
+    order = sorted(range(len(grids)), key=lambda k: -len(grids[k]))
+    steps, tokens = [], []
+    for s in range(max(len(g) for g in grids)):
+        running = [grids[k][s] for k in order if len(grids[k]) > s]
+        steps.append(sum(len(r) for r in running))
+        tokens += running
+    return tuple(steps), np.concatenate(tokens)
 
 
 @functools.lru_cache(maxsize=256)
 def _grid_layout(shapes: tuple[tuple[int, int, int], ...]) -> _GridLayout:
     # Index bookkeeping in numpy: a trace records torch index arithmetic and sizes as tensors.
-    sizes = [b * h * w for b, h, w in shapes]
-    offsets = list(itertools.accumulate([0, *sizes[:-1]]))
-    widths, heights = [w for _, _, w in shapes], [h for _, h, _ in shapes]
-    rows_per_column = [b * h for b, h, _ in shapes]  # a map in (W, B, H) order: column s = B*H rows
-    row_steps, to_rows = _step_major(widths, rows_per_column, offsets, rows_per_column)
-    # where each pixel (map k, w, b, h) sits in the row layout
-    row_position = np.empty(sum(sizes), dtype=np.int64)
-    row_position[to_rows] = np.arange(len(to_rows))
-    cols_per_row = [b * w for b, _, w in shapes]  # a map in (H, B, W) order: row s = B*W pixels
-    col_steps, from_maps = _step_major(heights, cols_per_row, offsets, cols_per_row)
-    # the column layout's pixel (map k, h, b, w), found in the row layout via its (W, B, H) index
-    k_of = np.searchsorted(np.asarray(offsets), from_maps, side="right") - 1
-    local = from_maps - np.asarray(offsets)[k_of]
-    shape = np.asarray(shapes)[k_of]  # (b, h, w) of each pixel's map
-    h_i, rest = np.divmod(local, shape[:, 0] * shape[:, 2])
-    b_i, w_i = np.divmod(rest, shape[:, 2])
-    rows_to_cols = row_position[np.asarray(offsets)[k_of] + (w_i * shape[:, 0] + b_i) * shape[:, 1] + h_i]
-    to_maps = np.empty_like(from_maps)
-    to_maps[from_maps] = np.arange(len(from_maps))
-    return _GridLayout(row_steps, col_steps, *(torch.from_numpy(i) for i in (to_rows, rows_to_cols, to_maps)))
+    offsets = itertools.accumulate([0, *(b * h * w for b, h, w in shapes[:-1])])
+    pixels = [o + np.arange(b * h * w).reshape(b, h, w) for o, (b, h, w) in zip(offsets, shapes, strict=True)]
+    # rows: sequences along w, one per (b, h); columns: along h, one per (b, w)
+    row_steps, row_pixels = _step_major([p.transpose(2, 0, 1).reshape(p.shape[2], -1) for p in pixels])
+    col_steps, col_pixels = _step_major([p.transpose(1, 0, 2).reshape(p.shape[1], -1) for p in pixels])
+    row_token = np.empty_like(row_pixels)
+    row_token[row_pixels] = np.arange(len(row_pixels))  # the row-pass token of every pixel
+    indices = (row_pixels, row_token[col_pixels], col_pixels)
+    return _GridLayout(row_steps, col_steps, *(torch.from_numpy(i) for i in indices))
 
 
 class _SeparableRNN2d(Layer2d):
@@ -258,22 +248,25 @@ class _SeparableRNN2d(Layer2d):
     def forward_levels(self, maps: list[Tensor]) -> list[Tensor]:
         """Every map ``(B_k, C, H_k, W_k)`` through the layer. On the fast path all maps' rows are one
         packed pass and all their columns another (:class:`_GridLayout`): each step is one matmul
-        over every map, so a detection tower's pyramid levels cost the steps of the largest one."""
+        over every map, so a detection tower's pyramid levels cost the steps of the largest one. The
+        passes read and write the maps' pixels in place (channels last: the outputs are channels-last
+        tensors; a channels-last input is read without a copy)."""
         if len(maps) == 1 or not self._packed(maps[0]):
             return [self(m) for m in maps]
         shapes = tuple(_ints((m.shape[0], m.shape[2], m.shape[3])) for m in maps)
         layout = _grid_layout(shapes)
         directions = self.row.fast_directions
-        # every map's pixels in (W, B, H) order (one copy each), then the row layout
-        x = torch.cat([m.permute(3, 0, 2, 1).reshape(-1, self.in_channels) for m in maps])
-        x = x.index_select(0, layout.to_rows.to(x.device))
-        r = run_steps(self.row.rnn, x, layout.row_steps, directions)  # (T, hidden), row layout
-        r = r.index_select(0, layout.rows_to_cols.to(r.device))
-        y = run_steps(self.col.rnn, r, layout.col_steps, directions)  # (T, O), column layout
-        y = y.index_select(0, layout.to_maps.to(y.device)).split([b * h * w for b, h, w in shapes])
+        # every map's pixels (b, h, w) as rows of channels, one map after another
+        x = torch.cat([m.permute(0, 2, 3, 1).reshape(-1, self.in_channels) for m in maps])
+        device = x.device
+        row_pixels, col_inputs, col_pixels = (
+            i.to(device) for i in (layout.row_pixels, layout.col_inputs, layout.col_pixels)
+        )
+        r = run_steps(self.row.rnn, x, layout.row_steps, directions, rows=row_pixels)  # (T, hidden)
+        y = run_steps(self.col.rnn, r, layout.col_steps, directions, rows=col_inputs, out_rows=col_pixels)
         return [
-            part.view(h, b, w, -1).permute(1, 3, 0, 2).contiguous()
-            for part, (b, h, w) in zip(y, shapes, strict=True)
+            part.view(b, h, w, -1).permute(0, 3, 1, 2)
+            for part, (b, h, w) in zip(y.split([b * h * w for b, h, w in shapes]), shapes, strict=True)
         ]
 
     def closed_form_params(self) -> int:

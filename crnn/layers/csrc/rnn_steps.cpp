@@ -83,12 +83,13 @@ inline __m512 finish(__m512 acc, const float* aux) {
   }
 }
 
-struct Rows {  // a float32 row-major block: base pointer and row stride (unit column stride)
+struct Rows {  // float32 rows (unit column stride): row r at p + r * ld, or at p + idx[r] * ld (a gather)
   const float* p;
   int64_t ld;
-  const float* row(int64_t r) const { return p + r * ld; }
-  Rows at(int64_t r) const { return {p ? row(r) : nullptr, ld}; }
-  Rows col(int64_t c) const { return {p ? p + c : nullptr, ld}; }
+  const int64_t* idx = nullptr;
+  const float* row(int64_t r) const { return p + (idx ? idx[r] : r) * ld; }
+  Rows at(int64_t r) const { return !p ? *this : idx ? Rows{p, ld, idx + r} : Rows{p + r * ld, ld, nullptr}; }
+  Rows col(int64_t c) const { return {p ? p + c : nullptr, ld, idx}; }
 };
 
 struct Product {  // a[rows, 0:K] @ b[0:K, columns] (b row-major with row stride ldb); K = 0: nothing
@@ -238,20 +239,37 @@ const Product kNoProduct{kNone, nullptr, 0, 0};
 
 }  // namespace
 
-// The states (directions, T, H) of a pass over x (T, I): h = act(x W_ih^T + bias + h_previous W_hh^T),
-// zero initial state; direction 1 (if any) reads every sequence backwards with the same weights.
-torch::Tensor forward(torch::Tensor x, torch::Tensor w_ih, torch::Tensor bias, torch::Tensor w_hh,
-                      std::vector<int64_t> steps, bool relu, int64_t directions) {
-  const int64_t T = x.size(0), I = x.size(1), H = w_hh.size(0), S = static_cast<int64_t>(steps.size());
-  check(x, T, I, "x");
+const int64_t* index_of(const c10::optional<torch::Tensor>& index, int64_t T, int64_t rows, const char* name) {
+  if (!index) return nullptr;
+  TORCH_CHECK(index->dtype() == torch::kInt64 && index->is_contiguous() && index->dim() == 1 && index->size(0) == T,
+              name, ": a contiguous int64 index of the T = ", T, " tokens");
+  TORCH_CHECK(T == 0 || (index->min().item<int64_t>() >= 0 && index->max().item<int64_t>() < rows), name,
+              ": rows out of range");
+  return index->data_ptr<int64_t>();
+}
+
+// [states (directions, T, H), merged] of a pass over the T tokens whose inputs are the rows of x
+// (x_index[t] for token t, else row t): h = act(x W_ih^T + bias + h_previous W_hh^T) from a zero state;
+// direction 1 (if any) reads every sequence backwards with the same weights. merge: `merged` holds the
+// sum of the directions' states, token t at row out_index[t] (else t); else undefined.
+std::vector<torch::Tensor> forward(torch::Tensor x, c10::optional<torch::Tensor> x_index, torch::Tensor w_ih,
+                                   torch::Tensor bias, torch::Tensor w_hh, std::vector<int64_t> steps, bool relu,
+                                   int64_t directions, bool merge, c10::optional<torch::Tensor> out_index) {
+  const auto starts = block_starts(steps);
+  const int64_t S = static_cast<int64_t>(steps.size()), T = S ? starts[S - 1] + steps[S - 1] : 0,
+                I = x.size(1), H = w_hh.size(0);
+  check(x, x.size(0), I, "x");
   check(w_hh, H, H, "w_hh");
   TORCH_CHECK(directions == 1 || directions == 2, "directions: 1 or 2");
+  if (!x_index) TORCH_CHECK(x.size(0) == T, "x: one row per token without x_index");
   const auto w_ih_t = w_ih.t().contiguous(), w_hh_t = w_hh.t().contiguous(), b = bias.contiguous();
   const auto states = torch::empty({directions, T, H}, x.options());
   // direction 1 reads the projection direction 0 computed on the way (its `side` output)
   const auto projection = directions == 2 ? torch::empty({T, H}, x.options()) : torch::Tensor();
-  const auto starts = block_starts(steps);
-  const Rows xs{x.data_ptr<float>(), x.stride(0)};
+  const Rows xs{x.data_ptr<float>(), x.stride(0), index_of(x_index, T, x.size(0), "x_index")};
+  const int64_t* out_rows = index_of(out_index, T, T, "out_index");
+  torch::Tensor merged;
+  if (merge) merged = directions == 1 && !out_rows ? states[0] : torch::empty({T, H}, x.options());
   for (int64_t d = 0; d < directions; ++d) {
     float* h = states[d].data_ptr<float>();
     for (int64_t i = 0; i < S; ++i) {
@@ -272,28 +290,41 @@ torch::Tensor forward(torch::Tensor x, torch::Tensor w_ih, torch::Tensor bias, t
         step<Epilogue::kRelu>(rows, fed, H, init, b0, input, side, recurrent, out, H, kNone);
       else
         step<Epilogue::kTanh>(rows, fed, H, init, b0, input, side, recurrent, out, H, kNone);
+      if (merge && d == directions - 1 && merged.data_ptr() != states[0].data_ptr()) {
+        // the sum over the directions, while the block is in cache
+        const float* first = states[0].data_ptr<float>();
+        float* dst = merged.data_ptr<float>();
+        for (int64_t r = starts[s]; r < starts[s] + rows; ++r) {
+          float* o = dst + (out_rows ? out_rows[r] : r) * H;
+          for (int64_t c = 0; c < H; ++c) o[c] = d ? first[r * H + c] + h[r * H + c] : h[r * H + c];
+        }
+      }
     }
   }
-  return states;
+  return {states, merged};
 }
 
-// The gradients [x (or undefined), W_ih, W_hh, bias] of the pass from `grad` (directions, T, H) =
-// d loss / d states (unit column stride; e.g. one (T, H) gradient expanded over the directions) and
-// the states `forward` returned. The recurrence runs block by block; every other gradient is
-// accumulated from each block while it is in cache.
-std::vector<torch::Tensor> backward(torch::Tensor grad, torch::Tensor states, torch::Tensor x, torch::Tensor w_ih,
+// The gradients [x (or undefined), W_ih, W_hh, bias] of the pass from the states `forward` returned
+// and `grad`: (T', H) = d loss / d merged (every direction's; token t at row grad_index[t], else t), or
+// (directions, T, H) = d loss / d states. The recurrence runs block by block; every other gradient is
+// accumulated from each block while it is in cache; x's gradient goes to the rows the tokens read.
+std::vector<torch::Tensor> backward(torch::Tensor grad, c10::optional<torch::Tensor> grad_index, torch::Tensor states,
+                                    torch::Tensor x, c10::optional<torch::Tensor> x_index, torch::Tensor w_ih,
                                     torch::Tensor w_hh, std::vector<int64_t> steps, bool relu, bool need_grad_x) {
   const int64_t D = states.size(0), T = states.size(1), H = states.size(2), I = x.size(1),
                 S = static_cast<int64_t>(steps.size());
-  TORCH_CHECK(grad.dim() == 3 && grad.size(0) == D, "grad: (directions, T, H)");
-  for (int64_t d = 0; d < D; ++d) {
-    check(grad[d], T, H, "grad");
-    check(states[d], T, H, "states");
-  }
-  check(x, T, I, "x");
+  for (int64_t d = 0; d < D; ++d) check(states[d], T, H, "states");
+  TORCH_CHECK(grad.dim() == 2 || (grad.dim() == 3 && grad.size(0) == D && !grad_index),
+              "grad: (T', H) with an optional grad_index, or (directions, T, H)");
+  check(grad.dim() == 2 ? grad : grad[0], grad.size(-2), H, "grad");
+  check(x, x.size(0), I, "x");
+  const Rows xs{x.data_ptr<float>(), x.stride(0), index_of(x_index, T, x.size(0), "x_index")};
+  const int64_t* grad_rows = index_of(grad_index, T, grad.size(0), "grad_index");
   const auto w = w_hh.contiguous(), w_in = w_ih.contiguous();  // d pre-activation @ W passes the gradient back
   const auto options = states.options();
-  auto grad_x = need_grad_x ? torch::empty({T, I}, options) : torch::Tensor();
+  torch::Tensor grad_x;
+  if (need_grad_x)  // with x_index, rows read by no token (or by several) get 0 (or a sum)
+    grad_x = xs.idx ? torch::zeros({x.size(0), I}, options) : torch::empty({x.size(0), I}, options);
   auto grad_w_ih = torch::zeros({H, I}, options), grad_w_hh = torch::zeros({H, H}, options);
   auto grad_b = torch::zeros({H}, options);
   // d loss / d pre-activation: direction 0's in full (with two directions, direction 1 adds its own
@@ -301,10 +332,11 @@ std::vector<torch::Tensor> backward(torch::Tensor grad, torch::Tensor states, to
   const int64_t widest = steps.empty() ? 0 : steps[0];
   auto first = D == 2 ? torch::empty({T, H}, options) : torch::empty({2, widest, H}, options);
   auto scratch = torch::empty({2, widest, H}, options);
+  auto scattered = xs.idx && need_grad_x ? torch::empty({widest, I}, options) : torch::Tensor();
   const auto starts = block_starts(steps);
-  const Rows xs{x.data_ptr<float>(), x.stride(0)};
   for (int64_t d = 0; d < D; ++d) {
-    const Rows upstream{grad[d].data_ptr<float>(), grad.stride(1)};
+    const Rows upstream = grad.dim() == 2 ? Rows{grad.data_ptr<float>(), grad.stride(0), grad_rows}
+                                          : Rows{grad[d].data_ptr<float>(), grad.stride(1)};
     const float* h = states[d].data_ptr<float>();
     const bool last = d == D - 1;  // the pass whose blocks complete the gradient of the projection
     for (int64_t i = 0; i < S; ++i) {
@@ -323,7 +355,7 @@ std::vector<torch::Tensor> backward(torch::Tensor grad, torch::Tensor states, to
         later = buffer[(i + 1) % 2].data_ptr<float>();
       }
       const Product recurrent{{fed ? later : nullptr, H}, w.data_ptr<float>(), H, H};
-      const Rows init{upstream.row(starts[s]), upstream.ld}, aux{h + starts[s] * H, H};
+      const Rows init = upstream.at(starts[s]), aux{h + starts[s] * H, H};
       if (relu)
         step<Epilogue::kReluGrad>(rows, fed, H, init, nullptr, kNoProduct, kNone, recurrent, da, H, aux);
       else
@@ -342,9 +374,17 @@ std::vector<torch::Tensor> backward(torch::Tensor grad, torch::Tensor states, to
       for (int64_t r = 0; r < rows; ++r)
         for (int64_t c = 0; c < H; ++c) gb[c] += total[r * H + c];
       outer(rows, {total, H}, H, xs.at(starts[s]), I, grad_w_ih.data_ptr<float>());
-      if (need_grad_x)
-        step<Epilogue::kNone>(rows, 0, I, kNone, nullptr, Product{{total, H}, w_in.data_ptr<float>(), I, H}, kNone,
-                              kNoProduct, grad_x.data_ptr<float>() + starts[s] * I, I, kNone);
+      if (!need_grad_x) continue;
+      float* gx = xs.idx ? scattered.data_ptr<float>() : grad_x.data_ptr<float>() + starts[s] * I;
+      step<Epilogue::kNone>(rows, 0, I, kNone, nullptr, Product{{total, H}, w_in.data_ptr<float>(), I, H}, kNone,
+                            kNoProduct, gx, I, kNone);
+      if (xs.idx) {  // each token's input gradient added to the row it read
+        float* dst = grad_x.data_ptr<float>();
+        for (int64_t r = 0; r < rows; ++r) {
+          float* o = dst + xs.idx[starts[s] + r] * I;
+          for (int64_t c = 0; c < I; ++c) o[c] += gx[r * I + c];
+        }
+      }
     }
   }
   return {grad_x, grad_w_ih, grad_w_hh, grad_b};

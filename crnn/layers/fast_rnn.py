@@ -333,7 +333,10 @@ def compiled_kernel() -> tuple[ModuleType | None, str]:
 
         _log.info("building crnn's compiled RNN step loops (once per machine) ...")
         module = cpp_extension.load(
-            "crnn_rnn_steps", [str(_KERNEL_SOURCE)], extra_cflags=["-O3", "-mavx512f", "-mfma"]
+            "crnn_rnn_steps",
+            [str(_KERNEL_SOURCE)],
+            extra_cflags=["-O3", "-mavx512f", "-mfma", "-fopenmp"],  # at::parallel_for is OpenMP in torch
+            extra_ldflags=["-fopenmp"],
         )
     except Exception as error:  # no compiler, no Python headers, ...: the torch loops run instead
         reason = f"could not build {_KERNEL_SOURCE.name}: {type(error).__name__}: {error}"

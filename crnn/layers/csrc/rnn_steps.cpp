@@ -192,30 +192,33 @@ inline void outer_tile(int64_t rows, Rows a, int64_t i0, Rows b, int64_t c, floa
 }
 
 template <int NV>
-void outer_panel(int64_t rows, Rows a, int64_t M, Rows b, int64_t c, float* g, int64_t ldg) {
-  int64_t i = 0;
-  for (; i + kRows <= M; i += kRows) outer_tile<kRows, NV>(rows, a, i, b, c, g, ldg);
-  switch (M - i) {
+void outer_rows(int64_t R, int64_t rows, Rows a, int64_t i, Rows b, int64_t c, float* g, int64_t ldg) {
+  switch (R) {
+    case 6: outer_tile<6, NV>(rows, a, i, b, c, g, ldg); break;
     case 5: outer_tile<5, NV>(rows, a, i, b, c, g, ldg); break;
     case 4: outer_tile<4, NV>(rows, a, i, b, c, g, ldg); break;
     case 3: outer_tile<3, NV>(rows, a, i, b, c, g, ldg); break;
     case 2: outer_tile<2, NV>(rows, a, i, b, c, g, ldg); break;
-    case 1: outer_tile<1, NV>(rows, a, i, b, c, g, ldg); break;
-    default: break;
+    default: outer_tile<1, NV>(rows, a, i, b, c, g, ldg); break;
   }
 }
 
-// g (M x N) += a[0:rows, 0:M]^T @ b[0:rows, 0:N], N a multiple of 16 (column panels over threads)
+// g (M x N) += a[0:rows, 0:M]^T @ b[0:rows, 0:N], N a multiple of 16: tiles of kRows rows of g (one
+// thread each, so no two threads write the same g) x column panels of <= 64
 void outer(int64_t rows, Rows a, int64_t M, Rows b, int64_t N, float* g) {
-  const int64_t panels = (N + 4 * kLanes - 1) / (4 * kLanes);
-  at::parallel_for(0, panels, rows * M * 64 >= 1 << 20 ? 1 : panels, [&](int64_t begin, int64_t end) {
-    for (int64_t panel = begin; panel < end; ++panel) {
-      const int64_t c = panel * 4 * kLanes;
-      switch (std::min<int64_t>(4, (N - c) / kLanes)) {
-        case 4: outer_panel<4>(rows, a, M, b, c, g, N); break;
-        case 3: outer_panel<3>(rows, a, M, b, c, g, N); break;
-        case 2: outer_panel<2>(rows, a, M, b, c, g, N); break;
-        default: outer_panel<1>(rows, a, M, b, c, g, N); break;
+  static_assert(kRows == 6, "outer_rows dispatches 1..6 rows");
+  const int64_t tiles = (M + kRows - 1) / kRows;
+  const int64_t grain = rows * N * kRows >= (1 << 16) ? 1 : tiles;  // split from ~64K MACs a tile
+  at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t tile = begin; tile < end; ++tile) {
+      const int64_t i = tile * kRows, R = std::min<int64_t>(kRows, M - i);
+      for (int64_t c = 0; c < N; c += 4 * kLanes) {
+        switch (std::min<int64_t>(4, (N - c) / kLanes)) {
+          case 4: outer_rows<4>(R, rows, a, i, b, c, g, N); break;
+          case 3: outer_rows<3>(R, rows, a, i, b, c, g, N); break;
+          case 2: outer_rows<2>(R, rows, a, i, b, c, g, N); break;
+          default: outer_rows<1>(R, rows, a, i, b, c, g, N); break;
+        }
       }
     }
   });

@@ -251,10 +251,22 @@ const int64_t* index_of(const c10::optional<torch::Tensor>& index, int64_t T, in
   return index->data_ptr<int64_t>();
 }
 
+// Runs fn(0) and fn(1) at once on two threads where there are two (each single-threaded inside: a
+// parallel_for within a parallel region runs inline), one after the other otherwise; fn(0) alone
+// (with its own row splitting) for one.
+template <class Fn>
+void each_direction(int64_t directions, const Fn& fn) {
+  if (directions == 1) return fn(0);
+  at::parallel_for(0, directions, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t d = begin; d < end; ++d) fn(d);
+  });
+}
+
 // [states (directions, T, H), merged] of a pass over the T tokens whose inputs are the rows of x
 // (x_index[t] for token t, else row t): h = act(x W_ih^T + bias + h_previous W_hh^T) from a zero state;
-// direction 1 (if any) reads every sequence backwards with the same weights. merge: `merged` holds the
-// sum of the directions' states, token t at row out_index[t] (else t); else undefined.
+// direction 1 (if any) reads every sequence backwards with the same weights; the two directions run
+// at once, one per thread. merge: `merged` holds the sum of the directions' states, token t at row
+// out_index[t] (else t); else undefined.
 std::vector<torch::Tensor> forward(torch::Tensor x, c10::optional<torch::Tensor> x_index, torch::Tensor w_ih,
                                    torch::Tensor bias, torch::Tensor w_hh, std::vector<int64_t> steps, bool relu,
                                    int64_t directions, bool merge, c10::optional<torch::Tensor> out_index) {
@@ -266,51 +278,53 @@ std::vector<torch::Tensor> forward(torch::Tensor x, c10::optional<torch::Tensor>
   TORCH_CHECK(directions == 1 || directions == 2, "directions: 1 or 2");
   if (!x_index) TORCH_CHECK(x.size(0) == T, "x: one row per token without x_index");
   const auto w_ih_t = w_ih.t().contiguous(), w_hh_t = w_hh.t().contiguous(), b = bias.contiguous();
-  const auto states = torch::empty({directions, T, H}, x.options());
-  // direction 1 reads the projection direction 0 computed on the way (its `side` output)
-  const auto projection = directions == 2 ? torch::empty({T, H}, x.options()) : torch::Tensor();
   const Rows xs{x.data_ptr<float>(), x.stride(0), index_of(x_index, T, x.size(0), "x_index")};
   const int64_t* out_rows = index_of(out_index, T, T, "out_index");
-  torch::Tensor merged;
-  if (merge) merged = directions == 1 && !out_rows ? states[0] : torch::empty({T, H}, x.options());
-  for (int64_t d = 0; d < directions; ++d) {
+  const Product input{xs, w_ih_t.data_ptr<float>(), H, I};
+  // two directions read one projection, computed first over all tokens; one direction fuses it into
+  // its steps
+  torch::Tensor projection;
+  if (directions == 2) {
+    projection = torch::empty({T, H}, x.options());
+    step<Epilogue::kNone>(T, 0, H, kNone, b.data_ptr<float>(), input, kNone, kNoProduct,
+                          projection.data_ptr<float>(), H, kNone);
+  }
+  const auto states = torch::empty({directions, T, H}, x.options());
+  each_direction(directions, [&](int64_t d) {
     float* h = states[d].data_ptr<float>();
     for (int64_t i = 0; i < S; ++i) {
       const int64_t s = d ? S - 1 - i : i, rows = steps[s];
       const int64_t fed = d ? (s + 1 < S ? steps[s + 1] : 0) : (s ? rows : 0);
       const Product recurrent{{fed ? h + starts[d ? s + 1 : s - 1] * H : nullptr, H}, w_hh_t.data_ptr<float>(), H, H};
-      Rows init = kNone, side = kNone;
-      Product input{xs.at(starts[s]), w_ih_t.data_ptr<float>(), H, I};
-      if (d == 1) {
-        init = Rows{projection.data_ptr<float>() + starts[s] * H, H};
-        input = kNoProduct;
-      } else if (directions == 2) {
-        side = Rows{projection.data_ptr<float>() + starts[s] * H, H};
-      }
-      float* out = h + starts[s] * H;
-      const float* b0 = d == 1 ? nullptr : b.data_ptr<float>();
+      const Rows init = directions == 2 ? Rows{projection.data_ptr<float>() + starts[s] * H, H} : kNone;
+      const float* b0 = directions == 2 ? nullptr : b.data_ptr<float>();
+      const Product in = directions == 2 ? kNoProduct : Product{xs.at(starts[s]), input.b, H, I};
       if (relu)
-        step<Epilogue::kRelu>(rows, fed, H, init, b0, input, side, recurrent, out, H, kNone);
+        step<Epilogue::kRelu>(rows, fed, H, init, b0, in, kNone, recurrent, h + starts[s] * H, H, kNone);
       else
-        step<Epilogue::kTanh>(rows, fed, H, init, b0, input, side, recurrent, out, H, kNone);
-      if (merge && d == directions - 1 && merged.data_ptr() != states[0].data_ptr()) {
-        // the sum over the directions, while the block is in cache
-        const float* first = states[0].data_ptr<float>();
-        float* dst = merged.data_ptr<float>();
-        for (int64_t r = starts[s]; r < starts[s] + rows; ++r) {
-          float* o = dst + (out_rows ? out_rows[r] : r) * H;
-          for (int64_t c = 0; c < H; ++c) o[c] = d ? first[r * H + c] + h[r * H + c] : h[r * H + c];
-        }
-      }
+        step<Epilogue::kTanh>(rows, fed, H, init, b0, in, kNone, recurrent, h + starts[s] * H, H, kNone);
     }
-  }
+  });
+  if (!merge) return {states, torch::Tensor()};
+  if (directions == 1 && !out_rows) return {states, states[0]};
+  auto merged = torch::empty({T, H}, x.options());
+  const float* h0 = states[0].data_ptr<float>();
+  const float* h1 = directions == 2 ? states[1].data_ptr<float>() : nullptr;
+  float* dst = merged.data_ptr<float>();
+  at::parallel_for(0, T, 4 * kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      float* o = dst + (out_rows ? out_rows[r] : r) * H;
+      for (int64_t c = 0; c < H; ++c) o[c] = h1 ? h0[r * H + c] + h1[r * H + c] : h0[r * H + c];
+    }
+  });
   return {states, merged};
 }
 
 // The gradients [x (or undefined), W_ih, W_hh, bias] of the pass from the states `forward` returned
 // and `grad`: (T', H) = d loss / d merged (every direction's; token t at row grad_index[t], else t), or
-// (directions, T, H) = d loss / d states. The recurrence runs block by block; every other gradient is
-// accumulated from each block while it is in cache; x's gradient goes to the rows the tokens read.
+// (directions, T, H) = d loss / d states. The recurrences run first (the two directions at once, one
+// per thread, each accumulating its W_hh gradient block by block while the blocks are in cache), then
+// the other gradients over all tokens; x's gradient goes to (is added to) the rows the tokens read.
 std::vector<torch::Tensor> backward(torch::Tensor grad, c10::optional<torch::Tensor> grad_index, torch::Tensor states,
                                     torch::Tensor x, c10::optional<torch::Tensor> x_index, torch::Tensor w_ih,
                                     torch::Tensor w_hh, std::vector<int64_t> steps, bool relu, bool need_grad_x) {
@@ -325,72 +339,52 @@ std::vector<torch::Tensor> backward(torch::Tensor grad, c10::optional<torch::Ten
   const int64_t* grad_rows = index_of(grad_index, T, grad.size(0), "grad_index");
   const auto w = w_hh.contiguous(), w_in = w_ih.contiguous();  // d pre-activation @ W passes the gradient back
   const auto options = states.options();
-  torch::Tensor grad_x;
-  if (need_grad_x)  // with x_index, rows read by no token (or by several) get 0 (or a sum)
-    grad_x = xs.idx ? torch::zeros({x.size(0), I}, options) : torch::empty({x.size(0), I}, options);
-  auto grad_w_ih = torch::zeros({H, I}, options), grad_w_hh = torch::zeros({H, H}, options);
-  auto grad_b = torch::zeros({H}, options);
-  // d loss / d pre-activation: direction 0's in full (with two directions, direction 1 adds its own
-  // block by block, needing only its current and previous block)
-  const int64_t widest = steps.empty() ? 0 : steps[0];
-  auto first = D == 2 ? torch::empty({T, H}, options) : torch::empty({2, widest, H}, options);
-  auto scratch = torch::empty({2, widest, H}, options);
-  auto scattered = xs.idx && need_grad_x ? torch::empty({widest, I}, options) : torch::Tensor();
   const auto starts = block_starts(steps);
-  for (int64_t d = 0; d < D; ++d) {
+  // d loss / d pre-activation of each direction, and each direction's W_hh gradient
+  auto da = torch::empty({D, T, H}, options);
+  auto grad_w_hh = torch::zeros({D, H, H}, options);
+  each_direction(D, [&](int64_t d) {
     const Rows upstream = grad.dim() == 2 ? Rows{grad.data_ptr<float>(), grad.stride(0), grad_rows}
                                           : Rows{grad[d].data_ptr<float>(), grad.stride(1)};
     const float* h = states[d].data_ptr<float>();
-    const bool last = d == D - 1;  // the pass whose blocks complete the gradient of the projection
+    float* a = da[d].data_ptr<float>();
+    float* g = grad_w_hh[d].data_ptr<float>();
     for (int64_t i = 0; i < S; ++i) {
       // direction 0 backwards from its last step; direction 1 from ITS last step, block 0
       const int64_t s = d ? i : S - 1 - i, rows = steps[s];
       // rows of block s whose state a later step read: its gradient flows back into them
+      const int64_t later = d ? s - 1 : s + 1;
       const int64_t fed = d ? (s ? rows : 0) : (s + 1 < S ? steps[s + 1] : 0);
-      float* da;
-      const float* later;
-      if (d == 0 && D == 2) {
-        da = first.data_ptr<float>() + starts[s] * H;
-        later = first.data_ptr<float>() + (s + 1 < S ? starts[s + 1] : 0) * H;
-      } else {
-        auto& buffer = d == 0 ? first : scratch;
-        da = buffer[i % 2].data_ptr<float>();
-        later = buffer[(i + 1) % 2].data_ptr<float>();
-      }
-      const Product recurrent{{fed ? later : nullptr, H}, w.data_ptr<float>(), H, H};
+      const Product recurrent{{fed ? a + starts[later] * H : nullptr, H}, w.data_ptr<float>(), H, H};
       const Rows init = upstream.at(starts[s]), aux{h + starts[s] * H, H};
+      float* out = a + starts[s] * H;
       if (relu)
-        step<Epilogue::kReluGrad>(rows, fed, H, init, nullptr, kNoProduct, kNone, recurrent, da, H, aux);
+        step<Epilogue::kReluGrad>(rows, fed, H, init, nullptr, kNoProduct, kNone, recurrent, out, H, aux);
       else
-        step<Epilogue::kTanhGrad>(rows, fed, H, init, nullptr, kNoProduct, kNone, recurrent, da, H, aux);
+        step<Epilogue::kTanhGrad>(rows, fed, H, init, nullptr, kNoProduct, kNone, recurrent, out, H, aux);
       // W_hh's gradient: this block's pre-activation gradient times the states it read
-      if (d == 0 && s > 0) outer(rows, {da, H}, H, {h + starts[s - 1] * H, H}, H, grad_w_hh.data_ptr<float>());
-      if (d == 1 && s + 1 < S)
-        outer(steps[s + 1], {da, H}, H, {h + starts[s + 1] * H, H}, H, grad_w_hh.data_ptr<float>());
-      if (!last) continue;
-      float* total = da;  // d loss / d projection of this block: the sum over the directions
-      if (D == 2) {
-        total = first.data_ptr<float>() + starts[s] * H;
-        for (int64_t k = 0; k < rows * H; ++k) total[k] += da[k];
-      }
-      float* gb = grad_b.data_ptr<float>();
-      for (int64_t r = 0; r < rows; ++r)
-        for (int64_t c = 0; c < H; ++c) gb[c] += total[r * H + c];
-      outer(rows, {total, H}, H, xs.at(starts[s]), I, grad_w_ih.data_ptr<float>());
-      if (!need_grad_x) continue;
-      float* gx = xs.idx ? scattered.data_ptr<float>() : grad_x.data_ptr<float>() + starts[s] * I;
-      step<Epilogue::kNone>(rows, 0, I, kNone, nullptr, Product{{total, H}, w_in.data_ptr<float>(), I, H}, kNone,
-                            kNoProduct, gx, I, kNone);
-      if (xs.idx) {  // each token's input gradient added to the row it read
-        float* dst = grad_x.data_ptr<float>();
-        for (int64_t r = 0; r < rows; ++r) {
-          float* o = dst + xs.idx[starts[s] + r] * I;
-          for (int64_t c = 0; c < I; ++c) o[c] += gx[r * I + c];
-        }
-      }
+      if (d == 0 && s > 0) outer(rows, {out, H}, H, {h + starts[s - 1] * H, H}, H, g);
+      if (d == 1 && s + 1 < S) outer(steps[s + 1], {out, H}, H, {h + starts[s + 1] * H, H}, H, g);
+    }
+  });
+  // d loss / d projection: the sum over the directions
+  const auto total = D == 2 ? da[0].add_(da[1]) : da[0];
+  const float* t = total.data_ptr<float>();
+  auto grad_w_ih = torch::zeros({H, I}, options);
+  for (int64_t s = 0; s < S; ++s)  // block by block: the block of x stays in cache over the row tiles
+    outer(steps[s], {t + starts[s] * H, H}, H, xs.at(starts[s]), I, grad_w_ih.data_ptr<float>());
+  torch::Tensor grad_x;
+  if (need_grad_x) {
+    const Product back{{t, H}, w_in.data_ptr<float>(), I, H};
+    grad_x = torch::empty({xs.idx ? T : x.size(0), I}, options);
+    step<Epilogue::kNone>(T, 0, I, kNone, nullptr, back, kNone, kNoProduct, grad_x.data_ptr<float>(), I, kNone);
+    if (xs.idx) {  // each token's gradient added to the row it read (rows read by none: 0)
+      auto scattered = torch::zeros({x.size(0), I}, options);
+      scattered.index_add_(0, *x_index, grad_x);
+      grad_x = scattered;
     }
   }
-  return {grad_x, grad_w_ih, grad_w_hh, grad_b};
+  return {grad_x, grad_w_ih, D == 2 ? grad_w_hh[0].add_(grad_w_hh[1]) : grad_w_hh[0], total.sum(0)};
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

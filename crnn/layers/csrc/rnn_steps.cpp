@@ -83,11 +83,14 @@ inline __m512 finish(__m512 acc, const float* aux) {
   }
 }
 
-struct Rows {  // float32 rows (unit column stride): row r at p + r * ld, or at p + idx[r] * ld (a gather)
+// float32 rows (unit column stride): row r at p + r * ld, or at p + idx[r] * ld (a gather; for an
+// output, a scatter: out(r) writes)
+struct Rows {
   const float* p;
   int64_t ld;
   const int64_t* idx = nullptr;
   const float* row(int64_t r) const { return p + (idx ? idx[r] : r) * ld; }
+  float* out(int64_t r) const { return const_cast<float*>(row(r)); }
   Rows at(int64_t r) const { return !p ? *this : idx ? Rows{p, ld, idx + r} : Rows{p + r * ld, ld, nullptr}; }
   Rows col(int64_t c) const { return {p ? p + c : nullptr, ld, idx}; }
 };
@@ -98,11 +101,9 @@ struct Product {  // a[rows, 0:K] @ b[0:K, columns] (b row-major with row stride
   int64_t ldb, K;
 };
 
-// For r < R: acc = init[r] (or bias, or 0) + a1[r] @ b1 (+ side[r] = acc) + a2[r] @ b2, then
-// out[r] = finish(acc) over 16*NV columns
+// For r < R: out[r] = finish(init[r] (or bias, or 0) + a1[r] @ b1 + a2[r] @ b2) over 16*NV columns
 template <int R, int NV, Epilogue E>
-inline void tile(Rows init, const float* bias, Product p1, Rows side, Product p2, float* out, int64_t ldo,
-                 Rows aux) {
+inline void tile(Rows init, const float* bias, Product p1, Product p2, Rows out, Rows aux) {
   __m512 acc[R][NV];
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < NV; ++v)
@@ -117,23 +118,19 @@ inline void tile(Rows init, const float* bias, Product p1, Rows side, Product p2
         for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(x, w[v], acc[r][v]);
       }
     }
-    if (p == &p1 && side.p)
-      for (int r = 0; r < R; ++r)
-        for (int v = 0; v < NV; ++v) _mm512_storeu_ps(const_cast<float*>(side.row(r)) + v * kLanes, acc[r][v]);
   }
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < NV; ++v)
-      _mm512_storeu_ps(out + r * ldo + v * kLanes, finish<E>(acc[r][v], aux.p ? aux.row(r) + v * kLanes : nullptr));
+      _mm512_storeu_ps(out.out(r) + v * kLanes, finish<E>(acc[r][v], aux.p ? aux.row(r) + v * kLanes : nullptr));
 }
 
 template <int NV, Epilogue E>
-void panel(int64_t rows, Rows init, const float* bias, Product p1, Rows side, Product p2, float* out, int64_t ldo,
-           Rows aux) {
+void panel(int64_t rows, Rows init, const float* bias, Product p1, Product p2, Rows out, Rows aux) {
   int64_t r = 0;
   auto call = [&](auto rows_tag) {
     constexpr int n = decltype(rows_tag)::value;
-    tile<n, NV, E>(init.at(r), bias, {p1.a.at(r), p1.b, p1.ldb, p1.K}, side.at(r), {p2.a.at(r), p2.b, p2.ldb, p2.K},
-                   out + r * ldo, ldo, aux.at(r));
+    tile<n, NV, E>(init.at(r), bias, {p1.a.at(r), p1.b, p1.ldb, p1.K}, {p2.a.at(r), p2.b, p2.ldb, p2.K}, out.at(r),
+                   aux.at(r));
   };
   for (; r + kRows <= rows; r += kRows) call(std::integral_constant<int, kRows>{});
   switch (rows - r) {
@@ -146,12 +143,12 @@ void panel(int64_t rows, Rows init, const float* bias, Product p1, Rows side, Pr
   }
 }
 
-// Rows [0, rows) of: out = finish(init + p1 (+ side = the sum so far) + p2), where p2 applies to the
-// first `fed` rows only (the rows with a previous state); N output columns (a multiple of 16) in
-// panels of <= 64; rows split over threads.
+// Rows [0, rows) of: out = finish(init + p1 + p2), where p2 applies to the first `fed` rows only (the
+// rows with a previous state); N output columns (a multiple of 16) in panels of <= 64; rows split
+// over threads.
 template <Epilogue E>
-void step(int64_t rows, int64_t fed, int64_t N, Rows init, const float* bias, Product p1, Rows side, Product p2,
-          float* out, int64_t ldo, Rows aux) {
+void step(int64_t rows, int64_t fed, int64_t N, Rows init, const float* bias, Product p1, Product p2, Rows out,
+          Rows aux) {
   at::parallel_for(0, rows, kGrain, [&](int64_t begin, int64_t end) {
     for (int64_t c = 0; c < N; c += 4 * kLanes) {
       for (int part = 0; part < 2; ++part) {  // rows with a previous state, then rows without
@@ -159,14 +156,13 @@ void step(int64_t rows, int64_t fed, int64_t N, Rows init, const float* bias, Pr
         if (lo >= hi) continue;
         const Product q1{p1.a.at(lo), p1.b ? p1.b + c : nullptr, p1.ldb, p1.K};
         const Product q2{p2.a.at(lo), p2.b ? p2.b + c : nullptr, p2.ldb, part ? 0 : p2.K};
-        const Rows i = init.at(lo).col(c), s = side.at(lo).col(c), a = aux.at(lo).col(c);
+        const Rows i = init.at(lo).col(c), o = out.at(lo).col(c), a = aux.at(lo).col(c);
         const float* bc = bias ? bias + c : nullptr;
-        float* o = out + lo * ldo + c;
         switch (std::min<int64_t>(4, (N - c) / kLanes)) {
-          case 4: panel<4, E>(hi - lo, i, bc, q1, s, q2, o, ldo, a); break;
-          case 3: panel<3, E>(hi - lo, i, bc, q1, s, q2, o, ldo, a); break;
-          case 2: panel<2, E>(hi - lo, i, bc, q1, s, q2, o, ldo, a); break;
-          default: panel<1, E>(hi - lo, i, bc, q1, s, q2, o, ldo, a); break;
+          case 4: panel<4, E>(hi - lo, i, bc, q1, q2, o, a); break;
+          case 3: panel<3, E>(hi - lo, i, bc, q1, q2, o, a); break;
+          case 2: panel<2, E>(hi - lo, i, bc, q1, q2, o, a); break;
+          default: panel<1, E>(hi - lo, i, bc, q1, q2, o, a); break;
         }
       }
     }
@@ -242,6 +238,16 @@ const Product kNoProduct{kNone, nullptr, 0, 0};
 
 }  // namespace
 
+bool permutation(const int64_t* index, int64_t T, int64_t rows) {
+  if (T != rows) return false;
+  std::vector<char> seen(rows, 0);
+  for (int64_t t = 0; t < T; ++t) {
+    if (seen[index[t]]) return false;
+    seen[index[t]] = 1;
+  }
+  return true;
+}
+
 const int64_t* index_of(const c10::optional<torch::Tensor>& index, int64_t T, int64_t rows, const char* name) {
   if (!index) return nullptr;
   TORCH_CHECK(index->dtype() == torch::kInt64 && index->is_contiguous() && index->dim() == 1 && index->size(0) == T,
@@ -286,8 +292,8 @@ std::vector<torch::Tensor> forward(torch::Tensor x, c10::optional<torch::Tensor>
   torch::Tensor projection;
   if (directions == 2) {
     projection = torch::empty({T, H}, x.options());
-    step<Epilogue::kNone>(T, 0, H, kNone, b.data_ptr<float>(), input, kNone, kNoProduct,
-                          projection.data_ptr<float>(), H, kNone);
+    step<Epilogue::kNone>(T, 0, H, kNone, b.data_ptr<float>(), input, kNoProduct, {projection.data_ptr<float>(), H},
+                          kNone);
   }
   const auto states = torch::empty({directions, T, H}, x.options());
   each_direction(directions, [&](int64_t d) {
@@ -299,10 +305,11 @@ std::vector<torch::Tensor> forward(torch::Tensor x, c10::optional<torch::Tensor>
       const Rows init = directions == 2 ? Rows{projection.data_ptr<float>() + starts[s] * H, H} : kNone;
       const float* b0 = directions == 2 ? nullptr : b.data_ptr<float>();
       const Product in = directions == 2 ? kNoProduct : Product{xs.at(starts[s]), input.b, H, I};
+      const Rows out{h + starts[s] * H, H};
       if (relu)
-        step<Epilogue::kRelu>(rows, fed, H, init, b0, in, kNone, recurrent, h + starts[s] * H, H, kNone);
+        step<Epilogue::kRelu>(rows, fed, H, init, b0, in, recurrent, out, kNone);
       else
-        step<Epilogue::kTanh>(rows, fed, H, init, b0, in, kNone, recurrent, h + starts[s] * H, H, kNone);
+        step<Epilogue::kTanh>(rows, fed, H, init, b0, in, recurrent, out, kNone);
     }
   });
   if (!merge) return {states, torch::Tensor()};
@@ -359,9 +366,9 @@ std::vector<torch::Tensor> backward(torch::Tensor grad, c10::optional<torch::Ten
       const Rows init = upstream.at(starts[s]), aux{h + starts[s] * H, H};
       float* out = a + starts[s] * H;
       if (relu)
-        step<Epilogue::kReluGrad>(rows, fed, H, init, nullptr, kNoProduct, kNone, recurrent, out, H, aux);
+        step<Epilogue::kReluGrad>(rows, fed, H, init, nullptr, kNoProduct, recurrent, {out, H}, aux);
       else
-        step<Epilogue::kTanhGrad>(rows, fed, H, init, nullptr, kNoProduct, kNone, recurrent, out, H, aux);
+        step<Epilogue::kTanhGrad>(rows, fed, H, init, nullptr, kNoProduct, recurrent, {out, H}, aux);
       // W_hh's gradient: this block's pre-activation gradient times the states it read
       if (d == 0 && s > 0) outer(rows, {out, H}, H, {h + starts[s - 1] * H, H}, H, g);
       if (d == 1 && s + 1 < S) outer(steps[s + 1], {out, H}, H, {h + starts[s + 1] * H, H}, H, g);
@@ -376,12 +383,13 @@ std::vector<torch::Tensor> backward(torch::Tensor grad, c10::optional<torch::Ten
   torch::Tensor grad_x;
   if (need_grad_x) {
     const Product back{{t, H}, w_in.data_ptr<float>(), I, H};
-    grad_x = torch::empty({xs.idx ? T : x.size(0), I}, options);
-    step<Epilogue::kNone>(T, 0, I, kNone, nullptr, back, kNone, kNoProduct, grad_x.data_ptr<float>(), I, kNone);
-    if (xs.idx) {  // each token's gradient added to the row it read (rows read by none: 0)
-      auto scattered = torch::zeros({x.size(0), I}, options);
-      scattered.index_add_(0, *x_index, grad_x);
-      grad_x = scattered;
+    if (!xs.idx || permutation(xs.idx, T, x.size(0))) {  // every row read by one token: written in place
+      grad_x = torch::empty({x.size(0), I}, options);
+      step<Epilogue::kNone>(T, 0, I, kNone, nullptr, back, kNoProduct, {grad_x.data_ptr<float>(), I, xs.idx}, kNone);
+    } else {  // each token's gradient added to the row it read (rows read by none: 0)
+      auto tokens = torch::empty({T, I}, options);
+      step<Epilogue::kNone>(T, 0, I, kNone, nullptr, back, kNoProduct, {tokens.data_ptr<float>(), I}, kNone);
+      grad_x = torch::zeros({x.size(0), I}, options).index_add_(0, *x_index, tokens);
     }
   }
   return {grad_x, grad_w_ih, D == 2 ? grad_w_hh[0].add_(grad_w_hh[1]) : grad_w_hh[0], total.sum(0)};

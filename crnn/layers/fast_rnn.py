@@ -24,9 +24,12 @@ its tanh is slow on this build (torch 2.14, one (2048, 64) float32 tensor, 1 thr
     input projection, recurrent product and activation fused, ~210 GFLOP/s on one Zen 5 core where
     MKL's ``addmm_`` runs the same (448, 64) @ (64, 64) product at ~90 and oneDNN at 65-90 (their
     fixed cost per call dominates at this size). tanh is computed in registers (Cephes' ``expf``,
-    a Taylor series near 0). The backward fuses the activation's derivative into the recurrent
-    product and accumulates the ``W_hh``, ``W_ih``, bias and input gradients block by block while the
-    blocks are in cache (no whole-sequence gradient buffer for a one-way pass);
+    a Taylor series near 0). The two directions of a weight-shared pass run at once, one per thread.
+    The backward fuses the activation's derivative into the recurrent product and accumulates the
+    ``W_hh`` gradient block by block while the blocks are in cache; the ``W_ih``, bias and input
+    gradients follow over all tokens. The tokens may read their inputs through an index and the
+    summed states go out through one (``run_steps(rows=, out_rows=)``): a gather and a scatter
+    fused into the pass, which the 2-D layers use to read and write channels-last maps in place;
   - **torch** (:class:`_TorchPass`, the reference: float64, any width, any device, and the fallback
     where the compiled one cannot build): the projection is one matmul; per step one matmul
     accumulated in place (oneDNN's ``_linear_pointwise`` + ``add_`` for float32 products of at
@@ -134,13 +137,13 @@ def rnn_path(path: str) -> contextlib.AbstractContextManager[None]:
 
 
 def get_rnn_kernel() -> str:
-    """The fast path's step loops in force: the innermost :func:`rnn_kernel`, else
-    ``$CRNN_RNN_KERNEL``, else auto."""
+    """The fast path's pass in force: the innermost :func:`rnn_kernel`, else ``$CRNN_RNN_KERNEL``,
+    else auto."""
     return _KERNEL.get()
 
 
 def rnn_kernel(kernel: str) -> contextlib.AbstractContextManager[None]:
-    """Force the fast path's step loops within the block: ``"auto"`` (compiled where it applies and
+    """Force the fast path's pass within the block: ``"auto"`` (compiled where it applies and
     builds), ``"compiled"`` (an error where it cannot run) or ``"torch"``."""
     return _KERNEL.force(kernel)
 
@@ -315,8 +318,8 @@ _log = logging.getLogger(__name__)
 
 @functools.cache
 def compiled_kernel() -> tuple[ModuleType | None, str]:
-    """The compiled step loops (``csrc/rnn_steps.cpp``, float32, AVX-512) and ``""``, or ``None`` and
-    why they cannot run here. Built once per machine by :func:`torch.utils.cpp_extension.load` (gcc and
+    """The compiled pass (``csrc/rnn_steps.cpp``, float32, AVX-512) and ``""``, or ``None`` and why
+    it cannot run here. Built once per machine by :func:`torch.utils.cpp_extension.load` (gcc and
     ninja, ~30 s) into ``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``), then loaded
     from there."""
     capability = torch.backends.cpu.get_cpu_capability()
@@ -331,18 +334,16 @@ def compiled_kernel() -> tuple[ModuleType | None, str]:
     try:
         from torch.utils import cpp_extension
 
-        _log.info("building crnn's compiled RNN step loops (once per machine) ...")
+        _log.info("building crnn's compiled RNN pass (once per machine) ...")
         module = cpp_extension.load(
             "crnn_rnn_steps",
             [str(_KERNEL_SOURCE)],
             extra_cflags=["-O3", "-mavx512f", "-mfma", "-fopenmp"],  # at::parallel_for is OpenMP in torch
             extra_ldflags=["-fopenmp"],
         )
-    except Exception as error:  # no compiler, no Python headers, ...: the torch loops run instead
+    except Exception as error:  # no compiler, no Python headers, ...: the torch pass runs instead
         reason = f"could not build {_KERNEL_SOURCE.name}: {type(error).__name__}: {error}"
-        _log.warning(
-            "%s; the fast RNN path runs its torch step loops (CRNN_RNN_KERNEL=torch hides this)", reason
-        )
+        _log.warning("%s; the fast RNN path runs its torch pass (CRNN_RNN_KERNEL=torch hides this)", reason)
         return None, reason
     finally:
         torch_logger.setLevel(level)
@@ -351,11 +352,12 @@ def compiled_kernel() -> tuple[ModuleType | None, str]:
 
 
 def _pass_implementation(x: Tensor, hidden: int) -> Any:
-    """What runs a pass: ``forward(x, w_ih, bias, w_hh, steps, relu, directions) -> states`` and
-    ``backward(grad, states, x, w_ih, w_hh, steps, relu, need_grad_x) -> [grad_x, grad_w_ih, grad_w_hh,
-    grad_bias]``. The compiled module (:func:`compiled_kernel`) for float32 CPU tensors whose input
-    and hidden widths are multiples of 16, outside tracing, where it builds (``rnn_kernel("compiled")``:
-    an error where not); :class:`_TorchPass` otherwise and under ``rnn_kernel("torch")``."""
+    """What runs a pass: ``forward(x, x_index, w_ih, bias, w_hh, steps, relu, directions, merge,
+    out_index) -> [states, merged]`` and ``backward(grad, grad_index, states, x, x_index, w_ih, w_hh,
+    steps, relu, need_grad_x) -> [grad_x, grad_w_ih, grad_w_hh, grad_bias]``. The compiled module
+    (:func:`compiled_kernel`) for float32 CPU tensors whose input and hidden widths are multiples of
+    16, outside tracing, where it builds (``rnn_kernel("compiled")``: an error where not);
+    :class:`_TorchPass` otherwise and under ``rnn_kernel("torch")``."""
     kernel = get_rnn_kernel()
     if kernel == "torch":
         return _TorchPass
@@ -523,9 +525,11 @@ def _fed_rows(steps: tuple[int, ...], s: int, reverse: bool) -> int:
 
 
 class _VanillaRNNFunction(torch.autograd.Function):
-    """``(x (T, I), W_ih, W_hh, b_ih, b_hh, steps, relu, directions, merge) -> states``.
+    """``(x (R, I), W_ih, W_hh, b_ih, b_hh, steps, relu, directions, merge, x_index, out_index) ->
+    states``.
 
-    ``x`` holds sequences in the *step-major* layout that ``steps`` describes: step ``s`` is the
+    The tokens (row ``x_index[t]`` of ``x`` for token ``t``; without ``x_index`` the rows of ``x``,
+    ``R = T``) hold sequences in the *step-major* layout that ``steps`` describes: step ``s`` is the
     block of the next ``steps[s]`` rows, one token of every sequence at least ``s + 1`` long, the
     longer sequences first and in the same order in every block (so a block's first ``steps[s + 1]``
     rows continue in the next block; ``steps`` never increases). ``(L, N)`` sequence-first is this
@@ -534,11 +538,11 @@ class _VanillaRNNFunction(torch.autograd.Function):
     Every sequence runs through one vanilla RNN from a zero state: forwards, and with
     ``directions=2`` also backwards with the same weights (a sequence's backward pass starts at its
     last token: in the block where it is a *suffix* row, the rows after the continuing prefix). The
-    states are returned in the layout of ``x``: ``(directions, T, H)``, or with ``merge`` summed
-    over the directions, ``(T, H)``. Both directions read the one input projection, and nothing is
-    gathered or flipped: every step is a matmul on a prefix of a neighbouring block. The recurrence
-    runs compiled or in torch ops (:func:`_pass_implementation`); the large products around it (the
-    projection, the input and ``W_ih`` gradients) are one matmul each.
+    states are returned in the tokens' layout: ``(directions, T, H)``, or with ``merge`` summed over
+    the directions, ``(T, H)``, token ``t`` at row ``out_index[t]`` (without it, ``t``). Both
+    directions read the one input projection, and nothing is flipped: every step is a product on a
+    prefix of a neighbouring block. The pass runs compiled or in torch ops
+    (:func:`_pass_implementation`).
     """
 
     @staticmethod

@@ -177,6 +177,7 @@ def command_line_overrides(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=str(project_root() / "conf"), config_name="eval")
 def _main(cfg: DictConfig) -> None:
+    keep_freed_memory()  # here: a sweep's worker process (submitit, joblib) runs _main, not main
     try:
         results = evaluate(
             cfg.ckpt_path,
@@ -200,7 +201,6 @@ def _main(cfg: DictConfig) -> None:
 def main() -> None:
     os.environ.setdefault("PROJECT_ROOT", str(project_root()))
     quiet_known_noise()
-    keep_freed_memory()
     _main()
 
 

@@ -302,6 +302,7 @@ CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="profile")
 def _main(cfg: DictConfig) -> int | None:
+    keep_freed_memory()  # here: a sweep's worker process (submitit, joblib) runs _main, not main
     multirun = _is_multirun()
     try:
         record = profile(cfg)
@@ -328,7 +329,6 @@ def _main(cfg: DictConfig) -> int | None:
 
 def main() -> None:
     os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
-    keep_freed_memory()  # latency as in a training process
     _main()
 
 

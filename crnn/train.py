@@ -283,6 +283,7 @@ def failed_sweep_job(message: str) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def _main(cfg: DictConfig) -> float | None:
+    keep_freed_memory()  # here: a sweep's worker process (submitit, joblib) runs _main, not main
     job = hydra_job()
     multirun = job.get("multirun", False)
     if not multirun and job.get("sweep_params"):
@@ -316,7 +317,6 @@ def _main(cfg: DictConfig) -> float | None:
 def main() -> None:
     os.environ.setdefault("PROJECT_ROOT", str(project_root()))
     quiet_known_noise()
-    keep_freed_memory()
     _main()
 
 

@@ -179,20 +179,26 @@ LAYOUTS = [(9,) * 5, (14, 14, 9, 9, 9, 4, 1), (1, 1, 1)]
 
 
 @pytest.mark.parametrize(
-    ("relu", "directions", "merge", "widths", "steps"),
-    itertools.product([False, True], [1, 2], [True, False], [(16, 16), (32, 80), (144, 48)], LAYOUTS),
+    ("relu", "directions", "merge", "widths", "steps", "threads"),
+    itertools.product([False, True], [1, 2], [True, False], [(16, 16), (32, 80), (144, 48)], LAYOUTS, [1, 2]),
 )
-def test_compiled_pass_equals_torch_pass(relu, directions, merge, widths, steps):
+def test_compiled_pass_equals_torch_pass(relu, directions, merge, widths, steps, threads):
     """float32, outputs and the gradients of x and every weight, to float32 rounding; widths of one,
-    several and a part of a 64-column panel (80 = 64 + 16), input wider than a panel (144)."""
+    several and a part of a 64-column panel (80 = 64 + 16), input wider than a panel (144); one thread
+    (the projection fused into direction 0) and two (computed first, the directions at once)."""
     compiled_or_skip()
     torch.manual_seed(0)
     rnn = nn.RNN(*widths, nonlinearity="relu" if relu else "tanh")
     x = 2 * torch.randn(sum(steps), widths[0])  # pre-activations beyond tanh's linear range
-    GENERATOR.manual_seed(1)
-    reference = pass_outputs_and_grads(rnn, x, steps, directions, merge, "torch")
-    GENERATOR.manual_seed(1)
-    compiled = pass_outputs_and_grads(rnn, x, steps, directions, merge, "compiled")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        GENERATOR.manual_seed(1)
+        reference = pass_outputs_and_grads(rnn, x, steps, directions, merge, "torch")
+        GENERATOR.manual_seed(1)
+        compiled = pass_outputs_and_grads(rnn, x, steps, directions, merge, "compiled")
+    finally:
+        torch.set_num_threads(previous)
     for a, b in zip(reference, compiled, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5 * a.abs().max().item())
 

@@ -101,9 +101,10 @@ struct Product {  // a[rows, 0:K] @ b[0:K, columns] (b row-major with row stride
   int64_t ldb, K;
 };
 
-// For r < R: out[r] = finish(init[r] (or bias, or 0) + a1[r] @ b1 + a2[r] @ b2) over 16*NV columns
+// For r < R: out[r] = finish(init[r] (or bias, or 0) + a1[r] @ b1 + a2[r] @ b2) over 16*NV columns;
+// side (if given) gets the sum before a2[r] @ b2
 template <int R, int NV, Epilogue E>
-inline void tile(Rows init, const float* bias, Product p1, Product p2, Rows out, Rows aux) {
+inline void tile(Rows init, const float* bias, Product p1, Rows side, Product p2, Rows out, Rows aux) {
   __m512 acc[R][NV];
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < NV; ++v)
@@ -118,6 +119,9 @@ inline void tile(Rows init, const float* bias, Product p1, Product p2, Rows out,
         for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(x, w[v], acc[r][v]);
       }
     }
+    if (p == &p1 && side.p)
+      for (int r = 0; r < R; ++r)
+        for (int v = 0; v < NV; ++v) _mm512_storeu_ps(side.out(r) + v * kLanes, acc[r][v]);
   }
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < NV; ++v)
@@ -125,12 +129,12 @@ inline void tile(Rows init, const float* bias, Product p1, Product p2, Rows out,
 }
 
 template <int NV, Epilogue E>
-void panel(int64_t rows, Rows init, const float* bias, Product p1, Product p2, Rows out, Rows aux) {
+void panel(int64_t rows, Rows init, const float* bias, Product p1, Rows side, Product p2, Rows out, Rows aux) {
   int64_t r = 0;
   auto call = [&](auto rows_tag) {
     constexpr int n = decltype(rows_tag)::value;
-    tile<n, NV, E>(init.at(r), bias, {p1.a.at(r), p1.b, p1.ldb, p1.K}, {p2.a.at(r), p2.b, p2.ldb, p2.K}, out.at(r),
-                   aux.at(r));
+    tile<n, NV, E>(init.at(r), bias, {p1.a.at(r), p1.b, p1.ldb, p1.K}, side.at(r), {p2.a.at(r), p2.b, p2.ldb, p2.K},
+                   out.at(r), aux.at(r));
   };
   for (; r + kRows <= rows; r += kRows) call(std::integral_constant<int, kRows>{});
   switch (rows - r) {
@@ -148,7 +152,7 @@ void panel(int64_t rows, Rows init, const float* bias, Product p1, Product p2, R
 // over threads.
 template <Epilogue E>
 void step(int64_t rows, int64_t fed, int64_t N, Rows init, const float* bias, Product p1, Product p2, Rows out,
-          Rows aux) {
+          Rows aux, Rows side = {nullptr, 0}) {
   at::parallel_for(0, rows, kGrain, [&](int64_t begin, int64_t end) {
     for (int64_t c = 0; c < N; c += 4 * kLanes) {
       for (int part = 0; part < 2; ++part) {  // rows with a previous state, then rows without
@@ -156,13 +160,13 @@ void step(int64_t rows, int64_t fed, int64_t N, Rows init, const float* bias, Pr
         if (lo >= hi) continue;
         const Product q1{p1.a.at(lo), p1.b ? p1.b + c : nullptr, p1.ldb, p1.K};
         const Product q2{p2.a.at(lo), p2.b ? p2.b + c : nullptr, p2.ldb, part ? 0 : p2.K};
-        const Rows i = init.at(lo).col(c), o = out.at(lo).col(c), a = aux.at(lo).col(c);
+        const Rows i = init.at(lo).col(c), o = out.at(lo).col(c), a = aux.at(lo).col(c), sd = side.at(lo).col(c);
         const float* bc = bias ? bias + c : nullptr;
         switch (std::min<int64_t>(4, (N - c) / kLanes)) {
-          case 4: panel<4, E>(hi - lo, i, bc, q1, q2, o, a); break;
-          case 3: panel<3, E>(hi - lo, i, bc, q1, q2, o, a); break;
-          case 2: panel<2, E>(hi - lo, i, bc, q1, q2, o, a); break;
-          default: panel<1, E>(hi - lo, i, bc, q1, q2, o, a); break;
+          case 4: panel<4, E>(hi - lo, i, bc, q1, sd, q2, o, a); break;
+          case 3: panel<3, E>(hi - lo, i, bc, q1, sd, q2, o, a); break;
+          case 2: panel<2, E>(hi - lo, i, bc, q1, sd, q2, o, a); break;
+          default: panel<1, E>(hi - lo, i, bc, q1, sd, q2, o, a); break;
         }
       }
     }
@@ -287,31 +291,39 @@ std::vector<torch::Tensor> forward(torch::Tensor x, c10::optional<torch::Tensor>
   const Rows xs{x.data_ptr<float>(), x.stride(0), index_of(x_index, T, x.size(0), "x_index")};
   const int64_t* out_rows = index_of(out_index, T, T, "out_index");
   const Product input{xs, w_ih_t.data_ptr<float>(), H, I};
-  // two directions read one projection, computed first over all tokens; one direction fuses it into
-  // its steps
+  // Two directions read one projection. On two threads it is computed first over all tokens and the
+  // directions run at once; on one, direction 0 fuses it into its steps and leaves it for direction 1
+  // (one pass less over it). One direction fuses it into its steps.
+  const bool at_once = directions == 2 && at::get_num_threads() > 1;
   torch::Tensor projection;
-  if (directions == 2) {
-    projection = torch::empty({T, H}, x.options());
+  if (directions == 2) projection = torch::empty({T, H}, x.options());
+  if (at_once)
     step<Epilogue::kNone>(T, 0, H, kNone, b.data_ptr<float>(), input, kNoProduct, {projection.data_ptr<float>(), H},
                           kNone);
-  }
   const auto states = torch::empty({directions, T, H}, x.options());
-  each_direction(directions, [&](int64_t d) {
+  auto run = [&](int64_t d) {
     float* h = states[d].data_ptr<float>();
     for (int64_t i = 0; i < S; ++i) {
       const int64_t s = d ? S - 1 - i : i, rows = steps[s];
       const int64_t fed = d ? (s + 1 < S ? steps[s + 1] : 0) : (s ? rows : 0);
       const Product recurrent{{fed ? h + starts[d ? s + 1 : s - 1] * H : nullptr, H}, w_hh_t.data_ptr<float>(), H, H};
-      const Rows init = directions == 2 ? Rows{projection.data_ptr<float>() + starts[s] * H, H} : kNone;
-      const float* b0 = directions == 2 ? nullptr : b.data_ptr<float>();
-      const Product in = directions == 2 ? kNoProduct : Product{xs.at(starts[s]), input.b, H, I};
+      // the projection: read (direction 1, or 0 when computed first) or computed in the step
+      const bool read = d == 1 || at_once;
+      const Rows init = read ? Rows{projection.data_ptr<float>() + starts[s] * H, H} : kNone;
+      const float* b0 = read ? nullptr : b.data_ptr<float>();
+      const Product in = read ? kNoProduct : Product{xs.at(starts[s]), input.b, H, I};
+      const Rows side = !read && directions == 2 ? Rows{projection.data_ptr<float>() + starts[s] * H, H} : kNone;
       const Rows out{h + starts[s] * H, H};
       if (relu)
-        step<Epilogue::kRelu>(rows, fed, H, init, b0, in, recurrent, out, kNone);
+        step<Epilogue::kRelu>(rows, fed, H, init, b0, in, recurrent, out, kNone, side);
       else
-        step<Epilogue::kTanh>(rows, fed, H, init, b0, in, recurrent, out, kNone);
+        step<Epilogue::kTanh>(rows, fed, H, init, b0, in, recurrent, out, kNone, side);
     }
-  });
+  };
+  if (at_once)
+    each_direction(directions, run);
+  else
+    for (int64_t d = 0; d < directions; ++d) run(d);
   if (!merge) return {states, torch::Tensor()};
   if (directions == 1 && !out_rows) return {states, states[0]};
   auto merged = torch::empty({T, H}, x.options());

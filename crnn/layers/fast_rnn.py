@@ -24,7 +24,8 @@ its tanh is slow on this build (torch 2.14, one (2048, 64) float32 tensor, 1 thr
     input projection, recurrent product and activation fused, ~210 GFLOP/s on one Zen 5 core where
     MKL's ``addmm_`` runs the same (448, 64) @ (64, 64) product at ~90 and oneDNN at 65-90 (their
     fixed cost per call dominates at this size). tanh is computed in registers (Cephes' ``expf``,
-    a Taylor series near 0). The two directions of a weight-shared pass run at once, one per thread.
+    a Taylor series near 0). On two or more threads the directions of a weight-shared pass run at
+    once, one per thread; on one, direction 0 computes the input projection in its steps for both.
     The backward fuses the activation's derivative into the recurrent product and accumulates the
     ``W_hh`` gradient block by block while the blocks are in cache; the ``W_ih``, bias and input
     gradients follow over all tokens. The tokens may read their inputs through an index and the

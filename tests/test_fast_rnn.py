@@ -269,6 +269,10 @@ def test_compiled_kernel_refuses_what_it_cannot_run(monkeypatch):
     torch.testing.assert_close(fast_rnn.run_steps(rnn, x, (3, 3), 2), expected, rtol=0, atol=0)
     with rnn_kernel("compiled"), pytest.raises(RuntimeError, match="no gcc"):
         fast_rnn.run_steps(rnn, x, (3, 3), 2)
+    with pytest.raises(ValueError, match=r"rows: indices out of range \(0\.\.5\)"):
+        fast_rnn.run_steps(rnn, x, (3, 3), 2, rows=torch.tensor([0, 1, 2, 3, 4, 6]))
+    with pytest.raises(ValueError, match="out_rows: one index per token"):
+        fast_rnn.run_steps(rnn, x, (3, 3), 2, out_rows=torch.arange(5))
     monkeypatch.setenv("CRNN_RNN_KERNEL", "fastest")
     with pytest.raises(ValueError, match="CRNN_RNN_KERNEL='fastest'.*auto, compiled, torch"):
         fast_rnn.run_steps(rnn, x, (3, 3), 2)

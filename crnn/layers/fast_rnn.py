@@ -199,9 +199,14 @@ def run_steps(
     also backwards with the same weights. Token ``t`` reads row ``rows[t]`` of ``x (R, I)`` (``rows``
     None: row ``t``; a gather fused into the pass). ``merge``: ``(T, H)``, the states summed over the
     directions, token ``t`` at row ``out_rows[t]`` (None: ``t``); else ``(directions, T, H)``."""
-    for name, index in (("rows", rows), ("out_rows", out_rows)):
-        if index is not None and tuple(index.shape) != (sum(steps),):
-            raise ValueError(f"{name}: one index per token ({sum(steps)}), got shape {tuple(index.shape)}")
+    tokens = sum(steps)
+    for name, index, limit in (("rows", rows, len(x)), ("out_rows", out_rows, tokens)):
+        if index is None:
+            continue
+        if tuple(index.shape) != (tokens,):
+            raise ValueError(f"{name}: one index per token ({tokens}), got shape {tuple(index.shape)}")
+        if tokens and not 0 <= int(index.min()) <= int(index.max()) < limit:
+            raise ValueError(f"{name}: indices out of range (0..{limit - 1})")
     args = (steps, rnn.mode == "RNN_RELU", directions, merge, rows, out_rows)
     return _VanillaRNNFunction.apply(x.contiguous(), *_weights(rnn), *args)
 

@@ -340,7 +340,7 @@ def compiled_kernel() -> tuple[ModuleType | None, str]:
     try:
         from torch.utils import cpp_extension
 
-        _log.info("building crnn's compiled RNN pass (once per machine) ...")
+        _log.info("loading crnn's compiled RNN pass (built on a machine's first use, ~30 s) ...")
         module = cpp_extension.load(
             "crnn_rnn_steps",
             [str(_KERNEL_SOURCE)],

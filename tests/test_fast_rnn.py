@@ -129,12 +129,19 @@ def test_gradcheck(merge, relu):
             (tokens, *params),
         )
     # the tokens reading rows of x through an index, the merged output scattered
-    rows, out_rows = torch.tensor([5, 0, 2, 2, 1, 0, 3, 4, 5]), torch.randperm(sum(steps)) if merge else None
+    rows = torch.tensor([5, 0, 2, 2, 1, 0, 3, 4, 5])
+    out_layout = scattered_layout(sum(steps)) if merge else None
     source = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(
-        lambda x, *w: fast_rnn.run_steps(_Module(rnn, w), x, steps, 2, merge, rows, out_rows),
+        lambda x, *w: fast_rnn.run_steps(_Module(rnn, w), x, steps, 2, merge, rows, out_layout),
         (source, *params),
     )
+
+
+def scattered_layout(tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """An output layout with the channels strided: token ``t``, channel ``c`` at element
+    ``perm[t] + c * tokens`` (channel-major, the tokens permuted)."""
+    return torch.randperm(tokens), torch.full((tokens,), tokens)
 
 
 class _Module(nn.Module):
@@ -206,20 +213,21 @@ def test_compiled_pass_equals_torch_pass(relu, directions, merge, widths, steps,
 @pytest.mark.parametrize(("directions", "merge"), [(1, True), (2, True), (2, False)])
 def test_compiled_gathers_and_scatters_like_the_torch_pass(directions, merge):
     """Tokens reading rows of x through an index (some rows twice, one never: its gradient is 0) and
-    the merged output scattered by a permutation: compiled vs torch pass, values and gradients."""
+    the merged output scattered channel-major by a permutation: compiled vs torch pass, values and
+    gradients."""
     compiled_or_skip()
     torch.manual_seed(0)
     rnn = nn.RNN(32, 16)
     steps = (6, 6, 4, 1)
     rows = torch.randint(0, 20, (sum(steps),))
     rows[rows == 3] = 4  # row 3 is read by no token
-    out_rows = torch.randperm(sum(steps)) if merge else None
+    out_layout = scattered_layout(sum(steps)) if merge else None
     x = torch.randn(20, 32)
     results = []
     for kernel in ("torch", "compiled"):
         xk = x.clone().requires_grad_(True)
         with rnn_kernel(kernel):
-            y = fast_rnn.run_steps(rnn, xk, steps, directions, merge, rows, out_rows)
+            y = fast_rnn.run_steps(rnn, xk, steps, directions, merge, rows, out_layout)
             GENERATOR.manual_seed(1)
             grads = torch.autograd.grad(y, [xk, *rnn.parameters()], torch.randn(y.shape, generator=GENERATOR))
         results.append([y, *grads])
@@ -271,8 +279,10 @@ def test_compiled_kernel_refuses_what_it_cannot_run(monkeypatch):
         fast_rnn.run_steps(rnn, x, (3, 3), 2)
     with pytest.raises(ValueError, match=r"rows: indices out of range \(0\.\.5\)"):
         fast_rnn.run_steps(rnn, x, (3, 3), 2, rows=torch.tensor([0, 1, 2, 3, 4, 6]))
-    with pytest.raises(ValueError, match="out_rows: one index per token"):
-        fast_rnn.run_steps(rnn, x, (3, 3), 2, out_rows=torch.arange(5))
+    with pytest.raises(ValueError, match="out_layout offsets: one index per token"):
+        fast_rnn.run_steps(rnn, x, (3, 3), 2, out_layout=(torch.arange(5), torch.ones(5, dtype=torch.long)))
+    with pytest.raises(ValueError, match=r"out_layout: indices out of range \(0\.\.95\)"):  # 6 tokens x 16
+        fast_rnn.run_steps(rnn, x, (3, 3), 2, out_layout=(torch.arange(6), torch.full((6,), 7)))
     monkeypatch.setenv("CRNN_RNN_KERNEL", "fastest")
     with pytest.raises(ValueError, match="CRNN_RNN_KERNEL='fastest'.*auto, compiled, torch"):
         fast_rnn.run_steps(rnn, x, (3, 3), 2)

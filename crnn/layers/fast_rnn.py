@@ -18,19 +18,21 @@ its tanh is slow on this build (torch 2.14, one (2048, 64) float32 tensor, 1 thr
 * a pass (every step, both directions of a weight-shared pass) and its backward are one call each,
   of one of two implementations with the same two functions:
 
-  - **compiled** (``csrc/rnn_steps.cpp``; float32, AVX-512, widths multiples of 16; built by gcc on
-    first use, :func:`compiled_kernel`): a step ``h = act(x W_ih^T + b + h_prev W_hh^T)`` is one
-    register-tiled AVX-512 kernel call on a block of rows (6 rows x 64 columns of accumulators),
-    input projection, recurrent product and activation fused, ~210 GFLOP/s on one Zen 5 core where
-    MKL's ``addmm_`` runs the same (448, 64) @ (64, 64) product at ~90 and oneDNN at 65-90 (their
-    fixed cost per call dominates at this size). tanh is computed in registers (Cephes' ``expf``,
+  - **compiled** (``csrc/rnn_steps.cpp``; float32, AVX-512 or AVX2, widths multiples of 16; built
+    by gcc on first use, :func:`compiled_kernel`): a step ``h = act(x W_ih^T + b + h_prev W_hh^T)``
+    is one register-tiled kernel call on a block of rows (6 rows x 64 columns of accumulators with
+    AVX-512, 6 x 16 with AVX2), input projection, recurrent product and activation fused: ~210
+    GFLOP/s on one Zen 5 core (AVX-512) where MKL's ``addmm_`` runs the same (448, 64) @ (64, 64)
+    product at ~90 and oneDNN at 65-90 (their fixed cost per call dominates at this size); ~50 on
+    one Zen 3 core (AVX2), where a large MKL matmul reaches ~57. tanh is computed in registers (Cephes' ``expf``,
     a Taylor series near 0). On two or more threads the directions of a weight-shared pass run at
     once, one per thread; on one, direction 0 computes the input projection in its steps for both.
     The backward fuses the activation's derivative into the recurrent product and accumulates the
     ``W_hh`` gradient block by block while the blocks are in cache; the ``W_ih``, bias and input
     gradients follow over all tokens. The tokens may read their inputs through an index and the
-    summed states go out through one (``run_steps(rows=, out_rows=)``): a gather and a scatter
-    fused into the pass, which the 2-D layers use to read and write channels-last maps in place;
+    summed states go out in any layout of elements (``run_steps(rows=, out_layout=)``): a gather and
+    a scatter fused into the pass, with which the 2-D layers read channels-last pixels and write NCHW
+    maps;
   - **torch** (:class:`_TorchPass`, the reference: float64, any width, any device, and the fallback
     where the compiled one cannot build): the projection is one matmul; per step one matmul
     accumulated in place (oneDNN's ``_linear_pointwise`` + ``add_`` for float32 products of at
@@ -192,23 +194,33 @@ def run_steps(
     directions: int,
     merge: bool = True,
     rows: Tensor | None = None,
-    out_rows: Tensor | None = None,
+    out_layout: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """The fast path on sequences laid out step-major (block ``s``: the next ``steps[s]`` tokens, see
     :class:`_VanillaRNNFunction`), through the vanilla ``rnn``, zero initial state; ``directions=2``:
     also backwards with the same weights. Token ``t`` reads row ``rows[t]`` of ``x (R, I)`` (``rows``
-    None: row ``t``; a gather fused into the pass). ``merge``: ``(T, H)``, the states summed over the
-    directions, token ``t`` at row ``out_rows[t]`` (None: ``t``); else ``(directions, T, H)``."""
+    None: row ``t``; a gather fused into the pass). ``merge``: the states summed over the directions,
+    ``(T, H)``, or with ``out_layout = (offsets, strides)`` a flat tensor of ``T H`` elements in which
+    channel ``c`` of token ``t`` is element ``offsets[t] + c * strides[t]`` (a scatter fused into the
+    pass: e.g. NCHW maps); else ``(directions, T, H)``."""
     tokens = sum(steps)
-    for name, index, limit in (("rows", rows, len(x)), ("out_rows", out_rows, tokens)):
-        if index is None:
-            continue
-        if tuple(index.shape) != (tokens,):
-            raise ValueError(f"{name}: one index per token ({tokens}), got shape {tuple(index.shape)}")
-        if tokens and not 0 <= int(index.min()) <= int(index.max()) < limit:
-            raise ValueError(f"{name}: indices out of range (0..{limit - 1})")
-    args = (steps, rnn.mode == "RNN_RELU", directions, merge, rows, out_rows)
+    if rows is not None:
+        _check_index("rows", rows, tokens, len(x))
+    if out_layout is not None:  # every token's first and last channel inside the output
+        offsets, strides = out_layout
+        hidden = rnn.weight_hh_l0.shape[0]
+        _check_index("out_layout offsets", offsets, tokens, tokens * hidden)
+        _check_index("out_layout", offsets + (hidden - 1) * strides, tokens, tokens * hidden)
+    args = (steps, rnn.mode == "RNN_RELU", directions, merge, rows, *(out_layout or (None, None)))
     return _VanillaRNNFunction.apply(x.contiguous(), *_weights(rnn), *args)
+
+
+def _check_index(name: str, index: Tensor, tokens: int, limit: int) -> None:
+    """One index per token, each in ``[0, limit)``: checked once per call, not by either pass."""
+    if tuple(index.shape) != (tokens,):
+        raise ValueError(f"{name}: one index per token ({tokens}), got shape {tuple(index.shape)}")
+    if tokens and not 0 <= int(index.min()) <= int(index.max()) < limit:
+        raise ValueError(f"{name}: indices out of range (0..{limit - 1})")
 
 
 def _ints(shape: Sequence[int]) -> tuple[int, ...]:
@@ -322,15 +334,19 @@ _KERNEL_SOURCE = Path(__file__).with_name("csrc") / "rnn_steps.cpp"
 _log = logging.getLogger(__name__)
 
 
+_ISA_FLAGS = {"AVX512": ["-mavx512f", "-mfma"], "AVX2": ["-mavx2", "-mfma"]}
+"""The compiled pass's builds, by what ``torch.backends.cpu.get_cpu_capability()`` reports."""
+
+
 @functools.cache
 def compiled_kernel() -> tuple[ModuleType | None, str]:
-    """The compiled pass (``csrc/rnn_steps.cpp``, float32, AVX-512) and ``""``, or ``None`` and why
-    it cannot run here. Built once per machine by :func:`torch.utils.cpp_extension.load` (gcc and
-    ninja, ~30 s) into ``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``), then loaded
-    from there."""
+    """The compiled pass (``csrc/rnn_steps.cpp``, float32; its AVX-512 or AVX2 build, whichever this CPU
+    runs) and ``""``, or ``None`` and why it cannot run here. Built once per machine and instruction set
+    by :func:`torch.utils.cpp_extension.load` (gcc and ninja, ~30 s) into ``$TORCH_EXTENSIONS_DIR``
+    (default ``~/.cache/torch_extensions``), then loaded from there."""
     capability = torch.backends.cpu.get_cpu_capability()
-    if capability != "AVX512":
-        return None, f"needs a CPU with AVX-512 (this one: {capability})"
+    if capability not in _ISA_FLAGS:
+        return None, f"needs a CPU with AVX-512 or AVX2 (this one: {capability})"
     import ninja  # the build tool torch's extension builder runs, from PyPI
 
     torch_logger = logging.getLogger("torch.utils.cpp_extension")
@@ -340,11 +356,12 @@ def compiled_kernel() -> tuple[ModuleType | None, str]:
     try:
         from torch.utils import cpp_extension
 
-        _log.info("loading crnn's compiled RNN pass (built on a machine's first use, ~30 s) ...")
+        _log.info("loading crnn's compiled RNN pass, %s (built on a machine's first use) ...", capability)
         module = cpp_extension.load(
-            "crnn_rnn_steps",
+            f"crnn_rnn_steps_{capability.lower()}",
             [str(_KERNEL_SOURCE)],
-            extra_cflags=["-O3", "-mavx512f", "-mfma", "-fopenmp"],  # at::parallel_for is OpenMP in torch
+            # at::parallel_for is OpenMP in torch
+            extra_cflags=["-O3", *_ISA_FLAGS[capability], "-fopenmp"],
             extra_ldflags=["-fopenmp"],
         )
     except Exception as error:  # no compiler, no Python headers, ...: the torch pass runs instead
@@ -359,8 +376,9 @@ def compiled_kernel() -> tuple[ModuleType | None, str]:
 
 def _pass_implementation(x: Tensor, hidden: int) -> Any:
     """What runs a pass: ``forward(x, x_index, w_ih, bias, w_hh, steps, relu, directions, merge,
-    out_index) -> [states, merged]`` and ``backward(grad, grad_index, states, x, x_index, w_ih, w_hh,
-    steps, relu, need_grad_x) -> [grad_x, grad_w_ih, grad_w_hh, grad_bias]``. The compiled module
+    out_offset, out_stride) -> [states, merged]`` and ``backward(grad, grad_offset, grad_stride, states,
+    x, x_index, w_ih, w_hh, steps, relu, need_grad_x) -> [grad_x, grad_w_ih, grad_w_hh, grad_bias]``.
+    The compiled module
     (:func:`compiled_kernel`) for float32 CPU tensors whose input and hidden widths are multiples of
     16, outside tracing, where it builds (``rnn_kernel("compiled")``: an error where not);
     :class:`_TorchPass` otherwise and under ``rnn_kernel("torch")``."""
@@ -405,11 +423,12 @@ class _TorchPass:
         relu: bool,
         directions: int,
         merge: bool,
-        out_index: Tensor | None,
+        out_offset: Tensor | None,
+        out_stride: Tensor | None,
     ) -> list[Tensor | None]:
         """``[states (directions, T, H), merged]`` of the pass over the tokens' rows of ``x`` (``x_index``
-        picks them; else all, in order); ``merged`` (with ``merge``): the directions' sum, token ``t`` at
-        row ``out_index[t]`` (else ``t``)."""
+        picks them; else all, in order); ``merged`` (with ``merge``): the directions' sum, ``(T, H)``, or
+        flat, channel ``c`` of token ``t`` at element ``out_offset[t] + c * out_stride[t]``."""
         if x_index is not None:
             x = x.index_select(0, x_index)
         scale = 1.0 if relu else 2.0  # tanh runs on 2a (sigmoid domain)
@@ -428,15 +447,16 @@ class _TorchPass:
         if not merge:
             return [states, None]
         merged = states[0] + states[1] if directions == 2 else states[0]
-        return [
-            states,
-            merged if out_index is None else torch.empty_like(merged).index_copy_(0, out_index, merged),
-        ]
+        if out_offset is None:
+            return [states, merged]
+        elements = _elements(out_offset, out_stride, merged.shape[1]).view(-1)
+        return [states, merged.new_empty(merged.numel()).index_copy_(0, elements, merged.view(-1))]
 
     @staticmethod
     def backward(
         grad: Tensor,
-        grad_index: Tensor | None,
+        grad_offset: Tensor | None,
+        grad_stride: Tensor | None,
         states: Tensor,
         x: Tensor,
         x_index: Tensor | None,
@@ -446,12 +466,12 @@ class _TorchPass:
         relu: bool,
         need_grad_x: bool,
     ) -> list[Tensor | None]:
-        """``[grad_x (or None), grad_w_ih, grad_w_hh, grad_bias]`` from ``grad``: ``(T', H)``, the
-        merged output's (token ``t`` at row ``grad_index[t]``, else ``t``), or ``(directions, T, H)``."""
+        """``[grad_x (or None), grad_w_ih, grad_w_hh, grad_bias]`` from ``grad``: the merged output's
+        (``(T, H)``, or flat in the layout ``grad_offset``, ``grad_stride``), or ``(directions, T, H)``."""
         _, forward_pairs, backward_pairs = _schedule(tuple(steps))
+        if grad_offset is not None:
+            grad = grad[_elements(grad_offset, grad_stride, states.shape[2])]
         if grad.dim() == 2:  # the sum's gradient reaches every direction
-            if grad_index is not None:
-                grad = grad.index_select(0, grad_index)
             grad = grad.expand(len(states), *grad.shape)
         da = grad.clone(memory_format=torch.contiguous_format)  # d loss / d pre-activation, in place
         matrix = w_hh.contiguous()  # a step passes grad @ W_hh back
@@ -467,6 +487,11 @@ class _TorchPass:
         if grad_x is not None and x_index is not None:
             grad_x = x.new_zeros(x.shape).index_add_(0, x_index, grad_x)
         return [grad_x, total.t().mm(tokens), grad_w_hh, total.sum(0)]
+
+
+def _elements(offset: Tensor, stride: Tensor, channels: int) -> Tensor:
+    """``(T, channels)``: the element of every token's every channel in an output layout."""
+    return offset[:, None] + torch.arange(channels, device=offset.device) * stride[:, None]
 
 
 def _forward_loop(
@@ -531,8 +556,8 @@ def _fed_rows(steps: tuple[int, ...], s: int, reverse: bool) -> int:
 
 
 class _VanillaRNNFunction(torch.autograd.Function):
-    """``(x (R, I), W_ih, W_hh, b_ih, b_hh, steps, relu, directions, merge, x_index, out_index) ->
-    states``.
+    """``(x (R, I), W_ih, W_hh, b_ih, b_hh, steps, relu, directions, merge, x_index, out_offset,
+    out_stride) -> states``.
 
     The tokens (row ``x_index[t]`` of ``x`` for token ``t``; without ``x_index`` the rows of ``x``,
     ``R = T``) hold sequences in the *step-major* layout that ``steps`` describes: step ``s`` is the
@@ -545,7 +570,8 @@ class _VanillaRNNFunction(torch.autograd.Function):
     ``directions=2`` also backwards with the same weights (a sequence's backward pass starts at its
     last token: in the block where it is a *suffix* row, the rows after the continuing prefix). The
     states are returned in the tokens' layout: ``(directions, T, H)``, or with ``merge`` summed over
-    the directions, ``(T, H)``, token ``t`` at row ``out_index[t]`` (without it, ``t``). Both
+    the directions, ``(T, H)``, or flat in the layout ``out_offset``, ``out_stride`` (channel ``c`` of
+    token ``t`` at element ``out_offset[t] + c * out_stride[t]``). Both
     directions read the one input projection, and nothing is flipped: every step is a product on a
     prefix of a neighbouring block. The pass runs compiled or in torch ops
     (:func:`_pass_implementation`).
@@ -564,14 +590,16 @@ class _VanillaRNNFunction(torch.autograd.Function):
         directions: int,
         merge: bool,
         x_index: Tensor | None,
-        out_index: Tensor | None,
+        out_offset: Tensor | None,
+        out_stride: Tensor | None,
     ):
         implementation = _pass_implementation(x, w_hh.shape[0])
         states, merged = implementation.forward(
-            x, x_index, w_ih, b_ih + b_hh, w_hh, steps, relu, directions, merge, out_index
+            x, x_index, w_ih, b_ih + b_hh, w_hh, steps, relu, directions, merge, out_offset, out_stride
         )
         ctx.save_for_backward(x, w_ih, w_hh, states)
-        ctx.steps, ctx.relu, ctx.merge, ctx.x_index, ctx.out_index = steps, relu, merge, x_index, out_index
+        ctx.steps, ctx.relu, ctx.merge, ctx.x_index = steps, relu, merge, x_index
+        ctx.out_layout = (out_offset, out_stride) if merge else (None, None)
         return merged if merge else states
 
     @staticmethod
@@ -581,7 +609,7 @@ class _VanillaRNNFunction(torch.autograd.Function):
         implementation = _pass_implementation(x, w_hh.shape[0])
         grad_x, grad_w_ih, grad_w_hh, grad_b = implementation.backward(
             grad.contiguous(),
-            ctx.out_index if ctx.merge else None,
+            *ctx.out_layout,
             states,
             x,
             ctx.x_index,
@@ -591,7 +619,7 @@ class _VanillaRNNFunction(torch.autograd.Function):
             ctx.relu,
             ctx.needs_input_grad[0],
         )
-        return grad_x, grad_w_ih, grad_w_hh, grad_b, grad_b.clone(), *(None,) * 6
+        return grad_x, grad_w_ih, grad_w_hh, grad_b, grad_b.clone(), *(None,) * 7
 
 
 FAST_RNN_OP = f"prim::PythonOp.{_VanillaRNNFunction.__name__}"

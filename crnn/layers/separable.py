@@ -173,23 +173,26 @@ class BiRNNPass(_AxisPass):
 class _GridLayout:
     """Where every pixel of several maps goes for the packed row and column passes.
 
-    Maps ``shapes[k] = (B_k, H_k, W_k)``, channels last and one after another: pixel ``(k, b, h, w)``
+    Maps ``shapes[k] = (B_k, H_k, W_k)``, read channels last and one after another: pixel ``(k, b, h, w)``
     is row ``offset_k + (b H_k + h) W_k + w`` of their ``(pixels, C)`` concatenation. The row pass reads
     every map's rows as sequences along W, laid out step-major (:func:`~crnn.layers.fast_rnn.run_steps`):
     block ``s`` holds column ``s`` of every map at least ``s + 1`` wide, the widest maps first, each
-    map's rows in ``(b, h)`` order; the column pass likewise along H, columns in ``(b, w)`` order. The
-    gathers and the scatter are the passes' own (``rows`` / ``out_rows``); nothing else is copied:
+    map's rows in ``(b, h)`` order; the column pass likewise along H, columns in ``(b, w)`` order, and
+    writes NCHW maps of ``channels`` (one after another, flat). The gathers and the scatter are the
+    passes' own (``rows`` / ``out_layout``); nothing else is copied:
 
     * ``row_pixels``: the pixel each token of the row pass reads;
     * ``col_inputs``: the row-pass token each column-pass token reads;
-    * ``col_pixels``: the pixel each column-pass token's output goes to.
+    * ``col_offsets``, ``col_strides``: where each column-pass token's output goes, channel 0's element
+      and the map's ``H_k W_k`` between channels.
     """
 
     row_steps: tuple[int, ...]
     col_steps: tuple[int, ...]
     row_pixels: Tensor
     col_inputs: Tensor
-    col_pixels: Tensor
+    col_offsets: Tensor
+    col_strides: Tensor
 
 
 def _step_major(grids: list[np.ndarray]) -> tuple[tuple[int, ...], np.ndarray]:
@@ -205,16 +208,21 @@ def _step_major(grids: list[np.ndarray]) -> tuple[tuple[int, ...], np.ndarray]:
 
 
 @functools.lru_cache(maxsize=256)
-def _grid_layout(shapes: tuple[tuple[int, int, int], ...]) -> _GridLayout:
+def _grid_layout(shapes: tuple[tuple[int, int, int], ...], channels: int) -> _GridLayout:
     # Index bookkeeping in numpy: a trace records torch index arithmetic and sizes as tensors.
-    offsets = itertools.accumulate([0, *(b * h * w for b, h, w in shapes[:-1])])
+    offsets = list(itertools.accumulate([0, *(b * h * w for b, h, w in shapes[:-1])]))
     pixels = [o + np.arange(b * h * w).reshape(b, h, w) for o, (b, h, w) in zip(offsets, shapes, strict=True)]
     # rows: sequences along w, one per (b, h); columns: along h, one per (b, w)
     row_steps, row_pixels = _step_major([p.transpose(2, 0, 1).reshape(p.shape[2], -1) for p in pixels])
     col_steps, col_pixels = _step_major([p.transpose(1, 0, 2).reshape(p.shape[1], -1) for p in pixels])
     row_token = np.empty_like(row_pixels)
     row_token[row_pixels] = np.arange(len(row_pixels))  # the row-pass token of every pixel
-    indices = (row_pixels, row_token[col_pixels], col_pixels)
+    # pixel (k, b, h, w), channel c of the NCHW outputs: element C offset_k + (b C + c) H_k W_k + h W_k + w
+    plane = np.concatenate([np.full(b * h * w, h * w) for b, h, w in shapes])  # H_k W_k of every pixel
+    start = np.repeat(offsets, [b * h * w for b, h, w in shapes])  # offset_k of every pixel
+    within = np.arange(len(plane)) - start  # (b H_k + h) W_k + w
+    element = channels * start + (within // plane) * channels * plane + within % plane
+    indices = (row_pixels, row_token[col_pixels], element[col_pixels], plane[col_pixels])
     return _GridLayout(row_steps, col_steps, *(torch.from_numpy(i) for i in indices))
 
 
@@ -249,25 +257,22 @@ class _SeparableRNN2d(Layer2d):
         """Every map ``(B_k, C, H_k, W_k)`` through the layer. On the fast path all maps' rows are one
         packed pass and all their columns another (:class:`_GridLayout`): each step is one matmul
         over every map, so a detection tower's pyramid levels cost the steps of the largest one. The
-        passes read and write the maps' pixels in place (channels last: the outputs are channels-last
-        tensors; a channels-last input is read without a copy)."""
+        passes read the maps' pixels (channels last: one copy of NCHW inputs, none of channels-last
+        ones) and write the NCHW outputs in place."""
         if len(maps) == 1 or not self._packed(maps[0]):
             return [self(m) for m in maps]
         shapes = tuple(_ints((m.shape[0], m.shape[2], m.shape[3])) for m in maps)
-        layout = _grid_layout(shapes)
+        layout = _grid_layout(shapes, self.out_channels)
         directions = self.row.fast_directions
         # every map's pixels (b, h, w) as rows of channels, one map after another
         x = torch.cat([m.permute(0, 2, 3, 1).reshape(-1, self.in_channels) for m in maps])
-        device = x.device
-        row_pixels, col_inputs, col_pixels = (
-            i.to(device) for i in (layout.row_pixels, layout.col_inputs, layout.col_pixels)
-        )
+        indices = (layout.row_pixels, layout.col_inputs, layout.col_offsets, layout.col_strides)
+        row_pixels, col_inputs, col_offsets, col_strides = (i.to(x.device) for i in indices)
         r = run_steps(self.row.rnn, x, layout.row_steps, directions, rows=row_pixels)  # (T, hidden)
-        y = run_steps(self.col.rnn, r, layout.col_steps, directions, rows=col_inputs, out_rows=col_pixels)
-        return [
-            part.view(b, h, w, -1).permute(0, 3, 1, 2)
-            for part, (b, h, w) in zip(y.split([b * h * w for b, h, w in shapes]), shapes, strict=True)
-        ]
+        out_layout = (col_offsets, col_strides)  # the NCHW maps, one after another, flat
+        y = run_steps(self.col.rnn, r, layout.col_steps, directions, rows=col_inputs, out_layout=out_layout)
+        sizes = [b * self.out_channels * h * w for b, h, w in shapes]
+        return [part.view(b, -1, h, w) for part, (b, h, w) in zip(y.split(sizes), shapes, strict=True)]
 
     def closed_form_params(self) -> int:
         return self.row.closed_form_params() + self.col.closed_form_params()

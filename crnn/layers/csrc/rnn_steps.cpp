@@ -1,11 +1,13 @@
-// The recurrence of crnn's fast CPU RNN path (crnn/layers/fast_rnn.py), compiled: float32, AVX-512.
+// The recurrence of crnn's fast CPU RNN path (crnn/layers/fast_rnn.py), compiled: float32, AVX-512 or
+// AVX2 + FMA (one source, built for the CPU at hand).
 //
 // A step of a vanilla RNN over many sequences is `h[rows] = act(P[rows] + h_previous[rows] @ W_hh^T)`:
-// a (rows x H) @ (H x H) product with H ~ 64, too small for a BLAS call to pay off (MKL's addmm_ runs
-// it at ~90 GFLOP/s on the dev machine, oneDNN at 65-90: their fixed cost per call dominates), then
+// a (rows x H) @ (H x H) product with H ~ 64, too small for a BLAS call to pay off (on a Zen 5 core
+// MKL's addmm_ runs it at ~90 GFLOP/s, oneDNN at 65-90: their fixed cost per call dominates), then
 // an activation, which torch runs as a further pass over the block. Here a whole pass (every step,
 // both directions of a weight-shared pass) is one call: a register-tiled kernel (6 rows x 64 columns
-// of accumulators, the weight panel streamed from L1; ~210 GFLOP/s on one Zen 5 core) computes each
+// of accumulators with AVX-512, 6 x 16 with AVX2; the weight panel streamed from L1; ~210 GFLOP/s on
+// one Zen 5 core) computes each
 // step with the activation applied in registers, reading the input projection and writing the states
 // out of place; the backward pass likewise fuses the activation's derivative and accumulates the
 // W_hh gradient block by block while the blocks are in cache.
@@ -24,62 +26,120 @@
 
 namespace {
 
-constexpr int kLanes = 16;        // floats per AVX-512 register
-constexpr int kRows = 6;          // rows per register tile: 6 x 4 accumulators + 4 weights + 1 broadcast
+// The vector width is the build's: the AVX-512 build (-mavx512f) works on 16 floats a register and
+// tiles of 6 rows x 64 columns; the AVX2 build (-mavx2 -mfma; 16 registers of 8 floats) on tiles of
+// 6 rows x 16 columns (12 accumulators + 2 weights + 1 broadcast). `fast_rnn.compiled_kernel` builds
+// the one the CPU runs.
+#if defined(__AVX512F__)
+using Vec = __m512;
+constexpr int kLanes = 16;       // floats per register
+constexpr int kMaxVectors = 4;   // registers per tile row: 64 columns
+inline Vec load(const float* p) { return _mm512_loadu_ps(p); }
+inline void store(float* p, Vec v) { _mm512_storeu_ps(p, v); }
+inline Vec set1(float x) { return _mm512_set1_ps(x); }
+inline Vec zero() { return _mm512_setzero_ps(); }
+inline Vec add(Vec a, Vec b) { return _mm512_add_ps(a, b); }
+inline Vec sub(Vec a, Vec b) { return _mm512_sub_ps(a, b); }
+inline Vec mul(Vec a, Vec b) { return _mm512_mul_ps(a, b); }
+inline Vec div(Vec a, Vec b) { return _mm512_div_ps(a, b); }
+inline Vec fmadd(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }    // a b + c
+inline Vec fnmadd(Vec a, Vec b, Vec c) { return _mm512_fnmadd_ps(a, b, c); }  // c - a b
+inline Vec vmin(Vec a, Vec b) { return _mm512_min_ps(a, b); }
+inline Vec vmax(Vec a, Vec b) { return _mm512_max_ps(a, b); }
+inline Vec vabs(Vec a) { return _mm512_abs_ps(a); }
+inline Vec round_nearest(Vec a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+inline Vec times_pow2(Vec a, Vec n) { return _mm512_scalef_ps(a, n); }  // a 2^n, n integral
+inline Vec with_sign_of(Vec a, Vec s) {                                  // |a| with s's sign (a >= 0)
+  return _mm512_castsi512_ps(_mm512_or_si512(
+      _mm512_castps_si512(a), _mm512_and_si512(_mm512_castps_si512(s), _mm512_set1_epi32(0x80000000))));
+}
+inline Vec select_below(Vec t, float bound, Vec below, Vec other) {  // t < bound ? below : other
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(t, set1(bound), _CMP_LT_OQ), other, below);
+}
+inline Vec where_positive(Vec h, Vec a) {  // h > 0 ? a : 0
+  return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(h, zero(), _CMP_GT_OQ), a);
+}
+#elif defined(__AVX2__) && defined(__FMA__)
+using Vec = __m256;
+constexpr int kLanes = 8;
+constexpr int kMaxVectors = 2;  // 16 columns: 6 x 2 accumulators fit AVX2's 16 registers
+inline Vec load(const float* p) { return _mm256_loadu_ps(p); }
+inline void store(float* p, Vec v) { _mm256_storeu_ps(p, v); }
+inline Vec set1(float x) { return _mm256_set1_ps(x); }
+inline Vec zero() { return _mm256_setzero_ps(); }
+inline Vec add(Vec a, Vec b) { return _mm256_add_ps(a, b); }
+inline Vec sub(Vec a, Vec b) { return _mm256_sub_ps(a, b); }
+inline Vec mul(Vec a, Vec b) { return _mm256_mul_ps(a, b); }
+inline Vec div(Vec a, Vec b) { return _mm256_div_ps(a, b); }
+inline Vec fmadd(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
+inline Vec fnmadd(Vec a, Vec b, Vec c) { return _mm256_fnmadd_ps(a, b, c); }
+inline Vec vmin(Vec a, Vec b) { return _mm256_min_ps(a, b); }
+inline Vec vmax(Vec a, Vec b) { return _mm256_max_ps(a, b); }
+inline Vec vabs(Vec a) { return _mm256_andnot_ps(set1(-0.0f), a); }
+inline Vec round_nearest(Vec a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+inline Vec times_pow2(Vec a, Vec n) {  // 2^n built in the exponent field: exp16's n is in [-126, 127]
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(a, _mm256_castsi256_ps(e));
+}
+inline Vec with_sign_of(Vec a, Vec s) { return _mm256_or_ps(a, _mm256_and_ps(s, set1(-0.0f))); }
+inline Vec select_below(Vec t, float bound, Vec below, Vec other) {
+  return _mm256_blendv_ps(other, below, _mm256_cmp_ps(t, set1(bound), _CMP_LT_OQ));
+}
+inline Vec where_positive(Vec h, Vec a) { return _mm256_and_ps(_mm256_cmp_ps(h, zero(), _CMP_GT_OQ), a); }
+#else
+#error "crnn's compiled RNN pass needs AVX-512 (-mavx512f) or AVX2 with FMA (-mavx2 -mfma)"
+#endif
+
+constexpr int kRows = 6;          // rows per register tile
 constexpr int64_t kGrain = 192;   // rows per thread at least: a smaller step stays on one thread
 
 enum class Epilogue { kNone, kTanh, kRelu, kTanhGrad, kReluGrad };
 
 // exp(x) for float32 lanes: Cephes' expf (range reduction by ln 2, degree-5 polynomial; ~1 ulp)
-inline __m512 exp16(__m512 x) {
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.3f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 y = _mm512_set1_ps(1.9875691500e-4f);
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
-  y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  return _mm512_scalef_ps(y, n);
+inline Vec exp_lanes(Vec x) {
+  x = vmin(vmax(x, set1(-87.3f)), set1(88.3f));
+  const Vec n = round_nearest(mul(x, set1(1.44269504088896341f)));
+  Vec r = fnmadd(n, set1(0.693359375f), x);
+  r = fnmadd(n, set1(-2.12194440e-4f), r);
+  Vec y = set1(1.9875691500e-4f);
+  y = fmadd(y, r, set1(1.3981999507e-3f));
+  y = fmadd(y, r, set1(8.3334519073e-3f));
+  y = fmadd(y, r, set1(4.1665795894e-2f));
+  y = fmadd(y, r, set1(1.6666665459e-1f));
+  y = fmadd(y, r, set1(5.0000001201e-1f));
+  y = fmadd(y, mul(r, r), add(r, set1(1.0f)));
+  return times_pow2(y, n);
 }
 
 // tanh(x) for float32 lanes: 1 - 2 / (exp(2|x|) + 1) with x's sign, and for |x| < 0.25 (where that
 // form cancels) its Taylor series to x^11 (truncation < 3e-10); ~2 ulp of 1 at most.
-inline __m512 tanh16(__m512 x) {
-  const __m512 t = _mm512_abs_ps(x);
-  const __m512 e = exp16(_mm512_add_ps(t, t));
-  __m512 big = _mm512_sub_ps(_mm512_set1_ps(1.0f),
-                             _mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(e, _mm512_set1_ps(1.0f))));
-  big = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(big),
-                                            _mm512_and_si512(_mm512_castps_si512(x),
-                                                             _mm512_set1_epi32(0x80000000))));
-  const __m512 x2 = _mm512_mul_ps(x, x);
-  __m512 p = _mm512_set1_ps(-1382.0f / 155925.0f);
-  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(62.0f / 2835.0f));
-  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-17.0f / 315.0f));
-  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(2.0f / 15.0f));
-  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-1.0f / 3.0f));
-  const __m512 small = _mm512_fmadd_ps(_mm512_mul_ps(p, x2), x, x);
-  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(t, _mm512_set1_ps(0.25f), _CMP_LT_OQ), big, small);
+inline Vec tanh_lanes(Vec x) {
+  const Vec t = vabs(x);
+  const Vec e = exp_lanes(add(t, t));
+  const Vec big = with_sign_of(sub(set1(1.0f), div(set1(2.0f), add(e, set1(1.0f)))), x);
+  const Vec x2 = mul(x, x);
+  Vec p = set1(-1382.0f / 155925.0f);
+  p = fmadd(p, x2, set1(62.0f / 2835.0f));
+  p = fmadd(p, x2, set1(-17.0f / 315.0f));
+  p = fmadd(p, x2, set1(2.0f / 15.0f));
+  p = fmadd(p, x2, set1(-1.0f / 3.0f));
+  const Vec small = fmadd(mul(p, x2), x, x);
+  return select_below(t, 0.25f, small, big);
 }
 
 template <Epilogue E>
-inline __m512 finish(__m512 acc, const float* aux) {
+inline Vec finish(Vec acc, const float* aux) {
   if constexpr (E == Epilogue::kNone) {
     return acc;
   } else if constexpr (E == Epilogue::kTanh) {
-    return tanh16(acc);
+    return tanh_lanes(acc);
   } else if constexpr (E == Epilogue::kRelu) {
-    return _mm512_max_ps(acc, _mm512_setzero_ps());
+    return vmax(acc, zero());
   } else if constexpr (E == Epilogue::kTanhGrad) {  // tanh' = 1 - h^2
-    const __m512 h = _mm512_loadu_ps(aux);
-    return _mm512_mul_ps(acc, _mm512_fnmadd_ps(h, h, _mm512_set1_ps(1.0f)));
+    const Vec h = load(aux);
+    return mul(acc, fnmadd(h, h, set1(1.0f)));
   } else {  // relu' = [h > 0]
-    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(_mm512_loadu_ps(aux), _mm512_setzero_ps(), _CMP_GT_OQ), acc);
+    return where_positive(load(aux), acc);
   }
 }
 
@@ -105,27 +165,26 @@ struct Product {  // a[rows, 0:K] @ b[0:K, columns] (b row-major with row stride
 // side (if given) gets the sum before a2[r] @ b2
 template <int R, int NV, Epilogue E>
 inline void tile(Rows init, const float* bias, Product p1, Rows side, Product p2, Rows out, Rows aux) {
-  __m512 acc[R][NV];
+  Vec acc[R][NV];
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < NV; ++v)
-      acc[r][v] = init.p ? _mm512_loadu_ps(init.row(r) + v * kLanes)
-                         : (bias ? _mm512_loadu_ps(bias + v * kLanes) : _mm512_setzero_ps());
+      acc[r][v] = init.p ? load(init.row(r) + v * kLanes) : (bias ? load(bias + v * kLanes) : zero());
   for (const Product* p : {&p1, &p2}) {
     for (int64_t k = 0; k < p->K; ++k) {
-      __m512 w[NV];
-      for (int v = 0; v < NV; ++v) w[v] = _mm512_loadu_ps(p->b + k * p->ldb + v * kLanes);
+      Vec w[NV];
+      for (int v = 0; v < NV; ++v) w[v] = load(p->b + k * p->ldb + v * kLanes);
       for (int r = 0; r < R; ++r) {
-        const __m512 x = _mm512_set1_ps(p->a.row(r)[k]);
-        for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(x, w[v], acc[r][v]);
+        const Vec x = set1(p->a.row(r)[k]);
+        for (int v = 0; v < NV; ++v) acc[r][v] = fmadd(x, w[v], acc[r][v]);
       }
     }
     if (p == &p1 && side.p)
       for (int r = 0; r < R; ++r)
-        for (int v = 0; v < NV; ++v) _mm512_storeu_ps(side.out(r) + v * kLanes, acc[r][v]);
+        for (int v = 0; v < NV; ++v) store(side.out(r) + v * kLanes, acc[r][v]);
   }
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < NV; ++v)
-      _mm512_storeu_ps(out.out(r) + v * kLanes, finish<E>(acc[r][v], aux.p ? aux.row(r) + v * kLanes : nullptr));
+      store(out.out(r) + v * kLanes, finish<E>(acc[r][v], aux.p ? aux.row(r) + v * kLanes : nullptr));
 }
 
 template <int NV, Epilogue E>
@@ -147,14 +206,26 @@ void panel(int64_t rows, Rows init, const float* bias, Product p1, Rows side, Pr
   }
 }
 
+// fn(std::integral_constant<int, NV>) for the NV = min(kMaxVectors, columns / kLanes) registers of a
+// column panel (columns a multiple of kLanes)
+template <class Fn>
+inline void with_vectors(int64_t columns, const Fn& fn) {
+  switch (std::min<int64_t>(kMaxVectors, columns / kLanes)) {
+    case 4: if constexpr (kMaxVectors >= 4) fn(std::integral_constant<int, 4>{}); break;
+    case 3: if constexpr (kMaxVectors >= 3) fn(std::integral_constant<int, 3>{}); break;
+    case 2: fn(std::integral_constant<int, 2>{}); break;
+    default: fn(std::integral_constant<int, 1>{}); break;
+  }
+}
+
 // Rows [0, rows) of: out = finish(init + p1 + p2), where p2 applies to the first `fed` rows only (the
-// rows with a previous state); N output columns (a multiple of 16) in panels of <= 64; rows split
-// over threads.
+// rows with a previous state); N output columns (a multiple of 16) in panels of kMaxVectors registers;
+// rows split over threads.
 template <Epilogue E>
 void step(int64_t rows, int64_t fed, int64_t N, Rows init, const float* bias, Product p1, Product p2, Rows out,
           Rows aux, Rows side = {nullptr, 0}) {
   at::parallel_for(0, rows, kGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t c = 0; c < N; c += 4 * kLanes) {
+    for (int64_t c = 0; c < N; c += kMaxVectors * kLanes) {
       for (int part = 0; part < 2; ++part) {  // rows with a previous state, then rows without
         const int64_t lo = part ? std::max(begin, fed) : begin, hi = part ? end : std::min(end, fed);
         if (lo >= hi) continue;
@@ -162,33 +233,28 @@ void step(int64_t rows, int64_t fed, int64_t N, Rows init, const float* bias, Pr
         const Product q2{p2.a.at(lo), p2.b ? p2.b + c : nullptr, p2.ldb, part ? 0 : p2.K};
         const Rows i = init.at(lo).col(c), o = out.at(lo).col(c), a = aux.at(lo).col(c), sd = side.at(lo).col(c);
         const float* bc = bias ? bias + c : nullptr;
-        switch (std::min<int64_t>(4, (N - c) / kLanes)) {
-          case 4: panel<4, E>(hi - lo, i, bc, q1, sd, q2, o, a); break;
-          case 3: panel<3, E>(hi - lo, i, bc, q1, sd, q2, o, a); break;
-          case 2: panel<2, E>(hi - lo, i, bc, q1, sd, q2, o, a); break;
-          default: panel<1, E>(hi - lo, i, bc, q1, sd, q2, o, a); break;
-        }
+        with_vectors(N - c, [&](auto nv) { panel<decltype(nv)::value, E>(hi - lo, i, bc, q1, sd, q2, o, a); });
       }
     }
   });
 }
 
-// g[i, c:c+16*NV] += sum_t a[t, i] * b[t, c:...] for i0 <= i < i0 + R (g row stride ldg)
+// g[i, c:c+kLanes*NV] += sum_t a[t, i] * b[t, c:...] for i0 <= i < i0 + R (g row stride ldg)
 template <int R, int NV>
 inline void outer_tile(int64_t rows, Rows a, int64_t i0, Rows b, int64_t c, float* g, int64_t ldg) {
-  __m512 acc[R][NV];
+  Vec acc[R][NV];
   for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_loadu_ps(g + (i0 + r) * ldg + c + v * kLanes);
+    for (int v = 0; v < NV; ++v) acc[r][v] = load(g + (i0 + r) * ldg + c + v * kLanes);
   for (int64_t t = 0; t < rows; ++t) {
-    __m512 w[NV];
-    for (int v = 0; v < NV; ++v) w[v] = _mm512_loadu_ps(b.row(t) + c + v * kLanes);
+    Vec w[NV];
+    for (int v = 0; v < NV; ++v) w[v] = load(b.row(t) + c + v * kLanes);
     for (int r = 0; r < R; ++r) {
-      const __m512 x = _mm512_set1_ps(a.row(t)[i0 + r]);
-      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(x, w[v], acc[r][v]);
+      const Vec x = set1(a.row(t)[i0 + r]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = fmadd(x, w[v], acc[r][v]);
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(g + (i0 + r) * ldg + c + v * kLanes, acc[r][v]);
+    for (int v = 0; v < NV; ++v) store(g + (i0 + r) * ldg + c + v * kLanes, acc[r][v]);
 }
 
 template <int NV>
@@ -204,7 +270,7 @@ void outer_rows(int64_t R, int64_t rows, Rows a, int64_t i, Rows b, int64_t c, f
 }
 
 // g (M x N) += a[0:rows, 0:M]^T @ b[0:rows, 0:N], N a multiple of 16: tiles of kRows rows of g (one
-// thread each, so no two threads write the same g) x column panels of <= 64
+// thread each, so no two threads write the same g) x column panels of kMaxVectors registers
 void outer(int64_t rows, Rows a, int64_t M, Rows b, int64_t N, float* g) {
   static_assert(kRows == 6, "outer_rows dispatches 1..6 rows");
   const int64_t tiles = (M + kRows - 1) / kRows;
@@ -212,14 +278,8 @@ void outer(int64_t rows, Rows a, int64_t M, Rows b, int64_t N, float* g) {
   at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {
     for (int64_t tile = begin; tile < end; ++tile) {
       const int64_t i = tile * kRows, R = std::min<int64_t>(kRows, M - i);
-      for (int64_t c = 0; c < N; c += 4 * kLanes) {
-        switch (std::min<int64_t>(4, (N - c) / kLanes)) {
-          case 4: outer_rows<4>(R, rows, a, i, b, c, g, N); break;
-          case 3: outer_rows<3>(R, rows, a, i, b, c, g, N); break;
-          case 2: outer_rows<2>(R, rows, a, i, b, c, g, N); break;
-          default: outer_rows<1>(R, rows, a, i, b, c, g, N); break;
-        }
-      }
+      for (int64_t c = 0; c < N; c += kMaxVectors * kLanes)
+        with_vectors(N - c, [&](auto nv) { outer_rows<decltype(nv)::value>(R, rows, a, i, b, c, g, N); });
     }
   });
 }
@@ -234,7 +294,7 @@ void check(const torch::Tensor& t, int64_t rows, int64_t cols, const char* name)
   TORCH_CHECK(t.dtype() == torch::kFloat32 && t.device().is_cpu(), name, ": a float32 CPU tensor");
   TORCH_CHECK(t.dim() == 2 && t.size(0) == rows && t.size(1) == cols && t.stride(1) == 1, name, ": (", rows,
               ", ", cols, ") rows with unit column stride");
-  TORCH_CHECK(cols % kLanes == 0, name, ": the compiled pass needs a multiple of 16 columns");
+  TORCH_CHECK(cols % 16 == 0, name, ": the compiled pass needs a multiple of 16 columns");
 }
 
 const Rows kNone{nullptr, 0};
@@ -272,14 +332,28 @@ void each_direction(int64_t directions, const Fn& fn) {
   });
 }
 
+// Where the merged output goes: token t's state, channel c, at element offset[t] + c * stride[t] of a
+// flat output (row-major (T, H): offset t H, stride 1; NCHW maps: the pixel's channel-0 element and
+// the map's H W). Without a layout, (T, H) rows.
+struct Layout {
+  const int64_t* offset = nullptr;
+  const int64_t* stride = nullptr;
+};
+
+Layout layout_of(const c10::optional<torch::Tensor>& offset, const c10::optional<torch::Tensor>& stride, int64_t T) {
+  TORCH_CHECK(offset.has_value() == stride.has_value(), "an output layout needs both offsets and strides");
+  return {index_of(offset, T, "offset"), index_of(stride, T, "stride")};
+}
+
 // [states (directions, T, H), merged] of a pass over the T tokens whose inputs are the rows of x
 // (x_index[t] for token t, else row t): h = act(x W_ih^T + bias + h_previous W_hh^T) from a zero state;
 // direction 1 (if any) reads every sequence backwards with the same weights; the two directions run
-// at once, one per thread. merge: `merged` holds the sum of the directions' states, token t at row
-// out_index[t] (else t); else undefined.
+// at once, one per thread. merge: `merged` holds the sum of the directions' states, (T, H), or with an
+// output layout (out_offset, out_stride) a flat tensor of T H elements laid out by it; else undefined.
 std::vector<torch::Tensor> forward(torch::Tensor x, c10::optional<torch::Tensor> x_index, torch::Tensor w_ih,
                                    torch::Tensor bias, torch::Tensor w_hh, std::vector<int64_t> steps, bool relu,
-                                   int64_t directions, bool merge, c10::optional<torch::Tensor> out_index) {
+                                   int64_t directions, bool merge, c10::optional<torch::Tensor> out_offset,
+                                   c10::optional<torch::Tensor> out_stride) {
   const auto starts = block_starts(steps);
   const int64_t S = static_cast<int64_t>(steps.size()), T = S ? starts[S - 1] + steps[S - 1] : 0,
                 I = x.size(1), H = w_hh.size(0);
@@ -289,7 +363,7 @@ std::vector<torch::Tensor> forward(torch::Tensor x, c10::optional<torch::Tensor>
   if (!x_index) TORCH_CHECK(x.size(0) == T, "x: one row per token without x_index");
   const auto w_ih_t = w_ih.t().contiguous(), w_hh_t = w_hh.t().contiguous(), b = bias.contiguous();
   const Rows xs{x.data_ptr<float>(), x.stride(0), index_of(x_index, T, "x_index")};
-  const int64_t* out_rows = index_of(out_index, T, "out_index");
+  const Layout out = layout_of(out_offset, out_stride, T);
   const Product input{xs, w_ih_t.data_ptr<float>(), H, I};
   // Two directions read one projection. On two threads it is computed first over all tokens and the
   // directions run at once; on one, direction 0 fuses it into its steps and leaves it for direction 1
@@ -325,37 +399,65 @@ std::vector<torch::Tensor> forward(torch::Tensor x, c10::optional<torch::Tensor>
   else
     for (int64_t d = 0; d < directions; ++d) run(d);
   if (!merge) return {states, torch::Tensor()};
-  if (directions == 1 && !out_rows) return {states, states[0]};
-  auto merged = torch::empty({T, H}, x.options());
+  if (directions == 1 && !out.offset) return {states, states[0]};
+  auto merged = out.offset ? torch::empty({T * H}, x.options()) : torch::empty({T, H}, x.options());
   const float* h0 = states[0].data_ptr<float>();
   const float* h1 = directions == 2 ? states[1].data_ptr<float>() : nullptr;
   float* dst = merged.data_ptr<float>();
   at::parallel_for(0, T, 4 * kGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      float* o = dst + (out_rows ? out_rows[r] : r) * H;
-      for (int64_t c = 0; c < H; ++c) o[c] = h1 ? h0[r * H + c] + h1[r * H + c] : h0[r * H + c];
+    if (!out.offset) {  // rows
+      for (int64_t i = begin * H; i < end * H; i += kLanes)
+        store(dst + i, h1 ? add(load(h0 + i), load(h1 + i)) : load(h0 + i));
+      return;
+    }
+    // Channels strided (NCHW): a chunk of tokens at a time, channel by channel, so that consecutive
+    // tokens (neighbouring pixels) write neighbouring elements while the chunk's rows stay in L1.
+    constexpr int64_t kChunk = 32;
+    for (int64_t r0 = begin; r0 < end; r0 += kChunk) {
+      const int64_t r1 = std::min(end, r0 + kChunk);
+      for (int64_t c = 0; c < H; ++c)
+        for (int64_t r = r0; r < r1; ++r)
+          dst[out.offset[r] + c * out.stride[r]] = h1 ? h0[r * H + c] + h1[r * H + c] : h0[r * H + c];
     }
   });
   return {states, merged};
 }
 
 // The gradients [x (or undefined), W_ih, W_hh, bias] of the pass from the states `forward` returned
-// and `grad`: (T', H) = d loss / d merged (every direction's; token t at row grad_index[t], else t), or
-// (directions, T, H) = d loss / d states. The recurrences run first (the two directions at once, one
-// per thread, each accumulating its W_hh gradient block by block while the blocks are in cache), then
-// the other gradients over all tokens; x's gradient goes to (is added to) the rows the tokens read.
-std::vector<torch::Tensor> backward(torch::Tensor grad, c10::optional<torch::Tensor> grad_index, torch::Tensor states,
-                                    torch::Tensor x, c10::optional<torch::Tensor> x_index, torch::Tensor w_ih,
-                                    torch::Tensor w_hh, std::vector<int64_t> steps, bool relu, bool need_grad_x) {
+// and `grad`: d loss / d merged (every direction's: (T, H), or flat, laid out by (grad_offset,
+// grad_stride) as `forward`'s output), or (directions, T, H) = d loss / d states. The recurrences run
+// first (the two directions at once, one per thread, each accumulating its W_hh gradient block by block
+// while the blocks are in cache), then the other gradients over all tokens; x's gradient goes to (is
+// added to) the rows the tokens read.
+std::vector<torch::Tensor> backward(torch::Tensor grad, c10::optional<torch::Tensor> grad_offset,
+                                    c10::optional<torch::Tensor> grad_stride, torch::Tensor states, torch::Tensor x,
+                                    c10::optional<torch::Tensor> x_index, torch::Tensor w_ih, torch::Tensor w_hh,
+                                    std::vector<int64_t> steps, bool relu, bool need_grad_x) {
   const int64_t D = states.size(0), T = states.size(1), H = states.size(2), I = x.size(1),
                 S = static_cast<int64_t>(steps.size());
   for (int64_t d = 0; d < D; ++d) check(states[d], T, H, "states");
-  TORCH_CHECK(grad.dim() == 2 || (grad.dim() == 3 && grad.size(0) == D && !grad_index),
-              "grad: (T', H) with an optional grad_index, or (directions, T, H)");
-  check(grad.dim() == 2 ? grad : grad[0], grad.size(-2), H, "grad");
   check(x, x.size(0), I, "x");
   const Rows xs{x.data_ptr<float>(), x.stride(0), index_of(x_index, T, "x_index")};
-  const int64_t* grad_rows = index_of(grad_index, T, "grad_index");
+  const Layout in = layout_of(grad_offset, grad_stride, T);
+  if (in.offset) {  // gathered into token rows first: the recurrence reads rows
+    TORCH_CHECK(grad.dim() == 1 && grad.size(0) == T * H && grad.is_contiguous() && grad.dtype() == torch::kFloat32,
+                "grad: the flat float32 output of the layout");
+    const float* src = grad.data_ptr<float>();
+    auto rows = torch::empty({T, H}, states.options());
+    float* dst = rows.data_ptr<float>();
+    at::parallel_for(0, T, 4 * kGrain, [&](int64_t begin, int64_t end) {
+      constexpr int64_t kChunk = 32;  // as forward's scatter: neighbouring tokens read neighbouring elements
+      for (int64_t r0 = begin; r0 < end; r0 += kChunk) {
+        const int64_t r1 = std::min(end, r0 + kChunk);
+        for (int64_t c = 0; c < H; ++c)
+          for (int64_t r = r0; r < r1; ++r) dst[r * H + c] = src[in.offset[r] + c * in.stride[r]];
+      }
+    });
+    grad = rows;
+  }
+  TORCH_CHECK(grad.dim() == 2 || (grad.dim() == 3 && grad.size(0) == D),
+              "grad: (T, H), flat with a layout, or (directions, T, H)");
+  check(grad.dim() == 2 ? grad : grad[0], T, H, "grad");
   const auto w = w_hh.contiguous(), w_in = w_ih.contiguous();  // d pre-activation @ W passes the gradient back
   const auto options = states.options();
   const auto starts = block_starts(steps);
@@ -363,7 +465,7 @@ std::vector<torch::Tensor> backward(torch::Tensor grad, c10::optional<torch::Ten
   auto da = torch::empty({D, T, H}, options);
   auto grad_w_hh = torch::zeros({D, H, H}, options);
   each_direction(D, [&](int64_t d) {
-    const Rows upstream = grad.dim() == 2 ? Rows{grad.data_ptr<float>(), grad.stride(0), grad_rows}
+    const Rows upstream = grad.dim() == 2 ? Rows{grad.data_ptr<float>(), grad.stride(0)}
                                           : Rows{grad[d].data_ptr<float>(), grad.stride(1)};
     const float* h = states[d].data_ptr<float>();
     float* a = da[d].data_ptr<float>();

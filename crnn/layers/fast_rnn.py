@@ -24,9 +24,10 @@ its tanh is slow on this build (torch 2.14, one (2048, 64) float32 tensor, 1 thr
     AVX-512, 6 x 16 with AVX2), input projection, recurrent product and activation fused: ~210
     GFLOP/s on one Zen 5 core (AVX-512) where MKL's ``addmm_`` runs the same (448, 64) @ (64, 64)
     product at ~90 and oneDNN at 65-90 (their fixed cost per call dominates at this size); ~50 on
-    one Zen 3 core (AVX2), where a large MKL matmul reaches ~57. tanh is computed in registers (Cephes' ``expf``,
-    a Taylor series near 0). On two or more threads the directions of a weight-shared pass run at
-    once, one per thread; on one, direction 0 computes the input projection in its steps for both.
+    one Zen 3 core (AVX2), where a large MKL matmul reaches ~57. tanh is computed in registers
+    (Cephes' ``expf``, a Taylor series near 0). On two or more threads the directions of a
+    weight-shared pass run at once, one per thread; on one, direction 0 computes the input
+    projection in its steps for both.
     The backward fuses the activation's derivative into the recurrent product and accumulates the
     ``W_hh`` gradient block by block while the blocks are in cache; the ``W_ih``, bias and input
     gradients follow over all tokens. The tokens may read their inputs through an index and the
@@ -342,7 +343,7 @@ _ISA_FLAGS = {"AVX512": ["-mavx512f", "-mfma"], "AVX2": ["-mavx2", "-mfma"]}
 def compiled_kernel() -> tuple[ModuleType | None, str]:
     """The compiled pass (``csrc/rnn_steps.cpp``, float32; its AVX-512 or AVX2 build, whichever this CPU
     runs) and ``""``, or ``None`` and why it cannot run here. Built once per machine and instruction set
-    by :func:`torch.utils.cpp_extension.load` (gcc and ninja, ~30 s) into ``$TORCH_EXTENSIONS_DIR``
+    by :func:`torch.utils.cpp_extension.load` (gcc and ninja, 30-80 s) into ``$TORCH_EXTENSIONS_DIR``
     (default ``~/.cache/torch_extensions``), then loaded from there."""
     capability = torch.backends.cpu.get_cpu_capability()
     if capability not in _ISA_FLAGS:
@@ -378,10 +379,9 @@ def _pass_implementation(x: Tensor, hidden: int) -> Any:
     """What runs a pass: ``forward(x, x_index, w_ih, bias, w_hh, steps, relu, directions, merge,
     out_offset, out_stride) -> [states, merged]`` and ``backward(grad, grad_offset, grad_stride, states,
     x, x_index, w_ih, w_hh, steps, relu, need_grad_x) -> [grad_x, grad_w_ih, grad_w_hh, grad_bias]``.
-    The compiled module
-    (:func:`compiled_kernel`) for float32 CPU tensors whose input and hidden widths are multiples of
-    16, outside tracing, where it builds (``rnn_kernel("compiled")``: an error where not);
-    :class:`_TorchPass` otherwise and under ``rnn_kernel("torch")``."""
+    The compiled module (:func:`compiled_kernel`) for float32 CPU tensors whose input and hidden widths
+    are multiples of 16, outside tracing, where it builds (``rnn_kernel("compiled")``: an error where
+    not); :class:`_TorchPass` otherwise and under ``rnn_kernel("torch")``."""
     kernel = get_rnn_kernel()
     if kernel == "torch":
         return _TorchPass

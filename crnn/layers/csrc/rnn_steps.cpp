@@ -77,7 +77,7 @@ inline Vec vmin(Vec a, Vec b) { return _mm256_min_ps(a, b); }
 inline Vec vmax(Vec a, Vec b) { return _mm256_max_ps(a, b); }
 inline Vec vabs(Vec a) { return _mm256_andnot_ps(set1(-0.0f), a); }
 inline Vec round_nearest(Vec a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-inline Vec times_pow2(Vec a, Vec n) {  // 2^n built in the exponent field: exp16's n is in [-126, 127]
+inline Vec times_pow2(Vec a, Vec n) {  // 2^n built in the exponent field: exp_lanes' n is in [-126, 127]
   const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
   return _mm256_mul_ps(a, _mm256_castsi256_ps(e));
 }
@@ -161,7 +161,7 @@ struct Product {  // a[rows, 0:K] @ b[0:K, columns] (b row-major with row stride
   int64_t ldb, K;
 };
 
-// For r < R: out[r] = finish(init[r] (or bias, or 0) + a1[r] @ b1 + a2[r] @ b2) over 16*NV columns;
+// For r < R: out[r] = finish(init[r] (or bias, or 0) + a1[r] @ b1 + a2[r] @ b2) over kLanes*NV columns;
 // side (if given) gets the sum before a2[r] @ b2
 template <int R, int NV, Epilogue E>
 inline void tile(Rows init, const float* bias, Product p1, Rows side, Product p2, Rows out, Rows aux) {
@@ -345,6 +345,19 @@ Layout layout_of(const c10::optional<torch::Tensor>& offset, const c10::optional
   return {index_of(offset, T, "offset"), index_of(stride, T, "stride")};
 }
 
+// fn(row, element) for every channel c of tokens [begin, end): row = r * H + c of the (T, H) rows and
+// element = offset[r] + c * stride[r] of the layout. A chunk of tokens at a time, channel by channel:
+// consecutive tokens (neighbouring pixels) touch neighbouring elements while the chunk's rows stay in L1.
+template <class Fn>
+inline void each_element(int64_t begin, int64_t end, int64_t H, Layout layout, const Fn& fn) {
+  constexpr int64_t kChunk = 32;
+  for (int64_t r0 = begin; r0 < end; r0 += kChunk) {
+    const int64_t r1 = std::min(end, r0 + kChunk);
+    for (int64_t c = 0; c < H; ++c)
+      for (int64_t r = r0; r < r1; ++r) fn(r * H + c, layout.offset[r] + c * layout.stride[r]);
+  }
+}
+
 // [states (directions, T, H), merged] of a pass over the T tokens whose inputs are the rows of x
 // (x_index[t] for token t, else row t): h = act(x W_ih^T + bias + h_previous W_hh^T) from a zero state;
 // direction 1 (if any) reads every sequence backwards with the same weights; the two directions run
@@ -410,15 +423,9 @@ std::vector<torch::Tensor> forward(torch::Tensor x, c10::optional<torch::Tensor>
         store(dst + i, h1 ? add(load(h0 + i), load(h1 + i)) : load(h0 + i));
       return;
     }
-    // Channels strided (NCHW): a chunk of tokens at a time, channel by channel, so that consecutive
-    // tokens (neighbouring pixels) write neighbouring elements while the chunk's rows stay in L1.
-    constexpr int64_t kChunk = 32;
-    for (int64_t r0 = begin; r0 < end; r0 += kChunk) {
-      const int64_t r1 = std::min(end, r0 + kChunk);
-      for (int64_t c = 0; c < H; ++c)
-        for (int64_t r = r0; r < r1; ++r)
-          dst[out.offset[r] + c * out.stride[r]] = h1 ? h0[r * H + c] + h1[r * H + c] : h0[r * H + c];
-    }
+    each_element(begin, end, H, out, [&](int64_t row, int64_t element) {  // channels strided (NCHW)
+      dst[element] = h1 ? h0[row] + h1[row] : h0[row];
+    });
   });
   return {states, merged};
 }
@@ -446,12 +453,7 @@ std::vector<torch::Tensor> backward(torch::Tensor grad, c10::optional<torch::Ten
     auto rows = torch::empty({T, H}, states.options());
     float* dst = rows.data_ptr<float>();
     at::parallel_for(0, T, 4 * kGrain, [&](int64_t begin, int64_t end) {
-      constexpr int64_t kChunk = 32;  // as forward's scatter: neighbouring tokens read neighbouring elements
-      for (int64_t r0 = begin; r0 < end; r0 += kChunk) {
-        const int64_t r1 = std::min(end, r0 + kChunk);
-        for (int64_t c = 0; c < H; ++c)
-          for (int64_t r = r0; r < r1; ++r) dst[r * H + c] = src[in.offset[r] + c * in.stride[r]];
-      }
+      each_element(begin, end, H, in, [&](int64_t row, int64_t element) { dst[row] = src[element]; });
     });
     grad = rows;
   }

@@ -263,6 +263,28 @@ def test_compiled_layers_equal_nn_rnn_to_rounding():
             assert max_difference(m, x) < 1e-5 * scale, (layer, cell)
 
 
+def test_compiled_packed_levels_write_the_maps_of_nn_rnn():
+    """``forward_levels`` through the compiled pass (levels packed, NCHW maps written by the pass's
+    strided scatter, the gradient gathered from them) equals ``nn.RNN`` map by map."""
+    compiled_or_skip()
+    for layer in FAST_LAYERS:
+        torch.manual_seed(0)
+        m = build_layer(layer, 32, 48)
+        maps = [torch.randn(2, 32, 6, 5), torch.randn(2, 32, 3, 3), torch.randn(2, 32, 1, 2)]
+        results = []
+        for path, kernel in (("native", "auto"), ("fast", "compiled")):
+            xs = [x.clone().requires_grad_(True) for x in maps]
+            with rnn_path(path), rnn_kernel(kernel):
+                ys = m.forward_levels(xs)
+                GENERATOR.manual_seed(1)
+                upstream = [torch.randn(y.shape, generator=GENERATOR) for y in ys]
+                grads = torch.autograd.grad(ys, [*xs, *m.parameters()], upstream)
+            assert all(y.is_contiguous() for y in ys)  # NCHW
+            results.append([*ys, *grads])
+        for a, b in zip(*results, strict=True):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5 * a.abs().max().item())
+
+
 def test_compiled_kernel_refuses_what_it_cannot_run(monkeypatch):
     rnn = nn.RNN(16, 16)
     with rnn_kernel("compiled"), pytest.raises(RuntimeError, match="rnn_kernel\\('compiled'\\): float32 CPU"):

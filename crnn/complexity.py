@@ -62,6 +62,7 @@ with warnings.catch_warnings():  # fvcore's import touches deprecated torch.jit 
     from fvcore.nn.jit_handles import einsum_flop_jit, get_shape
 
 from crnn.layers.fast_rnn import FAST_RNN_OP
+from crnn.layers.separable import PIXEL_COLUMNS_OP
 
 __all__ = [
     "MAC_FREE_OPS",
@@ -186,12 +187,18 @@ def _fast_rnn_macs(inputs: list[Any], outputs: list[Any]) -> int:
     pass projects its input once and reads it both ways, but counts as two directions, so the count
     does not depend on the path (and equals the closed forms).
 
-    Inputs ``(x (T, I), W_ih, W_hh, b_ih, b_hh)``; scalar arguments ``(steps, relu, directions,
-    merge)``.
+    Inputs ``(x (R, I), W_ih, W_hh, b_ih, b_hh, ...)``; scalar arguments ``(steps, relu, directions,
+    merge)``: ``sum(steps)`` tokens (a token reads a row of ``x``, through an index or not).
     """
-    x, w_ih, w_hh = (_shape(v) for v in inputs[:3])
-    directions = outputs[0].node().scalar_args()[2]
-    return directions * math.prod(x[:-1]) * (math.prod(w_ih) + math.prod(w_hh))
+    w_ih, w_hh = (_shape(v) for v in inputs[1:3])
+    steps, _, directions = outputs[0].node().scalar_args()[:3]
+    return directions * sum(steps) * (math.prod(w_ih) + math.prod(w_hh))
+
+
+def _no_macs(inputs: list[Any], outputs: list[Any]) -> int:
+    """A ``torch.autograd.Function`` that only moves data (fvcore ignores no ``prim::PythonOp`` by
+    name: it gets a handle that counts 0)."""
+    return 0
 
 
 def _rnn_cell_macs(inputs: list[Any], outputs: list[Any]) -> int:
@@ -227,6 +234,7 @@ MAC_HANDLES: dict[str, Handle] = {
     "aten::gru": _fused_rnn_macs,
     "aten::lstm": _fused_rnn_macs,
     FAST_RNN_OP: _fast_rnn_macs,
+    PIXEL_COLUMNS_OP: _no_macs,
     "aten::rnn_tanh_cell": _rnn_cell_macs,
     "aten::rnn_relu_cell": _rnn_cell_macs,
     "aten::gru_cell": _rnn_cell_macs,

@@ -51,6 +51,26 @@ def test_closed_forms(name, kwargs):
                 assert count_macs(layer, x) == batch * layer.closed_form_macs(height, width), path
 
 
+@pytest.mark.parametrize("name", ["srnn", "sws_birnn"])
+def test_packed_levels_are_counted(name):
+    """Several maps through ``forward_levels`` (on the fast path: one packed pass, its input copied by a
+    Function of its own) count as each map through the layer."""
+    layer = build_layer(name, 16, 16)
+
+    class Levels(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = layer
+
+        def forward(self, x):
+            return self.layer.forward_levels([x, x[:, :, :3, :2]])
+
+    for path in ("auto", "fast"):
+        with rnn_path(path):
+            macs = count_macs(Levels(), torch.randn(2, 16, 5, 4))
+        assert macs == 2 * (layer.closed_form_macs(5, 4) + layer.closed_form_macs(3, 2)), path
+
+
 def test_fast_path_op_is_counted_and_other_functions_raise():
     layer = build_layer("sws_birnn", 6, 8)
     x = torch.randn(2, 6, 3, 5)

@@ -264,13 +264,16 @@ def test_compiled_layers_equal_nn_rnn_to_rounding():
 
 
 def test_compiled_packed_levels_write_the_maps_of_nn_rnn():
-    """``forward_levels`` through the compiled pass (levels packed, NCHW maps written by the pass's
-    strided scatter, the gradient gathered from them) equals ``nn.RNN`` map by map."""
+    """``forward_levels`` through the compiled pass (levels packed; the row pass's states written in the
+    column pass's order, rows to rows; the NCHW maps written by the column pass's strided scatter, in
+    8x8 blocks where 8 pixels are neighbours, and the gradients gathered back the same ways) equals
+    ``nn.RNN`` map by map."""
     compiled_or_skip()
     for layer in FAST_LAYERS:
         torch.manual_seed(0)
         m = build_layer(layer, 32, 48)
-        maps = [torch.randn(2, 32, 6, 5), torch.randn(2, 32, 3, 3), torch.randn(2, 32, 1, 2)]
+        # widths 17 and 9: runs of 8 neighbouring pixels (moved as 8x8 blocks) and runs cut short
+        maps = [torch.randn(2, 32, 6, 17), torch.randn(2, 32, 3, 9), torch.randn(2, 32, 1, 2)]
         results = []
         for path, kernel in (("native", "auto"), ("fast", "compiled")):
             xs = [x.clone().requires_grad_(True) for x in maps]

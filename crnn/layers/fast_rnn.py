@@ -32,8 +32,9 @@ its tanh is slow on this build (torch 2.14, one (2048, 64) float32 tensor, 1 thr
     ``W_hh`` gradient block by block while the blocks are in cache; the ``W_ih``, bias and input
     gradients follow over all tokens. The tokens may read their inputs through an index and the
     summed states go out in any layout of elements (``run_steps(rows=, out_layout=)``): a gather and
-    a scatter fused into the pass, with which the 2-D layers read channels-last pixels and write NCHW
-    maps;
+    a scatter fused into the pass (rows moved as rows, 8 neighbouring pixels of a strided layout as
+    8x8 blocks transposed in registers), with which the 2-D layers hand the row pass's states to the
+    column pass in its order and write NCHW maps;
   - **torch** (:class:`_TorchPass`, the reference: float64, any width, any device, and the fallback
     where the compiled one cannot build): the projection is one matmul; per step one matmul
     accumulated in place (oneDNN's ``_linear_pointwise`` + ``add_`` for float32 products of at
@@ -95,6 +96,7 @@ __all__ = [
     "run_rnn",
     "run_steps",
     "run_ws_birnn",
+    "runs_compiled",
     "uses_fast_path",
 ]
 
@@ -375,20 +377,28 @@ def compiled_kernel() -> tuple[ModuleType | None, str]:
     return module, ""
 
 
-def _pass_implementation(x: Tensor, hidden: int) -> Any:
+def runs_compiled(rnn: nn.RNNBase, x: Tensor) -> bool:
+    """Whether the fast path's pass of ``rnn`` over inputs like ``x`` is the compiled one (which reads
+    and writes any layout at no extra cost; the torch pass pays for every gather and scatter)."""
+    return _pass_implementation(x, rnn.hidden_size, rnn.input_size) is not _TorchPass
+
+
+def _pass_implementation(x: Tensor, hidden: int, width: int | None = None) -> Any:
     """What runs a pass: ``forward(x, x_index, w_ih, bias, w_hh, steps, relu, directions, merge,
     out_offset, out_stride) -> [states, merged]`` and ``backward(grad, grad_offset, grad_stride, states,
     x, x_index, w_ih, w_hh, steps, relu, need_grad_x) -> [grad_x, grad_w_ih, grad_w_hh, grad_bias]``.
     The compiled module (:func:`compiled_kernel`) for float32 CPU tensors whose input and hidden widths
     are multiples of 16, outside tracing, where it builds (``rnn_kernel("compiled")``: an error where
-    not); :class:`_TorchPass` otherwise and under ``rnn_kernel("torch")``."""
+    not); :class:`_TorchPass` otherwise and under ``rnn_kernel("torch")``. ``width``: the input width
+    (default ``x``'s)."""
     kernel = get_rnn_kernel()
     if kernel == "torch":
         return _TorchPass
-    if x.dtype != torch.float32 or x.device.type != "cpu" or hidden % 16 or x.shape[-1] % 16:
+    width = x.shape[-1] if width is None else width
+    if x.dtype != torch.float32 or x.device.type != "cpu" or hidden % 16 or width % 16:
         why = (
             f"float32 CPU tensors with input and hidden widths multiples of 16 only ({x.dtype} on "
-            f"{x.device}, {x.shape[-1]} -> {hidden})"
+            f"{x.device}, {width} -> {hidden})"
         )
     elif torch.jit.is_tracing():
         why = "not under tracing"

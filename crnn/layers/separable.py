@@ -24,13 +24,15 @@ from __future__ import annotations
 import functools
 import itertools
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from .cells import get_cell, rnn_macs_per_token, rnn_params
-from .fast_rnn import _ints, run_rnn, run_steps, run_ws_birnn, uses_fast_path
+from .fast_rnn import _ints, compiled_kernel, run_rnn, run_steps, run_ws_birnn, runs_compiled, uses_fast_path
 from .registry import ALL_CELLS, Layer2d, check_positive, register_layer
 
 __all__ = ["SRNN", "SWSBiRNN", "SBiRNNCat", "SBiRNNSum", "WSBiRNN"]
@@ -173,16 +175,19 @@ class BiRNNPass(_AxisPass):
 class _GridLayout:
     """Where every pixel of several maps goes for the packed row and column passes.
 
-    Maps ``shapes[k] = (B_k, H_k, W_k)``, read channels last and one after another: pixel ``(k, b, h, w)``
-    is row ``offset_k + (b H_k + h) W_k + w`` of their ``(pixels, C)`` concatenation. The row pass reads
-    every map's rows as sequences along W, laid out step-major (:func:`~crnn.layers.fast_rnn.run_steps`):
-    block ``s`` holds column ``s`` of every map at least ``s + 1`` wide, the widest maps first, each
-    map's rows in ``(b, h)`` order; the column pass likewise along H, columns in ``(b, w)`` order, and
-    writes NCHW maps of ``channels`` (one after another, flat). The gathers and the scatter are the
-    passes' own (``rows`` / ``out_layout``); nothing else is copied:
+    Maps ``shapes[k] = (B_k, H_k, W_k)`` are read column by column, one after another: pixel
+    ``(k, b, h, w)`` is row ``offset_k + (w B_k + b) H_k + h`` of the concatenation of every map's
+    ``(W_k, B_k, H_k, C)`` permutation. The row pass reads every map's rows as sequences along W, laid
+    out step-major (:func:`~crnn.layers.fast_rnn.run_steps`): block ``s`` holds column ``s`` of every
+    map at least ``s + 1`` wide, the widest maps first, each map's rows in ``(b, h)`` order (so a block
+    reads one contiguous run of rows per map). It writes its states in the column pass's token order:
+    the column pass, along H, columns in ``(b, w)`` order, reads them as they lie and writes NCHW maps
+    of ``channels`` (one after another, flat). Nothing but the gathers and scatters of the passes
+    (``rows`` / ``out_layout``) moves data:
 
     * ``row_pixels``: the pixel each token of the row pass reads;
-    * ``col_inputs``: the row-pass token each column-pass token reads;
+    * ``row_offsets``: where each row-pass token's states go: its column-pass token times ``hidden``
+      (channel stride 1);
     * ``col_offsets``, ``col_strides``: where each column-pass token's output goes, channel 0's element
       and the map's ``H_k W_k`` between channels.
     """
@@ -190,9 +195,14 @@ class _GridLayout:
     row_steps: tuple[int, ...]
     col_steps: tuple[int, ...]
     row_pixels: Tensor
-    col_inputs: Tensor
+    row_offsets: Tensor
+    row_strides: Tensor
     col_offsets: Tensor
     col_strides: Tensor
+
+    def indices(self) -> tuple[Tensor, ...]:
+        """The index tensors, in field order."""
+        return self.row_pixels, self.row_offsets, self.row_strides, self.col_offsets, self.col_strides
 
 
 def _step_major(grids: list[np.ndarray]) -> tuple[tuple[int, ...], np.ndarray]:
@@ -208,22 +218,70 @@ def _step_major(grids: list[np.ndarray]) -> tuple[tuple[int, ...], np.ndarray]:
 
 
 @functools.lru_cache(maxsize=256)
-def _grid_layout(shapes: tuple[tuple[int, int, int], ...], channels: int) -> _GridLayout:
+def _grid_layout(shapes: tuple[tuple[int, int, int], ...], hidden: int, channels: int) -> _GridLayout:
     # Index bookkeeping in numpy: a trace records torch index arithmetic and sizes as tensors.
     offsets = list(itertools.accumulate([0, *(b * h * w for b, h, w in shapes[:-1])]))
-    pixels = [o + np.arange(b * h * w).reshape(b, h, w) for o, (b, h, w) in zip(offsets, shapes, strict=True)]
+    # pixel ids (b, h, w) -> row of the (W_k, B_k, H_k) concatenation
+    pixels = [
+        o + np.arange(b * h * w).reshape(w, b, h).transpose(1, 2, 0)
+        for o, (b, h, w) in zip(offsets, shapes, strict=True)
+    ]
     # rows: sequences along w, one per (b, h); columns: along h, one per (b, w)
     row_steps, row_pixels = _step_major([p.transpose(2, 0, 1).reshape(p.shape[2], -1) for p in pixels])
     col_steps, col_pixels = _step_major([p.transpose(1, 0, 2).reshape(p.shape[1], -1) for p in pixels])
-    row_token = np.empty_like(row_pixels)
-    row_token[row_pixels] = np.arange(len(row_pixels))  # the row-pass token of every pixel
+    col_token = np.empty_like(col_pixels)
+    col_token[col_pixels] = np.arange(len(col_pixels))  # the column-pass token of every pixel
     # pixel (k, b, h, w), channel c of the NCHW outputs: element C offset_k + (b C + c) H_k W_k + h W_k + w
-    plane = np.concatenate([np.full(b * h * w, h * w) for b, h, w in shapes])  # H_k W_k of every pixel
-    start = np.repeat(offsets, [b * h * w for b, h, w in shapes])  # offset_k of every pixel
-    within = np.arange(len(plane)) - start  # (b H_k + h) W_k + w
-    element = channels * start + (within // plane) * channels * plane + within % plane
-    indices = (row_pixels, row_token[col_pixels], element[col_pixels], plane[col_pixels])
+    element, plane = np.empty_like(col_pixels), np.empty_like(col_pixels)
+    for o, p, (b, h, w) in zip(offsets, pixels, shapes, strict=True):
+        bb, hh, ww = np.indices((b, h, w))
+        element[p] = channels * o + (bb * channels * h + hh) * w + ww  # channel 0's
+        plane[p] = h * w
+    indices = (
+        row_pixels,
+        hidden * col_token[row_pixels],
+        np.ones_like(row_pixels),
+        element[col_pixels],
+        plane[col_pixels],
+    )
     return _GridLayout(row_steps, col_steps, *(torch.from_numpy(i) for i in indices))
+
+
+class _PixelColumns(torch.autograd.Function):
+    """``(kernel, *maps)``: maps ``(B_k, C, H_k, W_k)`` -> their pixels ``(sum_k W_k B_k H_k, C)``, column
+    by column: map ``k``'s ``(W_k, B_k, H_k, C)`` permutation, one map after another (the order of
+    :class:`_GridLayout`). One copy each way, by the compiled ``kernel`` (8x8 blocks transposed in
+    registers) or, with ``kernel=None``, torch's permuting copy (an element at a time: several times
+    slower). The gradients come back as contiguous NCHW maps (a permuted view would make the
+    elementwise backward before it, e.g. ReLU's, run on mismatched strides)."""
+
+    @staticmethod
+    def forward(ctx, kernel: Any, *maps: Tensor) -> Tensor:
+        ctx.kernel, ctx.shapes = kernel, [tuple(m.shape) for m in maps]
+        if kernel is not None:
+            return kernel.pixel_columns([m.contiguous() for m in maps])
+        x = maps[0].new_empty(sum(m.numel() for m in maps) // maps[0].shape[1], maps[0].shape[1])
+        start = 0
+        for m in maps:
+            b, c, h, w = m.shape
+            x[start : start + b * h * w].view(w, b, h, c).copy_(m.permute(3, 0, 2, 1))
+            start += b * h * w
+        return x
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        if ctx.kernel is not None:
+            return None, *ctx.kernel.pixel_columns_backward(grad.contiguous(), ctx.shapes)
+        grads, start = [], 0
+        for b, c, h, w in ctx.shapes:
+            grads.append(grad[start : start + b * h * w].view(w, b, h, c).permute(1, 3, 2, 0).contiguous())
+            start += b * h * w
+        return None, *grads
+
+
+PIXEL_COLUMNS_OP = f"prim::PythonOp.{_PixelColumns.__name__}"
+"""Its name in a traced graph (a copy: no multiply-adds), for :mod:`crnn.complexity`."""
 
 
 class _SeparableRNN2d(Layer2d):
@@ -241,6 +299,9 @@ class _SeparableRNN2d(Layer2d):
         self.cell_name = cell
 
     def forward(self, x: Tensor) -> Tensor:
+        if self._packed(x) and all(runs_compiled(p.rnn, x) for p in (self.row, self.col)):
+            # the compiled pass gathers its input and scatters its output: no copies between the passes
+            return self._packed_passes([x])[0]
         # rows: sequences along W, every image row a batch element -> (W, B, H, C), a view
         r = self.row.forward_seq_first(x.permute(3, 0, 2, 1))  # (W, B, H, hidden)
         # columns: sequences along H -> (H, B, W, hidden), a view
@@ -248,29 +309,41 @@ class _SeparableRNN2d(Layer2d):
         return c.permute(1, 3, 0, 2).contiguous()  # (B, O, H, W)
 
     def _packed(self, x: Tensor) -> bool:
-        """Whether both passes run on the fast path, all maps' sequences packed together."""
+        """Whether both passes run on the fast path (:meth:`_packed_passes`)."""
         return self.row.fast_directions is not None and all(
             uses_fast_path(p.rnn, x) for p in (self.row, self.col)
         )
 
     def forward_levels(self, maps: list[Tensor]) -> list[Tensor]:
         """Every map ``(B_k, C, H_k, W_k)`` through the layer. On the fast path all maps' rows are one
-        packed pass and all their columns another (:class:`_GridLayout`): each step is one matmul
-        over every map, so a detection tower's pyramid levels cost the steps of the largest one. The
-        passes read the maps' pixels (channels last: one copy of NCHW inputs, none of channels-last
-        ones) and write the NCHW outputs in place."""
-        if len(maps) == 1 or not self._packed(maps[0]):
-            return [self(m) for m in maps]
+        packed pass and all their columns another (:meth:`_packed_passes`): each step is one matmul
+        over every map, so a detection tower's pyramid levels cost the steps of the largest one."""
+        return self._packed_passes(maps) if self._packed(maps[0]) else [self(m) for m in maps]
+
+    def _packed_passes(self, maps: list[Tensor]) -> list[Tensor]:
+        """The fast path's two passes over every map's rows, then every map's columns
+        (:class:`_GridLayout`): the maps' pixels are copied column by column (one map: one copy), the row
+        pass writes its states in the column pass's order and the column pass writes the NCHW outputs."""
         shapes = tuple(_ints((m.shape[0], m.shape[2], m.shape[3])) for m in maps)
-        layout = _grid_layout(shapes, self.out_channels)
+        layout = _grid_layout(shapes, self.hidden_channels, self.out_channels)
         directions = self.row.fast_directions
-        # every map's pixels (b, h, w) as rows of channels, one map after another
-        x = torch.cat([m.permute(0, 2, 3, 1).reshape(-1, self.in_channels) for m in maps])
-        indices = (layout.row_pixels, layout.col_inputs, layout.col_offsets, layout.col_strides)
-        row_pixels, col_inputs, col_offsets, col_strides = (i.to(x.device) for i in indices)
-        r = run_steps(self.row.rnn, x, layout.row_steps, directions, rows=row_pixels)  # (T, hidden)
-        out_layout = (col_offsets, col_strides)  # the NCHW maps, one after another, flat
-        y = run_steps(self.col.rnn, r, layout.col_steps, directions, rows=col_inputs, out_layout=out_layout)
+        kernel = compiled_kernel()[0] if runs_compiled(self.row.rnn, maps[0]) else None
+        x = _PixelColumns.apply(kernel, *maps)  # (pixels, C): every map column by column
+        row_pixels, row_offsets, row_strides, col_offsets, col_strides = (
+            index.to(x.device) for index in layout.indices()
+        )
+        # the row pass writes its states in the column pass's token order, (T hidden,) flat
+        r = run_steps(
+            self.row.rnn,
+            x,
+            layout.row_steps,
+            directions,
+            rows=row_pixels,
+            out_layout=(row_offsets, row_strides),
+        )
+        # the column pass reads them as they lie and writes the NCHW maps, one after another, flat
+        r = r.view(-1, self.hidden_channels)
+        y = run_steps(self.col.rnn, r, layout.col_steps, directions, out_layout=(col_offsets, col_strides))
         sizes = [b * self.out_channels * h * w for b, h, w in shapes]
         return [part.view(b, -1, h, w) for part, (b, h, w) in zip(y.split(sizes), shapes, strict=True)]
 

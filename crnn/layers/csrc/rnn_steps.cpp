@@ -617,8 +617,9 @@ torch::Tensor pixel_columns(std::vector<torch::Tensor> maps) {
   std::vector<std::vector<int64_t>> shapes;
   int64_t pixels = 0;
   for (auto& m : maps) {
-    TORCH_CHECK(m.dtype() == torch::kFloat32 && m.is_contiguous() && m.dim() == 4 && m.size(1) == maps[0].size(1),
-                "pixel_columns: contiguous float32 (B, C, H, W) maps of one C");
+    TORCH_CHECK(m.dtype() == torch::kFloat32 && m.device().is_cpu() && m.is_contiguous() && m.dim() == 4 &&
+                    m.size(1) == maps[0].size(1),
+                "pixel_columns: contiguous float32 CPU (B, C, H, W) maps of one C");
     data.push_back(m.data_ptr<float>());
     shapes.push_back(m.sizes().vec());
     pixels += m.size(0) * m.size(2) * m.size(3);
@@ -629,7 +630,8 @@ torch::Tensor pixel_columns(std::vector<torch::Tensor> maps) {
 }
 
 std::vector<torch::Tensor> pixel_columns_backward(torch::Tensor rows, std::vector<std::vector<int64_t>> shapes) {
-  TORCH_CHECK(rows.dtype() == torch::kFloat32 && rows.is_contiguous(), "pixel_columns_backward: contiguous float32 rows");
+  TORCH_CHECK(rows.dtype() == torch::kFloat32 && rows.device().is_cpu() && rows.is_contiguous(),
+              "pixel_columns_backward: contiguous float32 CPU rows");
   std::vector<torch::Tensor> maps;
   std::vector<float*> data;
   for (auto& shape : shapes) {

@@ -75,6 +75,8 @@ class UnrolledPass(nn.Module):
     forward and backward, summed or concatenated ``[forward | backward]``: :class:`BiRNNPass`).
     """
 
+    fast_directions = None  # never on the fast path: a 2-D layer with these passes runs them as they are
+
     def __init__(self, rnn: nn.RNNBase, cell: CellSpec, mode: str):
         super().__init__()
         if rnn.num_layers != 1 or not rnn.bias or rnn.batch_first or getattr(rnn, "proj_size", 0):

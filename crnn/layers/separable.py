@@ -309,11 +309,9 @@ class _SeparableRNN2d(Layer2d):
         return c.permute(1, 3, 0, 2).contiguous()  # (B, O, H, W)
 
     def _packed(self, x: Tensor) -> bool:
-        """Whether both passes run on the fast path (:meth:`_packed_passes`): never once an export form
-        (:mod:`crnn.export.unrolled`) has replaced them."""
-        return all(
-            isinstance(p, _AxisPass) and p.fast_directions is not None and uses_fast_path(p.rnn, x)
-            for p in (self.row, self.col)
+        """Whether both passes run on the fast path (:meth:`_packed_passes`)."""
+        return self.row.fast_directions is not None and all(
+            uses_fast_path(p.rnn, x) for p in (self.row, self.col)
         )
 
     def forward_levels(self, maps: list[Tensor]) -> list[Tensor]:

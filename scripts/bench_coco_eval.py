@@ -80,7 +80,8 @@ def synthetic_coco(
     return {"images": images, "annotations": anns, "categories": categories}, dets
 
 
-def pycocotools_stats(gt, dets) -> np.ndarray:
+def pycocotools_eval(gt, dets):
+    """pycocotools' ``COCOeval``, evaluated, accumulated and summarized."""
     from pycocotools.cocoeval import COCOeval
 
     with contextlib.redirect_stdout(io.StringIO()):
@@ -88,10 +89,11 @@ def pycocotools_stats(gt, dets) -> np.ndarray:
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    return np.asarray(ev.stats)
+    return ev
 
 
-def faster_stats(gt, dets) -> np.ndarray:
+def faster_eval(gt, dets):
+    """faster-coco-eval's ``COCOeval_faster``, likewise."""
     from faster_coco_eval import COCOeval_faster
 
     ev = COCOeval_faster(
@@ -100,7 +102,7 @@ def faster_stats(gt, dets) -> np.ndarray:
     ev.evaluate()
     ev.accumulate()
     ev.summarize()
-    return np.asarray(ev.stats)
+    return ev
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -126,8 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{args.images} images, {len(dataset['annotations'])} objects, {len(dets)} detections")
     # interleaved rounds: contention on a shared machine hits all alike; wall and CPU time of each
     runs = {
-        "pycocotools": lambda: pycocotools_stats(gt, dets),
-        "faster-coco-eval": lambda: faster_stats(fast_gt, dets),
+        "pycocotools": lambda: pycocotools_eval(gt, dets),
+        "faster-coco-eval": lambda: faster_eval(fast_gt, dets),
         "crnn evaluate_detections": lambda: evaluate_detections(gt, dets),
     }
     wall: dict[str, list[float]] = {k: [] for k in runs}
@@ -139,7 +141,8 @@ def main(argv: list[str] | None = None) -> None:
             results[name] = run()
             wall[name].append(time.perf_counter() - start_wall)
             cpu[name].append(time.process_time() - start_cpu)
-    reference, faster, crnn_metrics = results.values()
+    pycocotools_run, faster_run, crnn_metrics = results.values()
+    reference, faster = np.asarray(pycocotools_run.stats), np.asarray(faster_run.stats)
 
     print(f"{'':26s} {'wall s':>8s} {'CPU s':>8s}  x pycocotools (wall, CPU)")
     base_wall, base_cpu = float(np.median(wall["pycocotools"])), float(np.median(cpu["pycocotools"]))
@@ -154,6 +157,15 @@ def main(argv: list[str] | None = None) -> None:
     identical = bool(np.array_equal(reference, faster))
     print(
         f"\nall 12 numbers identical: {identical}  (max |difference| {np.abs(reference - faster).max():.2e})"
+    )
+    # pycocotools' precision is tp / (tp + fp + np.spacing(1)), faster-coco-eval's (C++ accumulate)
+    # tp / (tp + fp): where only true positives precede, 1 - 2.2e-16 against 1.0; a summary number
+    # averaging such a cell can differ in its last bit
+    precision = pycocotools_run.eval["precision"], faster_run.eval["precision"]
+    differing = int(np.count_nonzero(precision[0] != precision[1]))
+    print(
+        f"precision cells (IoU x recall x class x area x max dets) differing: {differing} of "
+        f"{precision[0].size} (max |difference| {np.abs(precision[0] - precision[1]).max():.2e})"
     )
     print(f"F1 {crnn_metrics['F1']:.6f} at score >= {crnn_metrics['F1_thresh']}")
 

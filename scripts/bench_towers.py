@@ -6,10 +6,10 @@ Builds the detector of ``experiment=synthetic_shapes_detection`` once per ``rnn`
 (``crnn.builders.compose_config`` / ``build_task``: the model ``crnn-train`` builds) and generates a
 small synthetic_shapes set (``--images`` training images, batch 16, in a temporary folder). Then, in
 interleaved rounds (contention on a shared machine hits every model alike), each model runs
-``--steps`` AdamW training steps (forward with the FCOS losses, backward, step) on the same batches
-and one inference pass (eval mode, boxes after NMS) over them; data loading is not timed. Prints the
-median time per training step and per inference batch, the ratio to ``rnn=none`` and the training
-part of a synthetic_shapes epoch (1,000 images = 63 steps).
+``--steps`` training steps (forward with the FCOS losses, backward, a step of the experiment's
+optimizer) on the same batches and one inference pass (eval mode, boxes after NMS) over them; data
+loading is not timed. Prints the median time per training step and per inference batch, the ratio
+to ``rnn=none`` and the training part of a synthetic_shapes epoch (1,000 images = 63 steps).
 
     python scripts/bench_towers.py                                  # none, sws_birnn; 1 thread
     python scripts/bench_towers.py --layers none,srnn,sws_birnn --rounds 5 --threads 2
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
             datamodule.setup("fit")
             batches = list(datamodule.train_dataloader())
             net = task.net
-            opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=0.05)
+            opt = task.optimizer_factory(net.parameters())  # the experiment's, as crnn-train builds it
             params = count_params(net)
             models[layer] = (net, opt, batches, params)
     print(

@@ -63,8 +63,9 @@ def reference_f1(ev: COCOeval) -> tuple[float, float]:
 
 
 def assert_same_stats(metrics: dict[str, float], reference: COCOeval) -> None:
-    """Equal up to the last bit of a double: faster-coco-eval's C++ precision ``tp / (tp + fp)``
-    sometimes differs from numpy's in the last bit (seen: 2.2e-16 in one entry, 2.8e-17 in APs)."""
+    """Equal up to the last bit of a double: pycocotools' precision is ``tp / (tp + fp +
+    np.spacing(1))``, faster-coco-eval's (its C++ accumulate) ``tp / (tp + fp)``, so a cell where only
+    true positives precede is 1 - 2.2e-16 in one and 1.0 in the other (seen: 2.8e-17 in APs)."""
     np.testing.assert_allclose([metrics[n] for n in STAT_NAMES], reference.stats, rtol=0, atol=1e-15)
 
 

@@ -5,8 +5,8 @@
 Both evaluate the same data (``loadRes`` of the result list, each dict copied one level as
 ``loadRes`` adds keys to it, then ``evaluate`` + ``accumulate`` + ``summarize``, from the loaded
 ground-truth ``COCO``); the script prints both times, the speed-up, the 12
-COCOeval numbers of each and whether all 12 are identical, and crnn's ``evaluate_detections``
-(faster-coco-eval plus the F1 pass) for reference.
+COCOeval numbers of each, whether all 12 are identical and how many cells of the precision arrays
+differ, and crnn's ``evaluate_detections`` (faster-coco-eval plus the F1 pass) for reference.
 
     python scripts/bench_coco_eval.py                       # 5,000 images x 100 detections
     python scripts/bench_coco_eval.py --images 108 --repeats 3

@@ -27,6 +27,7 @@ from crnn.builders import MODEL_NODES, build_datamodule, build_group, checkpoint
 from crnn.checkpoints import CONFIG_KEY
 from crnn.errors import USER_ERRORS, ConfigError
 from crnn.lifecycle import EXIT_CODES, RunStopped, graceful_interrupts, outcome_of
+from crnn.loggers import finish_loggers
 from crnn.records import MetricsFile
 from crnn.run_config import flat
 from crnn.runtime import git_commit, keep_freed_memory, progress_bar_enabled, project_root, quiet_known_noise
@@ -151,9 +152,7 @@ def evaluate(
     except BaseException as err:  # every ending is recorded; KeyboardInterrupt and SystemExit included
         outcome = outcome_of(err, received, out)
     metrics.update(**results, **outcome, wall_time_s=round(time.time() - start, 2))
-    for logger in loggers:
-        if hasattr(logger, "finish"):
-            logger.finish(outcome["exit_code"])
+    metrics.update(**finish_loggers(loggers, outcome["exit_code"]))
     log.info("metrics.json: %s", metrics.path)
     if metrics.data["status"] != "completed":
         raise RunStopped(metrics.data, outcome["exit_code"])

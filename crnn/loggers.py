@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
@@ -150,3 +151,14 @@ class WandbLogger(_LightningWandbLogger):
         """End the W&B run with the process's exit code (non-zero: failed / killed in W&B)."""
         if self._experiment is not None:
             self._experiment.finish(exit_code=exit_code)
+
+
+def finish_loggers(loggers: Sequence[Any], exit_code: int) -> dict[str, str]:
+    """End every logger's run with the process's exit code (W&B: non-zero marks it failed / killed).
+    Returns what metrics.json records of them: ``{"wandb_error": ...}``, the first W&B call that failed
+    (the run went on without W&B after it), or ``{}``."""
+    for logger in loggers:
+        if hasattr(logger, "finish"):
+            logger.finish(exit_code)
+    failed = [logger.failed for logger in loggers if getattr(logger, "failed", None)]
+    return {"wandb_error": failed[0]} if failed else {}

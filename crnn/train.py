@@ -33,6 +33,7 @@ from crnn.callbacks.record import logger_config
 from crnn.checkpoints import check_state_fits, load_checkpoint
 from crnn.errors import USER_ERRORS, ConfigError
 from crnn.lifecycle import EXIT_CODES, JobFailed, RunStopped, graceful_interrupts, outcome_of
+from crnn.loggers import finish_loggers
 from crnn.naming import choices, run_name_and_tags, sweep_group
 from crnn.records import MetricsFile, end_table
 from crnn.run_config import config_hash, print_config, save_config
@@ -255,12 +256,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     exit_code = outcome["exit_code"]
     outcome["wall_time_s"] = round(previous_wall + time.time() - start, 2)
     metrics.update(**outcome)
-    for logger in loggers:
-        if hasattr(logger, "finish"):
-            logger.finish(exit_code)
-    wandb_errors = [lg.failed for lg in loggers if getattr(lg, "failed", None)]
-    if wandb_errors:  # the run went on without W&B after this error
-        metrics.update(wandb_error=wandb_errors[0])
+    metrics.update(**finish_loggers(loggers, exit_code))
     for line in end_table(metrics.data, run_dir) if writer else ():
         log.info("%s", line)
     if metrics.data["status"] != "completed":

@@ -40,3 +40,9 @@ class RecordingLogger(Logger):
 
     def last(self, key: str) -> Any:
         return [m[key] for _, m in self.metrics if key in m][-1]
+
+
+class FailedLogger(RecordingLogger):
+    """A logger whose W&B calls failed mid-run, as crnn's ``WandbLogger`` after an error (``failed``)."""
+
+    failed = "log_metrics: ConnectionResetError: the W&B service is gone"

@@ -50,6 +50,17 @@ def test_eval_cli_honours_trainer_overrides_and_refuses_model_overrides(trained_
     assert "rnn.cell='gru' (checkpoint: 'rnn_tanh')" in proc.stdout + proc.stderr
 
 
+def test_eval_records_a_logger_that_failed_mid_run(trained_run, tmp_path):
+    """As crnn-train's runs: metrics.json names the W&B call that failed (the evaluation went on)."""
+    from logger_double import FailedLogger
+
+    run, _ = trained_run
+    overrides = {"logger.failed._target_": "logger_double.FailedLogger", "trainer.limit_val_batches": 1}
+    metrics = evaluate(run / "checkpoints" / "last.ckpt", overrides | {"test_after_fit": False}, tmp_path)
+    assert metrics["status"] == "completed" and metrics["wandb_error"] == FailedLogger.failed
+    assert json.loads((tmp_path / "metrics.json").read_text())["wandb_error"] == FailedLogger.failed
+
+
 # crnn-eval whose first validation batch is interrupted by Ctrl-C (SIGINT to itself), as a user would.
 EVAL_WITH_CTRL_C = """
 import os, signal

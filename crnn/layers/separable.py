@@ -310,9 +310,7 @@ class _SeparableRNN2d(Layer2d):
 
     def _packed(self, x: Tensor) -> bool:
         """Whether both passes run on the fast path (:meth:`_packed_passes`)."""
-        return self.row.fast_directions is not None and all(
-            uses_fast_path(p.rnn, x) for p in (self.row, self.col)
-        )
+        return all(p.fast_directions is not None and uses_fast_path(p.rnn, x) for p in (self.row, self.col))
 
     def forward_levels(self, maps: list[Tensor]) -> list[Tensor]:
         """Every map ``(B_k, C, H_k, W_k)`` through the layer. On the fast path all maps' rows are one

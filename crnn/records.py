@@ -67,7 +67,7 @@ class MetricsFile:
 
     def update(self, **values: Any) -> None:
         self.data.update(values)
-        if not self.write:
+        if not self.write or not values:  # nothing new: the file is as it was
             return
         data, bad = strict_json({k: v for k, v in self.data.items() if k != "non_finite"})
         if bad:

@@ -55,8 +55,8 @@ def test_eval_records_a_logger_that_failed_mid_run(trained_run, tmp_path):
     from logger_double import FailedLogger
 
     run, _ = trained_run
-    overrides = {"logger.failed._target_": "logger_double.FailedLogger", "trainer.limit_val_batches": 1}
-    metrics = evaluate(run / "checkpoints" / "last.ckpt", overrides | {"test_after_fit": False}, tmp_path)
+    logger = {"logger.failed._target_": "logger_double.FailedLogger"}
+    metrics = evaluate(run / "checkpoints" / "last.ckpt", logger, tmp_path)
     assert metrics["status"] == "completed" and metrics["wandb_error"] == FailedLogger.failed
     assert json.loads((tmp_path / "metrics.json").read_text())["wandb_error"] == FailedLogger.failed
 

@@ -102,6 +102,31 @@ def test_maps_packed_together_equal_each_map_through_nn_rnn(layer, cell):
 
 
 @pytest.mark.parametrize(
+    "shapes",
+    [((2, 6, 4), (2, 3, 5), (2, 1, 1), (1, 2, 3)), ((16, 16, 16), (16, 8, 8), (16, 4, 4)), ((3, 7, 2),)],
+)
+def test_packed_layouts_read_and_write_every_element_once(shapes):
+    """The 2-D layers run their packed passes without index checks (``run_steps(validate=False)``), which
+    the layout's construction vouches for: the row pass reads every pixel once and writes every element
+    of the column pass's input once, the column pass writes every element of the NCHW maps once."""
+    from crnn.layers.separable import _grid_layout
+
+    hidden, channels = 5, 3
+    layout = _grid_layout(shapes, hidden, channels)
+    pixels = sum(b * h * w for b, h, w in shapes)
+    assert sum(layout.row_steps) == sum(layout.col_steps) == pixels
+
+    def written(offsets, strides, width):
+        return (offsets[:, None] + torch.arange(width) * strides[:, None]).flatten().sort().values
+
+    row_writes = written(layout.row_offsets, layout.row_strides, hidden)
+    col_writes = written(layout.col_offsets, layout.col_strides, channels)
+    assert torch.equal(layout.row_pixels.sort().values, torch.arange(pixels))
+    assert torch.equal(row_writes, torch.arange(pixels * hidden))
+    assert torch.equal(col_writes, torch.arange(pixels * channels))
+
+
+@pytest.mark.parametrize(
     ("bidirectional", "cell", "readout"), itertools.product(["shared", "none"], VANILLA, ["last", "mean"])
 )
 def test_sequence_head_equals_nn_rnn(bidirectional, cell, readout):
@@ -249,6 +274,12 @@ def test_compiled_tanh_is_accurate_over_the_float_range():
         with rnn_kernel("compiled"):
             h = fast_rnn.run_steps(rnn, a, (len(a),), 1)
     torch.testing.assert_close(h, torch.tanh(a), rtol=4e-7, atol=3e-7)
+    # extremes (through the identity: an infinity would meet a 0 weight), and a NaN row stays NaN
+    extremes = torch.tensor([3e38, -3e38, 1e30, -1e30, 9.0, -9.0, 0.0, -0.0, 1e-38, -1e-38, 1e-45, 20.0])
+    a = torch.stack([torch.cat([extremes, extremes[:4]]), torch.full((16,), float("nan"))])
+    with torch.no_grad(), rnn_kernel("compiled"):
+        h = fast_rnn.run_steps(rnn, a, (2,), 1)
+    torch.testing.assert_close(h, torch.tanh(a), rtol=4e-7, atol=0, equal_nan=True)
 
 
 def test_compiled_layers_equal_nn_rnn_to_rounding():

@@ -338,10 +338,12 @@ class _SeparableRNN2d(Layer2d):
             directions,
             rows=row_pixels,
             out_layout=(row_offsets, row_strides),
+            validate=False,  # the layout's indices are valid by construction
         )
         # the column pass reads them as they lie and writes the NCHW maps, one after another, flat
         r = r.view(-1, self.hidden_channels)
-        y = run_steps(self.col.rnn, r, layout.col_steps, directions, out_layout=(col_offsets, col_strides))
+        col_layout = (col_offsets, col_strides)
+        y = run_steps(self.col.rnn, r, layout.col_steps, directions, out_layout=col_layout, validate=False)
         sizes = [b * self.out_channels * h * w for b, h, w in shapes]
         return [part.view(b, -1, h, w) for part, (b, h, w) in zip(y.split(sizes), shapes, strict=True)]
 

@@ -57,9 +57,6 @@ inline Vec with_sign_of(Vec a, Vec s) {                                  // |a| 
   return _mm512_castsi512_ps(_mm512_or_si512(
       _mm512_castps_si512(a), _mm512_and_si512(_mm512_castps_si512(s), _mm512_set1_epi32(0x80000000))));
 }
-inline Vec select_below(Vec t, float bound, Vec below, Vec other) {  // t < bound ? below : other
-  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(t, set1(bound), _CMP_LT_OQ), other, below);
-}
 inline Vec where_positive(Vec h, Vec a) {  // h > 0 ? a : 0
   return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(h, zero(), _CMP_GT_OQ), a);
 }
@@ -81,14 +78,11 @@ inline Vec vmin(Vec a, Vec b) { return _mm256_min_ps(a, b); }
 inline Vec vmax(Vec a, Vec b) { return _mm256_max_ps(a, b); }
 inline Vec vabs(Vec a) { return _mm256_andnot_ps(set1(-0.0f), a); }
 inline Vec round_nearest(Vec a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-inline Vec times_pow2(Vec a, Vec n) {  // 2^n built in the exponent field: exp_lanes' n is in [-126, 127]
+inline Vec times_pow2(Vec a, Vec n) {  // 2^n built in the exponent field: tanh_lanes' n is in [0, 26]
   const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
   return _mm256_mul_ps(a, _mm256_castsi256_ps(e));
 }
 inline Vec with_sign_of(Vec a, Vec s) { return _mm256_or_ps(a, _mm256_and_ps(s, set1(-0.0f))); }
-inline Vec select_below(Vec t, float bound, Vec below, Vec other) {
-  return _mm256_blendv_ps(other, below, _mm256_cmp_ps(t, set1(bound), _CMP_LT_OQ));
-}
 inline Vec where_positive(Vec h, Vec a) { return _mm256_and_ps(_mm256_cmp_ps(h, zero(), _CMP_GT_OQ), a); }
 #else
 #error "crnn's compiled RNN pass needs AVX-512 (-mavx512f) or AVX2 with FMA (-mavx2 -mfma)"
@@ -100,11 +94,15 @@ constexpr int64_t kOuterChunk = 48;  // rows of a and b per sweep of `outer` ove
 
 enum class Epilogue { kNone, kTanh, kRelu, kTanhGrad, kReluGrad };
 
-// exp(x) for float32 lanes: Cephes' expf (range reduction by ln 2, degree-5 polynomial; ~1 ulp)
-inline Vec exp_lanes(Vec x) {
-  x = vmin(vmax(x, set1(-87.3f)), set1(88.3f));
-  const Vec n = round_nearest(mul(x, set1(1.44269504088896341f)));
-  Vec r = fnmadd(n, set1(0.693359375f), x);
+// tanh(x) for float32 lanes: m / (m + 2) with m = expm1(2|x|), x's sign. expm1 from Cephes' expf
+// (2|x| = n ln 2 + r, |r| <= ln 2 / 2, degree-5 polynomial): expm1(2|x|) = 2^n (q + 1) - 1 with
+// q = expm1(r) = r + r^2 P(r), formed as 2^n q + (2^n - 1), so that nothing cancels near 0 (n = 0: m = q).
+// |x| is clamped to 9 (tanh(9) is 1 in float32; 2^n stays finite; a NaN passes). ~2 ulp at most.
+inline Vec tanh_lanes(Vec x) {
+  const Vec t = vmin(set1(9.0f), vabs(x));  // min returns its second operand where either is NaN
+  const Vec two_t = add(t, t);
+  const Vec n = round_nearest(mul(two_t, set1(1.44269504088896341f)));
+  Vec r = fnmadd(n, set1(0.693359375f), two_t);
   r = fnmadd(n, set1(-2.12194440e-4f), r);
   Vec y = set1(1.9875691500e-4f);
   y = fmadd(y, r, set1(1.3981999507e-3f));
@@ -112,24 +110,10 @@ inline Vec exp_lanes(Vec x) {
   y = fmadd(y, r, set1(4.1665795894e-2f));
   y = fmadd(y, r, set1(1.6666665459e-1f));
   y = fmadd(y, r, set1(5.0000001201e-1f));
-  y = fmadd(y, mul(r, r), add(r, set1(1.0f)));
-  return times_pow2(y, n);
-}
-
-// tanh(x) for float32 lanes: 1 - 2 / (exp(2|x|) + 1) with x's sign, and for |x| < 0.25 (where that
-// form cancels) its Taylor series to x^11 (truncation < 3e-10); ~2 ulp of 1 at most.
-inline Vec tanh_lanes(Vec x) {
-  const Vec t = vabs(x);
-  const Vec e = exp_lanes(add(t, t));
-  const Vec big = with_sign_of(sub(set1(1.0f), div(set1(2.0f), add(e, set1(1.0f)))), x);
-  const Vec x2 = mul(x, x);
-  Vec p = set1(-1382.0f / 155925.0f);
-  p = fmadd(p, x2, set1(62.0f / 2835.0f));
-  p = fmadd(p, x2, set1(-17.0f / 315.0f));
-  p = fmadd(p, x2, set1(2.0f / 15.0f));
-  p = fmadd(p, x2, set1(-1.0f / 3.0f));
-  const Vec small = fmadd(mul(p, x2), x, x);
-  return select_below(t, 0.25f, small, big);
+  const Vec q = fmadd(y, mul(r, r), r);
+  const Vec p = times_pow2(set1(1.0f), n);
+  const Vec m = fmadd(p, q, sub(p, set1(1.0f)));
+  return with_sign_of(div(m, add(m, set1(2.0f))), x);
 }
 
 template <Epilogue E>
@@ -507,9 +491,9 @@ std::vector<torch::Tensor> forward(torch::Tensor x, c10::optional<torch::Tensor>
 // The gradients [x (or undefined), W_ih, W_hh, bias] of the pass from the states `forward` returned
 // and `grad`: d loss / d merged (every direction's: (T, H), or flat, laid out by (grad_offset,
 // grad_stride) as `forward`'s output), or (directions, T, H) = d loss / d states. The recurrences run
-// first (the two directions at once, one per thread, each accumulating its W_hh gradient block by block
-// while the blocks are in cache), then the other gradients over all tokens; x's gradient goes to (is
-// added to) the rows the tokens read.
+// (the two directions at once, one per thread, where there are two), each accumulating its W_hh gradient
+// block by block while the blocks are in cache; the other gradients follow block by block, on one
+// thread as soon as a block is final; x's gradient goes to (is added to) the rows the tokens read.
 std::vector<torch::Tensor> backward(torch::Tensor grad, c10::optional<torch::Tensor> grad_offset,
                                     c10::optional<torch::Tensor> grad_stride, torch::Tensor states, torch::Tensor x,
                                     c10::optional<torch::Tensor> x_index, torch::Tensor w_ih, torch::Tensor w_hh,
@@ -538,12 +522,46 @@ std::vector<torch::Tensor> backward(torch::Tensor grad, c10::optional<torch::Ten
   // d loss / d pre-activation of each direction, and each direction's W_hh gradient
   auto da = torch::empty({D, T, H}, options);
   auto grad_w_hh = torch::zeros({D, H, H}, options);
+  // Then, block by block, d loss / d projection (the directions' sum, in place in da[0]) and from it the
+  // W_ih, bias and x gradients. A block is final once the last direction's recurrence has passed it: on
+  // one thread (the directions one after the other) that is done right then, while the block is in
+  // cache (one pass over memory instead of one per gradient); with the directions on two threads at once,
+  // after both.
+  float* t = da[0].data_ptr<float>();
+  const float* other = D == 2 ? da[1].data_ptr<float>() : nullptr;
+  auto grad_w_ih = torch::zeros({H, I}, options);
+  auto grad_bias = torch::zeros({H}, options);
+  // every row read by one token: x's gradient written in place; else each token's added to its row after
+  const bool in_place = !xs.idx || permutation(xs.idx, T, x.size(0));
+  torch::Tensor grad_x, tokens;
+  if (need_grad_x) (in_place ? grad_x : tokens) = torch::empty({in_place ? x.size(0) : T, I}, options);
+  const Rows token_grads = !need_grad_x ? kNone
+                           : in_place   ? Rows{grad_x.data_ptr<float>(), I, xs.idx}
+                                        : Rows{tokens.data_ptr<float>(), I};
+  auto finish_block = [&](int64_t s) {
+    const int64_t rows = steps[s];
+    float* block = t + starts[s] * H;
+    float* gb = grad_bias.data_ptr<float>();
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < H; c += kLanes) {
+        float* p = block + r * H + c;
+        const Vec sum = other ? add(load(p), load(other + starts[s] * H + r * H + c)) : load(p);
+        store(p, sum);
+        store(gb + c, add(load(gb + c), sum));
+      }
+    outer(rows, {block, H}, H, xs.at(starts[s]), I, grad_w_ih.data_ptr<float>());
+    if (need_grad_x)
+      step<Epilogue::kNone>(rows, 0, I, kNone, nullptr, {{block, H}, w_in.data_ptr<float>(), I, H}, kNoProduct,
+                            token_grads.at(starts[s]), kNone);
+  };
+  const bool in_turn = D == 1 || at::get_num_threads() == 1;  // the directions one after the other
   each_direction(D, [&](int64_t d) {
     const Rows upstream = grad.dim() == 2 ? Rows{grad.data_ptr<float>(), grad.stride(0)}
                                           : Rows{grad[d].data_ptr<float>(), grad.stride(1)};
     const float* h = states[d].data_ptr<float>();
     float* a = da[d].data_ptr<float>();
     float* g = grad_w_hh[d].data_ptr<float>();
+    const bool last = in_turn && d == D - 1;
     for (int64_t i = 0; i < S; ++i) {
       // direction 0 backwards from its last step; direction 1 from ITS last step, block 0
       const int64_t s = d ? i : S - 1 - i, rows = steps[s];
@@ -560,27 +578,15 @@ std::vector<torch::Tensor> backward(torch::Tensor grad, c10::optional<torch::Ten
       // W_hh's gradient: this block's pre-activation gradient times the states it read
       if (d == 0 && s > 0) outer(rows, {out, H}, H, {h + starts[s - 1] * H, H}, H, g);
       if (d == 1 && s + 1 < S) outer(steps[s + 1], {out, H}, H, {h + starts[s + 1] * H, H}, H, g);
+      // the block this step read is final now (the last direction's last block: after the loop)
+      if (last && 0 <= later && later < S) finish_block(later);
     }
+    if (last && S) finish_block(d ? S - 1 : 0);
   });
-  // d loss / d projection: the sum over the directions
-  const auto total = D == 2 ? da[0].add_(da[1]) : da[0];
-  const float* t = total.data_ptr<float>();
-  auto grad_w_ih = torch::zeros({H, I}, options);
-  for (int64_t s = 0; s < S; ++s)  // block by block: the block of x stays in cache over the row tiles
-    outer(steps[s], {t + starts[s] * H, H}, H, xs.at(starts[s]), I, grad_w_ih.data_ptr<float>());
-  torch::Tensor grad_x;
-  if (need_grad_x) {
-    const Product back{{t, H}, w_in.data_ptr<float>(), I, H};
-    if (!xs.idx || permutation(xs.idx, T, x.size(0))) {  // every row read by one token: written in place
-      grad_x = torch::empty({x.size(0), I}, options);
-      step<Epilogue::kNone>(T, 0, I, kNone, nullptr, back, kNoProduct, {grad_x.data_ptr<float>(), I, xs.idx}, kNone);
-    } else {  // each token's gradient added to the row it read (rows read by none: 0)
-      auto tokens = torch::empty({T, I}, options);
-      step<Epilogue::kNone>(T, 0, I, kNone, nullptr, back, kNoProduct, {tokens.data_ptr<float>(), I}, kNone);
-      grad_x = torch::zeros({x.size(0), I}, options).index_add_(0, *x_index, tokens);
-    }
-  }
-  return {grad_x, grad_w_ih, D == 2 ? grad_w_hh[0].add_(grad_w_hh[1]) : grad_w_hh[0], total.sum(0)};
+  if (!in_turn)
+    for (int64_t s = 0; s < S; ++s) finish_block(s);
+  if (need_grad_x && !in_place) grad_x = torch::zeros({x.size(0), I}, options).index_add_(0, *x_index, tokens);
+  return {grad_x, grad_w_ih, D == 2 ? grad_w_hh[0].add_(grad_w_hh[1]) : grad_w_hh[0], grad_bias};
 }
 
 // Maps (B_k, C, H_k, W_k) <-> their pixels column by column, (sum_k W_k B_k H_k, C) rows (map k's

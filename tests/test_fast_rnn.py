@@ -20,6 +20,7 @@ from crnn.layers import (
     run_ws_birnn,
     uses_fast_path,
 )
+from crnn.layers.separable import _grid_layout
 from crnn.models.heads import SequenceHead
 
 VANILLA = [c for c in CELLS if CELLS[c].gates == 1]
@@ -109,8 +110,6 @@ def test_packed_layouts_read_and_write_every_element_once(shapes):
     """The 2-D layers run their packed passes without index checks (``run_steps(validate=False)``), which
     the layout's construction vouches for: the row pass reads every pixel once and writes every element
     of the column pass's input once, the column pass writes every element of the NCHW maps once."""
-    from crnn.layers.separable import _grid_layout
-
     hidden, channels = 5, 3
     layout = _grid_layout(shapes, hidden, channels)
     pixels = sum(b * h * w for b, h, w in shapes)

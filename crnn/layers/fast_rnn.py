@@ -94,12 +94,14 @@ __all__ = [
     "compiled_kernel",
     "get_rnn_kernel",
     "get_rnn_path",
+    "is_compiled",
+    "pass_implementation",
     "rnn_kernel",
     "rnn_path",
+    "run_pass",
     "run_rnn",
     "run_steps",
     "run_ws_birnn",
-    "runs_compiled",
     "uses_fast_path",
 ]
 
@@ -201,7 +203,6 @@ def run_steps(
     merge: bool = True,
     rows: Tensor | None = None,
     out_layout: tuple[Tensor, Tensor] | None = None,
-    validate: bool = True,
 ) -> Tensor:
     """The fast path on sequences laid out step-major (block ``s``: the next ``steps[s]`` tokens, see
     :class:`_VanillaRNNFunction`), through the vanilla ``rnn``, zero initial state; ``directions=2``:
@@ -209,18 +210,33 @@ def run_steps(
     None: row ``t``; a gather fused into the pass). ``merge``: the states summed over the directions,
     ``(T, H)``, or with ``out_layout = (offsets, strides)`` a flat tensor of ``T H`` elements in which
     channel ``c`` of token ``t`` is element ``offsets[t] + c * strides[t]`` (a scatter fused into the
-    pass: e.g. NCHW maps); else ``(directions, T, H)``. ``validate=False`` skips checking that the
-    indices stay inside ``x`` and the output, for callers whose indices are valid by construction (the
-    2-D layers' :class:`~crnn.layers.separable._GridLayout`; the checks cost a few reductions a call)."""
+    pass: e.g. NCHW maps); else ``(directions, T, H)``. The indices are checked to stay inside ``x``
+    and the output (:func:`run_pass` runs without the checks)."""
     tokens = sum(steps)
     hidden = rnn.weight_hh_l0.shape[0]
-    if validate and rows is not None:
+    if rows is not None:
         _check_index("rows", rows, tokens, len(x))
-    if validate and out_layout is not None:  # every token's first and last channel inside the output
+    if out_layout is not None:  # every token's first and last channel inside the output
         offsets, strides = out_layout
         _check_index("out_layout offsets", offsets, tokens, tokens * hidden)
         _check_index("out_layout", offsets + (hidden - 1) * strides, tokens, tokens * hidden)
-    implementation = _pass_implementation(x, hidden)  # once: the backward runs the forward's
+    return run_pass(rnn, x, steps, directions, pass_implementation(rnn, x), merge, rows, out_layout)
+
+
+def run_pass(
+    rnn: nn.RNNBase,
+    x: Tensor,
+    steps: tuple[int, ...],
+    directions: int,
+    implementation: Any,
+    merge: bool = True,
+    rows: Tensor | None = None,
+    out_layout: tuple[Tensor, Tensor] | None = None,
+) -> Tensor:
+    """:func:`run_steps` run by ``implementation`` (what :func:`pass_implementation` chose for ``rnn``
+    and ``x``; it also runs the backward), its indices unchecked: for callers whose indices are valid
+    by construction and that choose the implementation once for several passes (the 2-D layers,
+    :class:`~crnn.layers.separable._GridLayout`; the checks cost a few reductions a call)."""
     layout = out_layout or (None, None)
     args = (steps, rnn.mode == "RNN_RELU", directions, merge, rows, *layout, implementation)
     return _VanillaRNNFunction.apply(x.contiguous(), *_weights(rnn), *args)
@@ -385,24 +401,24 @@ def compiled_kernel() -> tuple[ModuleType | None, str]:
     return module, ""
 
 
-def runs_compiled(rnn: nn.RNNBase, x: Tensor) -> bool:
-    """Whether the fast path's pass of ``rnn`` over inputs like ``x`` is the compiled one (which reads
-    and writes any layout at no extra cost; the torch pass pays for every gather and scatter)."""
-    return _pass_implementation(x, rnn.hidden_size, rnn.input_size) is not _TorchPass
+def is_compiled(implementation: Any) -> bool:
+    """Whether a :func:`pass_implementation` is the compiled pass (which reads and writes any layout at
+    no extra cost; the torch pass pays for every gather and scatter)."""
+    return implementation is not _TorchPass
 
 
-def _pass_implementation(x: Tensor, hidden: int, width: int | None = None) -> Any:
-    """What runs a pass: ``forward(x, x_index, w_ih, bias, w_hh, steps, relu, directions, merge,
-    out_offset, out_stride) -> [states, merged]`` and ``backward(grad, grad_offset, grad_stride, states,
-    x, x_index, w_ih, w_hh, steps, relu, need_grad_x) -> [grad_x, grad_w_ih, grad_w_hh, grad_bias]``.
-    The compiled module (:func:`compiled_kernel`) for float32 CPU tensors whose input and hidden widths
-    are multiples of 16, outside tracing, where it builds (``rnn_kernel("compiled")``: an error where
-    not); :class:`_TorchPass` otherwise and under ``rnn_kernel("torch")``. ``width``: the input width
-    (default ``x``'s)."""
+def pass_implementation(rnn: nn.RNNBase, x: Tensor) -> Any:
+    """What runs the fast path's pass of ``rnn`` over inputs like ``x``: ``forward(x, x_index, w_ih,
+    bias, w_hh, steps, relu, directions, merge, out_offset, out_stride) -> [states, merged]`` and
+    ``backward(grad, grad_offset, grad_stride, states, x, x_index, w_ih, w_hh, steps, relu, need_grad_x)
+    -> [grad_x, grad_w_ih, grad_w_hh, grad_bias]``. The compiled module (:func:`compiled_kernel`) for
+    float32 CPU tensors where ``rnn``'s input and hidden widths are multiples of 16, outside tracing,
+    where it builds (``rnn_kernel("compiled")``: an error where not); :class:`_TorchPass` otherwise and
+    under ``rnn_kernel("torch")``."""
     kernel = get_rnn_kernel()
     if kernel == "torch":
         return _TorchPass
-    width = x.shape[-1] if width is None else width
+    hidden, width = rnn.weight_ih_l0.shape  # (hidden, input)
     if x.dtype != torch.float32 or x.device.type != "cpu" or hidden % 16 or width % 16:
         why = (
             f"float32 CPU tensors with input and hidden widths multiples of 16 only ({x.dtype} on "
@@ -592,7 +608,7 @@ class _VanillaRNNFunction(torch.autograd.Function):
     token ``t`` at element ``out_offset[t] + c * out_stride[t]``). Both
     directions read the one input projection, and nothing is flipped: every step is a product on a
     prefix of a neighbouring block. The pass runs compiled or in torch ops: ``implementation``, what
-    :func:`_pass_implementation` chose for the forward, also runs the backward.
+    :func:`pass_implementation` chose for the forward, also runs the backward.
     """
 
     @staticmethod

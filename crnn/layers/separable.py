@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from .cells import get_cell, rnn_macs_per_token, rnn_params
-from .fast_rnn import _ints, compiled_kernel, run_rnn, run_steps, run_ws_birnn, runs_compiled, uses_fast_path
+from .fast_rnn import _ints, is_compiled, pass_implementation, run_pass, run_rnn, run_ws_birnn, uses_fast_path
 from .registry import ALL_CELLS, Layer2d, check_positive, register_layer
 
 __all__ = ["SRNN", "SWSBiRNN", "SBiRNNCat", "SBiRNNSum", "WSBiRNN"]
@@ -299,51 +299,54 @@ class _SeparableRNN2d(Layer2d):
         self.cell_name = cell
 
     def forward(self, x: Tensor) -> Tensor:
-        if self._packed(x) and all(runs_compiled(p.rnn, x) for p in (self.row, self.col)):
+        implementations = self._fast_passes(x)
+        if implementations and all(map(is_compiled, implementations)):
             # the compiled pass gathers its input and scatters its output: no copies between the passes
-            return self._packed_passes([x])[0]
+            return self._packed_passes([x], implementations)[0]
         # rows: sequences along W, every image row a batch element -> (W, B, H, C), a view
         r = self.row.forward_seq_first(x.permute(3, 0, 2, 1))  # (W, B, H, hidden)
         # columns: sequences along H -> (H, B, W, hidden), a view
         c = self.col.forward_seq_first(r.permute(2, 1, 0, 3))  # (H, B, W, O)
         return c.permute(1, 3, 0, 2).contiguous()  # (B, O, H, W)
 
-    def _packed(self, x: Tensor) -> bool:
-        """Whether both passes run on the fast path (:meth:`_packed_passes`)."""
-        return all(p.fast_directions is not None and uses_fast_path(p.rnn, x) for p in (self.row, self.col))
+    def _fast_passes(self, x: Tensor) -> tuple[Any, Any] | None:
+        """What runs the row and the column pass on inputs like ``x`` where both are on the fast path
+        (:func:`~crnn.layers.fast_rnn.pass_implementation`; then :meth:`_packed_passes` runs), else None.
+        Chosen once per call, for both passes and their backward."""
+        if not all(p.fast_directions is not None and uses_fast_path(p.rnn, x) for p in (self.row, self.col)):
+            return None
+        return pass_implementation(self.row.rnn, x), pass_implementation(self.col.rnn, x)
 
     def forward_levels(self, maps: list[Tensor]) -> list[Tensor]:
         """Every map ``(B_k, C, H_k, W_k)`` through the layer. On the fast path all maps' rows are one
         packed pass and all their columns another (:meth:`_packed_passes`): each step is one matmul
         over every map, so a detection tower's pyramid levels cost the steps of the largest one."""
-        return self._packed_passes(maps) if self._packed(maps[0]) else [self(m) for m in maps]
+        implementations = self._fast_passes(maps[0])
+        return self._packed_passes(maps, implementations) if implementations else [self(m) for m in maps]
 
-    def _packed_passes(self, maps: list[Tensor]) -> list[Tensor]:
-        """The fast path's two passes over every map's rows, then every map's columns
-        (:class:`_GridLayout`): the maps' pixels are copied column by column (one map: one copy), the row
-        pass writes its states in the column pass's order and the column pass writes the NCHW outputs."""
+    def _packed_passes(self, maps: list[Tensor], implementations: tuple[Any, Any]) -> list[Tensor]:
+        """The fast path's two passes, run by ``implementations`` (row, column), over every map's rows,
+        then every map's columns (:class:`_GridLayout`): the maps' pixels are copied column by column
+        (one map: one copy), the row pass writes its states in the column pass's order and the column
+        pass writes the NCHW outputs. The layout's indices are valid by construction: the passes run
+        unchecked (:func:`~crnn.layers.fast_rnn.run_pass`)."""
         shapes = tuple(_ints((m.shape[0], m.shape[2], m.shape[3])) for m in maps)
         layout = _grid_layout(shapes, self.hidden_channels, self.out_channels)
         directions = self.row.fast_directions
-        kernel = compiled_kernel()[0] if runs_compiled(self.row.rnn, maps[0]) else None
-        x = _PixelColumns.apply(kernel, *maps)  # (pixels, C): every map column by column
+        row_pass, col_pass = implementations
+        x = _PixelColumns.apply(row_pass if is_compiled(row_pass) else None, *maps)  # (pixels, C)
         row_pixels, row_offsets, row_strides, col_offsets, col_strides = (
             index.to(x.device) for index in layout.indices()
         )
         # the row pass writes its states in the column pass's token order, (T hidden,) flat
-        r = run_steps(
-            self.row.rnn,
-            x,
-            layout.row_steps,
-            directions,
-            rows=row_pixels,
-            out_layout=(row_offsets, row_strides),
-            validate=False,  # the layout's indices are valid by construction
+        row_layout = (row_offsets, row_strides)
+        r = run_pass(
+            self.row.rnn, x, layout.row_steps, directions, row_pass, rows=row_pixels, out_layout=row_layout
         )
         # the column pass reads them as they lie and writes the NCHW maps, one after another, flat
         r = r.view(-1, self.hidden_channels)
         col_layout = (col_offsets, col_strides)
-        y = run_steps(self.col.rnn, r, layout.col_steps, directions, out_layout=col_layout, validate=False)
+        y = run_pass(self.col.rnn, r, layout.col_steps, directions, col_pass, out_layout=col_layout)
         sizes = [b * self.out_channels * h * w for b, h, w in shapes]
         return [part.view(b, -1, h, w) for part, (b, h, w) in zip(y.split(sizes), shapes, strict=True)]
 

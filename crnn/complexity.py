@@ -14,6 +14,8 @@ convolution**: one per weight use per output position. Concretely, for each op i
   (``g`` = 1, 3, 4 gates); the recurrent product at the first step counts like any other;
 * crnn's fast vanilla-RNN op (``prim::PythonOp._VanillaRNNFunction``, seen when a trace runs with
   ``crnn.layers.rnn_path("fast")``; by default a trace takes ``nn.RNN``): as the fused op it replaces;
+  a separable layer's packed passes over several maps (``prim::PythonOp._PackedPasses``,
+  ``forward_levels``): as its two passes over every map;
 * ``aten::addcmul`` (``out = a + b * c``): one MAC per output element. Layers use it precisely
   where an elementwise product is a product with a *weight* (the per-channel recurrence of
   DS-RNN): addcmul is a multiply-add with a weight: counted; plain gate products are not.
@@ -62,7 +64,7 @@ with warnings.catch_warnings():  # fvcore's import touches deprecated torch.jit 
     from fvcore.nn.jit_handles import einsum_flop_jit, get_shape
 
 from crnn.layers.fast_rnn import FAST_RNN_OP
-from crnn.layers.separable import PIXEL_COLUMNS_OP
+from crnn.layers.separable import PACKED_PASSES_OP
 
 __all__ = [
     "MAC_FREE_OPS",
@@ -195,10 +197,19 @@ def _fast_rnn_macs(inputs: list[Any], outputs: list[Any]) -> int:
     return directions * sum(steps) * (math.prod(w_ih) + math.prod(w_hh))
 
 
-def _no_macs(inputs: list[Any], outputs: list[Any]) -> int:
-    """A ``torch.autograd.Function`` that only moves data (fvcore ignores no ``prim::PythonOp`` by
-    name: it gets a handle that counts 0)."""
-    return 0
+def _packed_passes_macs(inputs: list[Any], outputs: list[Any]) -> int:
+    """A separable layer over several maps on the fast path (:mod:`crnn.layers.separable`, one
+    ``prim::PythonOp``), counted like :func:`_fast_rnn_macs`: every pixel of every map is a token of the
+    row pass and of the column pass, so pixels x directions x numel of the two passes' weight matrices
+    (each map's closed form, summed).
+
+    Inputs ``(*5 indices, *maps (B_k, C, H_k, W_k), row W_ih, W_hh, b_ih, b_hh, column W_ih, W_hh, b_ih,
+    b_hh)``; scalar arguments ``(steps, implementations, directions, relu)``.
+    """
+    *maps, row_ih, row_hh, _, _, col_ih, col_hh, _, _ = (_shape(v) for v in inputs[5:])
+    directions = outputs[0].node().scalar_args()[2]
+    pixels = sum(b * h * w for b, _, h, w in maps)
+    return directions * pixels * sum(math.prod(w) for w in (row_ih, row_hh, col_ih, col_hh))
 
 
 def _rnn_cell_macs(inputs: list[Any], outputs: list[Any]) -> int:
@@ -234,7 +245,7 @@ MAC_HANDLES: dict[str, Handle] = {
     "aten::gru": _fused_rnn_macs,
     "aten::lstm": _fused_rnn_macs,
     FAST_RNN_OP: _fast_rnn_macs,
-    PIXEL_COLUMNS_OP: _no_macs,
+    PACKED_PASSES_OP: _packed_passes_macs,
     "aten::rnn_tanh_cell": _rnn_cell_macs,
     "aten::rnn_relu_cell": _rnn_cell_macs,
     "aten::gru_cell": _rnn_cell_macs,

@@ -53,8 +53,8 @@ def test_closed_forms(name, kwargs):
 
 @pytest.mark.parametrize("name", ["srnn", "sws_birnn"])
 def test_packed_levels_are_counted(name):
-    """Several maps through ``forward_levels`` (on the fast path: one packed pass, its input copied by a
-    Function of its own) count as each map through the layer."""
+    """Several maps through ``forward_levels`` (on the fast path: one node for the packed passes) count
+    as each map through the layer."""
     layer = build_layer(name, 16, 16)
 
     class Levels(nn.Module):

@@ -234,6 +234,26 @@ def test_compiled_pass_equals_torch_pass(relu, directions, merge, widths, steps,
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5 * a.abs().max().item())
 
 
+@pytest.mark.parametrize("layer", FAST_LAYERS)
+def test_compiled_packed_levels_with_an_unused_level_and_frozen_maps(layer):
+    """The compiled packed passes (one autograd node for every level) where the loss reads one level
+    only and the maps need no gradient: the weights' gradients equal that level through ``nn.RNN``
+    alone (the unused levels' zero gradients pass through the recurrence and add nothing)."""
+    compiled_or_skip()
+    torch.manual_seed(0)
+    m = build_layer(layer, 16, 32)
+    maps = [torch.randn(2, 16, 6, 5), torch.randn(2, 16, 3, 3), torch.randn(2, 16, 1, 2)]
+    with rnn_path("fast"), rnn_kernel("compiled"):
+        packed = m.forward_levels(maps)[1]
+        grads = torch.autograd.grad(packed.square().sum(), list(m.parameters()))
+    with rnn_path("native"):
+        alone = m(maps[1])
+        expected = torch.autograd.grad(alone.square().sum(), list(m.parameters()))
+    torch.testing.assert_close(packed, alone, rtol=1e-5, atol=1e-6)
+    for g, e in zip(grads, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5 * e.abs().max().item())
+
+
 @pytest.mark.parametrize(("directions", "merge"), [(1, True), (2, True), (2, False)])
 def test_compiled_gathers_and_scatters_like_the_torch_pass(directions, merge):
     """Tokens reading rows of x through an index (some rows twice, one never: its gradient is 0) and

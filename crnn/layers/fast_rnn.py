@@ -98,7 +98,6 @@ __all__ = [
     "pass_implementation",
     "rnn_kernel",
     "rnn_path",
-    "run_pass",
     "run_rnn",
     "run_steps",
     "run_ws_birnn",
@@ -211,7 +210,7 @@ def run_steps(
     ``(T, H)``, or with ``out_layout = (offsets, strides)`` a flat tensor of ``T H`` elements in which
     channel ``c`` of token ``t`` is element ``offsets[t] + c * strides[t]`` (a scatter fused into the
     pass: e.g. NCHW maps); else ``(directions, T, H)``. The indices are checked to stay inside ``x``
-    and the output (:func:`run_pass` runs without the checks)."""
+    and the output (a few reductions a call)."""
     tokens = sum(steps)
     hidden = rnn.weight_hh_l0.shape[0]
     if rows is not None:
@@ -220,23 +219,7 @@ def run_steps(
         offsets, strides = out_layout
         _check_index("out_layout offsets", offsets, tokens, tokens * hidden)
         _check_index("out_layout", offsets + (hidden - 1) * strides, tokens, tokens * hidden)
-    return run_pass(rnn, x, steps, directions, pass_implementation(rnn, x), merge, rows, out_layout)
-
-
-def run_pass(
-    rnn: nn.RNNBase,
-    x: Tensor,
-    steps: tuple[int, ...],
-    directions: int,
-    implementation: Any,
-    merge: bool = True,
-    rows: Tensor | None = None,
-    out_layout: tuple[Tensor, Tensor] | None = None,
-) -> Tensor:
-    """:func:`run_steps` run by ``implementation`` (what :func:`pass_implementation` chose for ``rnn``
-    and ``x``; it also runs the backward), its indices unchecked: for callers whose indices are valid
-    by construction and that choose the implementation once for several passes (the 2-D layers,
-    :class:`~crnn.layers.separable._GridLayout`; the checks cost a few reductions a call)."""
+    implementation = pass_implementation(rnn, x)  # once: the backward runs the forward's
     layout = out_layout or (None, None)
     args = (steps, rnn.mode == "RNN_RELU", directions, merge, rows, *layout, implementation)
     return _VanillaRNNFunction.apply(x.contiguous(), *_weights(rnn), *args)

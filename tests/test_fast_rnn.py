@@ -107,8 +107,8 @@ def test_maps_packed_together_equal_each_map_through_nn_rnn(layer, cell):
     [((2, 6, 4), (2, 3, 5), (2, 1, 1), (1, 2, 3)), ((16, 16, 16), (16, 8, 8), (16, 4, 4)), ((3, 7, 2),)],
 )
 def test_packed_layouts_read_and_write_every_element_once(shapes):
-    """The 2-D layers run their packed passes without index checks (``fast_rnn.run_pass``), which the
-    layout's construction vouches for: the row pass reads every pixel once and writes every element of
+    """The 2-D layers run their packed passes without index checks (``separable._PackedPasses``), which
+    the layout's construction vouches for: the row pass reads every pixel once and writes every element of
     the column pass's input once, the column pass writes every element of the NCHW maps once."""
     hidden, channels = 5, 3
     layout = _grid_layout(shapes, hidden, channels)

@@ -37,7 +37,8 @@ its tanh is slow on this build (torch 2.14, one (2048, 64) float32 tensor, 1 thr
     summed states go out in any layout of elements (``run_steps(rows=, out_layout=)``): a gather and
     a scatter fused into the pass (rows moved as rows, 8 neighbouring pixels of a strided layout as
     8x8 blocks transposed in registers), with which the 2-D layers hand the row pass's states to the
-    column pass in its order and write NCHW maps;
+    column pass in its order and write NCHW maps (both passes and their backward one autograd node,
+    :class:`~crnn.layers.separable._PackedPasses`);
   - **torch** (:class:`_TorchPass`, the reference: float64, any width, any device, and the fallback
     where the compiled one cannot build): the projection is one matmul; per step one matmul
     accumulated in place (oneDNN's ``_linear_pointwise`` + ``add_`` for float32 products of at

@@ -278,8 +278,9 @@ def _pixel_columns_backward(kernel: Any, grad: Tensor, shapes: list[tuple[int, .
 
 
 class _PackedPasses(torch.autograd.Function):
-    """The fast path of a separable layer over several maps as ONE autograd node (one node, not one per
-    copy, pass and view between them: ~0.3 ms less per call at a detection tower's shapes):
+    """The fast path of a separable layer over several maps as ONE autograd node (not one per copy,
+    pass and view between them: sws_birnn's fwd+bwd at a detection tower's shapes ~0.2-0.3 ms less, of
+    7-9, on one Zen 5 core):
     ``(steps, implementations, directions, relu, *indices, *maps, *row weights, *column weights) ->
     maps``, where ``steps`` and ``indices`` are a :class:`_GridLayout`'s (``row_steps, col_steps`` and
     :meth:`_GridLayout.indices`, on the maps' device).

@@ -573,6 +573,35 @@ def _fed_rows(steps: tuple[int, ...], s: int, reverse: bool) -> int:
     return steps[s] if s else 0
 
 
+def _pass_forward(
+    implementation: Any,
+    x: Tensor,
+    x_index: Tensor | None,
+    weights: Sequence[Tensor],
+    steps: tuple[int, ...],
+    relu: bool,
+    directions: int,
+    merge: bool,
+    out_layout: tuple[Tensor | None, Tensor | None],
+) -> list[Tensor]:
+    """``[states, merged]`` of a pass (``implementation.forward``, see :func:`pass_implementation`) with an
+    ``nn.RNN``'s ``weights = (W_ih, W_hh, b_ih, b_hh)``: the two biases act as their sum."""
+    w_ih, w_hh, b_ih, b_hh = weights
+    return implementation.forward(
+        x, x_index, w_ih, b_ih + b_hh, w_hh, steps, relu, directions, merge, *out_layout
+    )
+
+
+def _pass_backward(
+    implementation: Any, grad: Tensor, grad_layout: tuple[Tensor | None, Tensor | None], *args: Any
+) -> list[Tensor | None]:
+    """``[grad_x, grad W_ih, grad W_hh, grad b_ih, grad b_hh]`` of a pass: ``implementation.backward(grad,
+    *grad_layout, *args)`` (``args``: its ``states, x, x_index, w_ih, w_hh, steps, relu, need_grad_x``),
+    the two biases' gradients equal, each its own tensor (in-place clipping scales each once)."""
+    grad_x, grad_w_ih, grad_w_hh, grad_b = implementation.backward(grad, *grad_layout, *args)
+    return [grad_x, grad_w_ih, grad_w_hh, grad_b, grad_b.clone()]
+
+
 class _VanillaRNNFunction(torch.autograd.Function):
     """``(x (R, I), W_ih, W_hh, b_ih, b_hh, steps, relu, directions, merge, x_index, out_offset,
     out_stride, implementation) -> states``.
@@ -612,8 +641,9 @@ class _VanillaRNNFunction(torch.autograd.Function):
         out_stride: Tensor | None,
         implementation: Any,
     ):
-        states, merged = implementation.forward(
-            x, x_index, w_ih, b_ih + b_hh, w_hh, steps, relu, directions, merge, out_offset, out_stride
+        weights, layout = (w_ih, w_hh, b_ih, b_hh), (out_offset, out_stride)
+        states, merged = _pass_forward(
+            implementation, x, x_index, weights, steps, relu, directions, merge, layout
         )
         ctx.save_for_backward(x, w_ih, w_hh, states)
         ctx.steps, ctx.relu, ctx.merge, ctx.x_index = steps, relu, merge, x_index
@@ -625,9 +655,10 @@ class _VanillaRNNFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad):
         x, w_ih, w_hh, states = ctx.saved_tensors
-        grad_x, grad_w_ih, grad_w_hh, grad_b = ctx.implementation.backward(
+        grads = _pass_backward(
+            ctx.implementation,
             grad.contiguous(),
-            *ctx.out_layout,
+            ctx.out_layout,
             states,
             x,
             ctx.x_index,
@@ -637,7 +668,7 @@ class _VanillaRNNFunction(torch.autograd.Function):
             ctx.relu,
             ctx.needs_input_grad[0],
         )
-        return grad_x, grad_w_ih, grad_w_hh, grad_b, grad_b.clone(), *(None,) * 8
+        return *grads, *(None,) * 8
 
 
 FAST_RNN_OP = f"prim::PythonOp.{_VanillaRNNFunction.__name__}"

@@ -33,7 +33,17 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from .cells import get_cell, rnn_macs_per_token, rnn_params
-from .fast_rnn import _ints, _weights, is_compiled, pass_implementation, run_rnn, run_ws_birnn, uses_fast_path
+from .fast_rnn import (
+    _ints,
+    _pass_backward,
+    _pass_forward,
+    _weights,
+    is_compiled,
+    pass_implementation,
+    run_rnn,
+    run_ws_birnn,
+    uses_fast_path,
+)
 from .registry import ALL_CELLS, Layer2d, check_positive, register_layer
 
 __all__ = ["SRNN", "SWSBiRNN", "SBiRNNCat", "SBiRNNSum", "WSBiRNN"]
@@ -309,14 +319,18 @@ class _PackedPasses(torch.autograd.Function):
         x = _pixel_columns(kernel, maps)  # (pixels, C)
         row_pixels, row_offsets, row_strides, col_offsets, col_strides = indices
         row_steps, col_steps = steps
-        (row_ih, row_hh, row_bih, row_bhh), (col_ih, col_hh, col_bih, col_bhh) = row_weights, col_weights
         # the row pass writes its summed states in the column pass's token order
-        row_layout = (row_steps, relu, directions, True, row_offsets, row_strides)
-        row_states, r = row_pass.forward(x, row_pixels, row_ih, row_bih + row_bhh, row_hh, *row_layout)
+        row_layout = (row_offsets, row_strides)
+        row_states, r = _pass_forward(
+            row_pass, x, row_pixels, row_weights, row_steps, relu, directions, True, row_layout
+        )
         r = r.view(len(x), -1)  # (pixels, hidden)
         # the column pass reads them as they lie and writes the NCHW maps, one after another, flat
-        col_layout = (col_steps, relu, directions, True, col_offsets, col_strides)
-        col_states, y = col_pass.forward(r, None, col_ih, col_bih + col_bhh, col_hh, *col_layout)
+        col_layout = (col_offsets, col_strides)
+        col_states, y = _pass_forward(
+            col_pass, r, None, col_weights, col_steps, relu, directions, True, col_layout
+        )
+        (row_ih, row_hh, *_), (col_ih, col_hh, *_) = row_weights, col_weights
         ctx.save_for_backward(x, row_states, r, col_states, row_ih, row_hh, col_ih, col_hh)
         ctx.steps, ctx.indices, ctx.implementations, ctx.kernel = steps, indices, implementations, kernel
         ctx.relu, ctx.shapes = relu, [tuple(m.shape) for m in maps]
@@ -330,18 +344,16 @@ class _PackedPasses(torch.autograd.Function):
         x, row_states, r, col_states, row_ih, row_hh, col_ih, col_hh = ctx.saved_tensors
         row_pixels, row_offsets, row_strides, col_offsets, col_strides = ctx.indices
         (row_pass, col_pass), (row_steps, col_steps), relu = ctx.implementations, ctx.steps, ctx.relu
-        need_maps = any(ctx.needs_input_grad[9 : 9 + len(ctx.shapes)])
+        need_maps = any(ctx.needs_input_grad[-8 - len(ctx.shapes) : -8])  # the maps: before the 8 weights
         grad = torch.cat([g.reshape(-1) for g in grads])  # the NCHW maps', flat
         col_args = (col_states, r, None, col_ih, col_hh, col_steps, relu, True)
-        grad_r, *col_grads = col_pass.backward(grad, col_offsets, col_strides, *col_args)
+        grad_r, *col_grads = _pass_backward(col_pass, grad, (col_offsets, col_strides), *col_args)
         row_args = (row_states, x, row_pixels, row_ih, row_hh, row_steps, relu, need_maps)
-        grad_x, *row_grads = row_pass.backward(grad_r.view(-1), row_offsets, row_strides, *row_args)
+        grad_x, *row_grads = _pass_backward(row_pass, grad_r.view(-1), (row_offsets, row_strides), *row_args)
         grad_maps = [None] * len(ctx.shapes)
         if need_maps:
             grad_maps = _pixel_columns_backward(ctx.kernel, grad_x, ctx.shapes)
-        row_grads.append(row_grads[-1].clone())  # b_ih's and b_hh's: equal, each its own tensor
-        col_grads.append(col_grads[-1].clone())
-        return None, None, None, None, *(None,) * 5, *grad_maps, *row_grads, *col_grads
+        return *(None,) * 9, *grad_maps, *row_grads, *col_grads
 
 
 PACKED_PASSES_OP = f"prim::PythonOp.{_PackedPasses.__name__}"

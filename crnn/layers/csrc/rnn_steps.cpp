@@ -152,7 +152,7 @@ struct Product {  // a[rows, 0:K] @ b[0:K, columns] (b row-major with row stride
 };
 
 // For r < R: out[r] = finish(init[r] (or bias, or 0) + a1[r] @ b1 + a2[r] @ b2) over kLanes*NV columns;
-// side (if given) gets the sum before a2[r] @ b2
+// side (if given) gets the sum before a2[r] @ b2. out may be init (in place: a tile reads its rows first)
 template <int R, int NV, Epilogue E>
 inline void tile(Rows init, const float* bias, Product p1, Rows side, Product p2, Rows out, Rows aux) {
   Vec acc[R][NV];
@@ -442,16 +442,18 @@ std::vector<torch::Tensor> forward(torch::Tensor x, c10::optional<torch::Tensor>
   const Rows xs{x.data_ptr<float>(), x.stride(0), index_of(x_index, T, "x_index")};
   const Layout out = layout_of(out_offset, out_stride, T);
   const Product input{xs, w_ih_t.data_ptr<float>(), H, I};
-  // Two directions read one projection. On two threads it is computed first over all tokens and the
-  // directions run at once; on one, direction 0 fuses it into its steps and leaves it for direction 1
-  // (one pass less over it). One direction fuses it into its steps.
+  // Two directions read one projection. On two threads it is computed first over all tokens, into a
+  // buffer of its own, and the directions run at once; on one, direction 0 fuses it into its steps and
+  // leaves it in direction 1's states, which direction 1 overwrites in place, block by block (a step
+  // reads its rows of the projection before it writes their states): one pass less over it, and no
+  // (T, H) buffer more to write. One direction fuses it into its steps.
   const bool at_once = directions == 2 && at::get_num_threads() > 1;
+  const auto states = torch::empty({directions, T, H}, x.options());
   torch::Tensor projection;
-  if (directions == 2) projection = torch::empty({T, H}, x.options());
+  if (directions == 2) projection = at_once ? torch::empty({T, H}, x.options()) : states[1];
   if (at_once)
     step<Epilogue::kNone>(T, 0, H, kNone, b.data_ptr<float>(), input, kNoProduct, {projection.data_ptr<float>(), H},
                           kNone);
-  const auto states = torch::empty({directions, T, H}, x.options());
   auto run = [&](int64_t d) {
     float* h = states[d].data_ptr<float>();
     for (int64_t i = 0; i < S; ++i) {

@@ -203,10 +203,11 @@ def _packed_passes_macs(inputs: list[Any], outputs: list[Any]) -> int:
     row pass and of the column pass, so pixels x directions x numel of the two passes' weight matrices
     (each map's closed form, summed).
 
-    Inputs ``(*5 indices, *maps (B_k, C, H_k, W_k), row W_ih, W_hh, b_ih, b_hh, column W_ih, W_hh, b_ih,
-    b_hh)``; scalar arguments ``(steps, implementations, directions, relu)``.
+    Inputs ``(*indices (1-D), *maps (B_k, C, H_k, W_k), row W_ih, W_hh, b_ih, b_hh, column W_ih, W_hh,
+    b_ih, b_hh)``; scalar arguments ``(steps, implementations, directions, relu)``.
     """
-    *maps, row_ih, row_hh, _, _, col_ih, col_hh, _, _ = (_shape(v) for v in inputs[5:])
+    *leading, row_ih, row_hh, _, _, col_ih, col_hh, _, _ = (_shape(v) for v in inputs)
+    maps = [shape for shape in leading if len(shape) == 4]  # not the layout's 1-D indices before them
     directions = outputs[0].node().scalar_args()[2]
     pixels = sum(b * h * w for b, _, h, w in maps)
     return directions * pixels * sum(math.prod(w) for w in (row_ih, row_hh, col_ih, col_hh))

@@ -445,8 +445,8 @@ std::vector<torch::Tensor> forward(torch::Tensor x, c10::optional<torch::Tensor>
   // Two directions read one projection. On two threads it is computed first over all tokens, into a
   // buffer of its own, and the directions run at once; on one, direction 0 fuses it into its steps and
   // leaves it in direction 1's states, which direction 1 overwrites in place, block by block (a step
-  // reads its rows of the projection before it writes their states): one pass less over it, and no
-  // (T, H) buffer more to write. One direction fuses it into its steps.
+  // reads its rows of the projection before it writes their states): one pass less over it, and one
+  // (T, H) buffer fewer to write. One direction fuses it into its steps.
   const bool at_once = directions == 2 && at::get_num_threads() > 1;
   const auto states = torch::empty({directions, T, H}, x.options());
   torch::Tensor projection;

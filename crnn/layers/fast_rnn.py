@@ -28,17 +28,19 @@ its tanh is slow on this build (torch 2.14, one (2048, 64) float32 tensor, 1 thr
     ``m / (m + 2)`` with ``m = expm1(2|x|)`` from Cephes' ``expf`` reduction (~2 ulp; a forward pass
     ~5% faster than ``1 - 2 / (exp(2|x|) + 1)`` with a Taylor series near 0). On two or more threads
     the directions of a weight-shared pass run at once, one per thread; on one, direction 0 computes
-    the input projection in its steps for both.
+    the input projection in its steps for both and leaves it in direction 1's states, which
+    direction 1 overwrites in place.
     The backward fuses the activation's derivative into the recurrent product and accumulates the
     ``W_hh`` gradient block by block while the blocks are in cache; the ``W_ih``, bias and input
     gradients follow block by block (on one thread as soon as the last direction has passed a block:
     one pass over memory, sws_birnn's tower layer ~3% faster than three passes after both directions).
-    The tokens may read their inputs through an index and the
-    summed states go out in any layout of elements (``run_steps(rows=, out_layout=)``): a gather and
-    a scatter fused into the pass (rows moved as rows, 8 neighbouring pixels of a strided layout as
-    8x8 blocks transposed in registers), with which the 2-D layers hand the row pass's states to the
-    column pass in its order and write NCHW maps (both passes and their backward one autograd node,
-    :class:`~crnn.layers.separable._PackedPasses`);
+    The tokens may read their inputs through an index and the summed states go out in any layout
+    of elements (the implementations' ``x_index`` and ``out_offset, out_stride``): a gather and a
+    scatter fused into the pass (rows moved as rows, 8 neighbouring pixels of a strided layout as 8x8
+    blocks transposed in registers), with which the 2-D layers' packed node
+    (:class:`~crnn.layers.separable._PackedPasses`: both passes and their backward, one autograd
+    node) hands the row pass's states to the column pass in its order and writes NCHW maps;
+    ``run_steps(rows=, out_layout=)`` runs them checked, as a pass of its own;
   - **torch** (:class:`_TorchPass`, the reference: float64, any width, any device, and the fallback
     where the compiled one cannot build): the projection is one matmul; per step one matmul
     accumulated in place (oneDNN's ``_linear_pointwise`` + ``add_`` for float32 products of at

@@ -8,8 +8,10 @@ small synthetic_shapes set (``--images`` training images, batch 16, in a tempora
 interleaved rounds (contention on a shared machine hits every model alike), each model runs
 ``--steps`` training steps (forward with the FCOS losses, backward, a step of the experiment's
 optimizer) on the same batches and one inference pass (eval mode, boxes after NMS) over them; data
-loading is not timed. Prints the median time per training step and per inference batch, the ratio
-to ``rnn=none`` and the training part of a synthetic_shapes epoch (1,000 images = 63 steps).
+loading is not timed, and a first round (first calls, allocations) is not recorded. Prints the median
+time per training step and per inference batch, the ratio to ``rnn=none``, the training part of a
+synthetic_shapes epoch (1,000 images = 63 steps) and each model's per-round ratio of the training step
+to the first model's (paired within a round: the steadier figure).
 
     python scripts/bench_towers.py                                  # none, sws_birnn; 1 thread
     python scripts/bench_towers.py --layers none,srnn,sws_birnn --rounds 5 --threads 2
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
 
     train: dict[str, list[float]] = {k: [] for k in layers}
     infer: dict[str, list[float]] = {k: [] for k in layers}
-    for _ in range(args.rounds):
+    for round_ in range(-1, args.rounds):  # round -1: not recorded
         for layer, (net, opt, batches, _) in models.items():
             net.train()
             start = CLOCK()
@@ -96,12 +98,14 @@ def main(argv: list[str] | None = None) -> None:
                 opt.zero_grad(set_to_none=True)
                 sum(losses.values()).backward()
                 opt.step()
-            train[layer].append((CLOCK() - start) / args.steps)
+            step_time = (CLOCK() - start) / args.steps
             net.eval()
             start = CLOCK()
             with torch.no_grad():
                 net(batches[0][0])
-            infer[layer].append(CLOCK() - start)
+            if round_ >= 0:
+                train[layer].append(step_time)
+                infer[layer].append(CLOCK() - start)
 
     base_train, base_infer = statistics.median(train[layers[0]]), statistics.median(infer[layers[0]])
     print(
@@ -114,9 +118,19 @@ def main(argv: list[str] | None = None) -> None:
             f"{layer:12s} {models[layer][3]:9,d} {t:13.3f} {t / base_train:8.2f} "
             f"{t * EPOCH_STEPS:14.1f} {i:14.3f} {i / base_infer:8.2f}"
         )
-    print("(x: time relative to the first layer; < 1 is faster; per round values:)")
+    print("(x: time relative to the first layer; < 1 is faster)")
+    if args.rounds >= 2:
+        # each round's ratio pairs two measurements taken seconds apart: a shared machine's slow drifts
+        # (which move the medians above by several percent between runs) cancel in it
+        print(f"training step, per-round ratio x {layers[0]} (median, quartiles; ratio of the totals):")
+        for layer in layers[1:]:
+            ratios = [t / b for t, b in zip(train[layer], train[layers[0]], strict=True)]
+            low, _, high = statistics.quantiles(ratios, n=4)
+            total = sum(train[layer]) / sum(train[layers[0]])
+            print(f"  {layer:12s} {statistics.median(ratios):.3f} ({low:.3f}-{high:.3f}); {total:.3f}")
+    print("per round, train s/step:")
     for layer in layers:
-        print(f"  {layer:12s} train {[round(v, 3) for v in train[layer]]}")
+        print(f"  {layer:12s} {[round(v, 3) for v in train[layer]]}")
 
 
 if __name__ == "__main__":

@@ -189,8 +189,8 @@ def _fast_rnn_macs(inputs: list[Any], outputs: list[Any]) -> int:
     pass projects its input once and reads it both ways, but counts as two directions, so the count
     does not depend on the path (and equals the closed forms).
 
-    Inputs ``(x (R, I), W_ih, W_hh, b_ih, b_hh, ...)``; scalar arguments ``(steps, relu, directions,
-    merge)``: ``sum(steps)`` tokens (a token reads a row of ``x``, through an index or not).
+    Inputs ``(x (T, I), W_ih, W_hh, b_ih, b_hh)``; scalar arguments ``(steps, relu, directions, merge,
+    implementation)``: ``sum(steps)`` tokens.
     """
     w_ih, w_hh = (_shape(v) for v in inputs[1:3])
     steps, _, directions = outputs[0].node().scalar_args()[:3]

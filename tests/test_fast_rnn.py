@@ -152,20 +152,21 @@ def test_gradcheck(merge, relu):
             lambda x, *w, d=directions: fast_rnn.run_steps(_Module(rnn, w), x, steps, d, merge),
             (tokens, *params),
         )
-    # the tokens reading rows of x through an index, the merged output scattered
-    rows = torch.tensor([5, 0, 2, 2, 1, 0, 3, 4, 5])
-    out_layout = scattered_layout(sum(steps)) if merge else None
-    source = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(
-        lambda x, *w: fast_rnn.run_steps(_Module(rnn, w), x, steps, 2, merge, rows, out_layout),
-        (source, *params),
-    )
 
 
-def scattered_layout(tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """An output layout with the channels strided: token ``t``, channel ``c`` at element
-    ``perm[t] + c * tokens`` (channel-major, the tokens permuted)."""
-    return torch.randperm(tokens), torch.full((tokens,), tokens)
+@pytest.mark.parametrize(("layer", "relu"), itertools.product(FAST_LAYERS, [False, True]))
+def test_gradcheck_packed_levels(layer, relu):
+    """The 2-D layers' packed node (``separable._PackedPasses``: the pixels gathered by the row pass,
+    its states scattered in the column pass's order, the column pass's scattered into NCHW maps) over
+    maps of several sizes: every map and every weight."""
+    torch.manual_seed(0)
+    m = build_layer(layer, 3, 4, cell="rnn_relu" if relu else "rnn_tanh").double()
+    maps = [torch.randn(*s, dtype=torch.float64, requires_grad=True) for s in [(2, 3, 3, 2), (1, 3, 1, 3)]]
+    # the parameters themselves are inputs: gradcheck perturbs them in place, the layer reads them
+    with rnn_path("fast"):
+        assert torch.autograd.gradcheck(
+            lambda *inputs: tuple(m.forward_levels(list(inputs[: len(maps)]))), (*maps, *m.parameters())
+        )
 
 
 class _Module(nn.Module):
@@ -254,32 +255,6 @@ def test_compiled_packed_levels_with_an_unused_level_and_frozen_maps(layer):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5 * e.abs().max().item())
 
 
-@pytest.mark.parametrize(("directions", "merge"), [(1, True), (2, True), (2, False)])
-def test_compiled_gathers_and_scatters_like_the_torch_pass(directions, merge):
-    """Tokens reading rows of x through an index (some rows twice, one never: its gradient is 0) and
-    the merged output scattered channel-major by a permutation: compiled vs torch pass, values and
-    gradients."""
-    compiled_or_skip()
-    torch.manual_seed(0)
-    rnn = nn.RNN(32, 16)
-    steps = (6, 6, 4, 1)
-    rows = torch.randint(0, 20, (sum(steps),))
-    rows[rows == 3] = 4  # row 3 is read by no token
-    out_layout = scattered_layout(sum(steps)) if merge else None
-    x = torch.randn(20, 32)
-    results = []
-    for kernel in ("torch", "compiled"):
-        xk = x.clone().requires_grad_(True)
-        with rnn_kernel(kernel):
-            y = fast_rnn.run_steps(rnn, xk, steps, directions, merge, rows, out_layout)
-            GENERATOR.manual_seed(1)
-            grads = torch.autograd.grad(y, [xk, *rnn.parameters()], torch.randn(y.shape, generator=GENERATOR))
-        results.append([y, *grads])
-    for a, b in zip(*results, strict=True):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5 * a.abs().max().item())
-    assert results[1][1][3].abs().max() == 0  # x's gradient: the unread row gets none
-
-
 def test_compiled_tanh_is_accurate_over_the_float_range():
     """The kernel's own tanh (one step from a zero state: h = tanh(x W^T + b)) against torch.tanh."""
     compiled_or_skip()
@@ -352,12 +327,6 @@ def test_compiled_kernel_refuses_what_it_cannot_run(monkeypatch):
     torch.testing.assert_close(fast_rnn.run_steps(rnn, x, (3, 3), 2), expected, rtol=0, atol=0)
     with rnn_kernel("compiled"), pytest.raises(RuntimeError, match="no gcc"):
         fast_rnn.run_steps(rnn, x, (3, 3), 2)
-    with pytest.raises(ValueError, match=r"rows: indices out of range \(0\.\.5\)"):
-        fast_rnn.run_steps(rnn, x, (3, 3), 2, rows=torch.tensor([0, 1, 2, 3, 4, 6]))
-    with pytest.raises(ValueError, match="out_layout offsets: one index per token"):
-        fast_rnn.run_steps(rnn, x, (3, 3), 2, out_layout=(torch.arange(5), torch.ones(5, dtype=torch.long)))
-    with pytest.raises(ValueError, match=r"out_layout: indices out of range \(0\.\.95\)"):  # 6 tokens x 16
-        fast_rnn.run_steps(rnn, x, (3, 3), 2, out_layout=(torch.arange(6), torch.full((6,), 7)))
     monkeypatch.setenv("CRNN_RNN_KERNEL", "fastest")
     with pytest.raises(ValueError, match="CRNN_RNN_KERNEL='fastest'.*auto, compiled, torch"):
         fast_rnn.run_steps(rnn, x, (3, 3), 2)

@@ -34,13 +34,13 @@ its tanh is slow on this build (torch 2.14, one (2048, 64) float32 tensor, 1 thr
     ``W_hh`` gradient block by block while the blocks are in cache; the ``W_ih``, bias and input
     gradients follow block by block (on one thread as soon as the last direction has passed a block:
     one pass over memory, sws_birnn's tower layer ~3% faster than three passes after both directions).
-    The tokens may read their inputs through an index and the summed states go out in any layout
-    of elements (the implementations' ``x_index`` and ``out_offset, out_stride``): a gather and a
-    scatter fused into the pass (rows moved as rows, 8 neighbouring pixels of a strided layout as 8x8
-    blocks transposed in registers), with which the 2-D layers' packed node
-    (:class:`~crnn.layers.separable._PackedPasses`: both passes and their backward, one autograd
-    node) hands the row pass's states to the column pass in its order and writes NCHW maps;
-    ``run_steps(rows=, out_layout=)`` runs them checked, as a pass of its own;
+    The tokens may read their inputs through an index (a permutation of the input rows) and the
+    summed states go out in any layout of elements (the implementations' ``x_index`` and
+    ``out_offset, out_stride``): a gather and a scatter fused into the pass (rows moved as rows, 8
+    neighbouring pixels of a strided layout as 8x8 blocks transposed in registers), with which the
+    2-D layers' packed node (:class:`~crnn.layers.separable._PackedPasses`: both passes and their
+    backward, one autograd node) hands the row pass's states to the column pass in its order and
+    writes NCHW maps;
   - **torch** (:class:`_TorchPass`, the reference: float64, any width, any device, and the fallback
     where the compiled one cannot build): the projection is one matmul; per step one matmul
     accumulated in place (oneDNN's ``_linear_pointwise`` + ``add_`` for float32 products of at
@@ -198,42 +198,15 @@ def run_rnn(rnn: nn.RNNBase, x: Tensor) -> Tensor:
 
 
 def run_steps(
-    rnn: nn.RNNBase,
-    x: Tensor,
-    steps: tuple[int, ...],
-    directions: int,
-    merge: bool = True,
-    rows: Tensor | None = None,
-    out_layout: tuple[Tensor, Tensor] | None = None,
+    rnn: nn.RNNBase, x: Tensor, steps: tuple[int, ...], directions: int, merge: bool = True
 ) -> Tensor:
-    """The fast path on sequences laid out step-major (block ``s``: the next ``steps[s]`` tokens, see
-    :class:`_VanillaRNNFunction`), through the vanilla ``rnn``, zero initial state; ``directions=2``:
-    also backwards with the same weights. Token ``t`` reads row ``rows[t]`` of ``x (R, I)`` (``rows``
-    None: row ``t``; a gather fused into the pass). ``merge``: the states summed over the directions,
-    ``(T, H)``, or with ``out_layout = (offsets, strides)`` a flat tensor of ``T H`` elements in which
-    channel ``c`` of token ``t`` is element ``offsets[t] + c * strides[t]`` (a scatter fused into the
-    pass: e.g. NCHW maps); else ``(directions, T, H)``. The indices are checked to stay inside ``x``
-    and the output (a few reductions a call)."""
-    tokens = sum(steps)
-    hidden = rnn.weight_hh_l0.shape[0]
-    if rows is not None:
-        _check_index("rows", rows, tokens, len(x))
-    if out_layout is not None:  # every token's first and last channel inside the output
-        offsets, strides = out_layout
-        _check_index("out_layout offsets", offsets, tokens, tokens * hidden)
-        _check_index("out_layout", offsets + (hidden - 1) * strides, tokens, tokens * hidden)
+    """The fast path on the tokens ``x (T, I)``, sequences laid out step-major (block ``s``: the next
+    ``steps[s]`` tokens, see :class:`_VanillaRNNFunction`), through the vanilla ``rnn``, zero initial
+    state; ``directions=2``: also backwards with the same weights. ``merge``: the states summed over
+    the directions, ``(T, H)``; else ``(directions, T, H)``."""
     implementation = pass_implementation(rnn, x)  # once: the backward runs the forward's
-    layout = out_layout or (None, None)
-    args = (steps, rnn.mode == "RNN_RELU", directions, merge, rows, *layout, implementation)
+    args = (steps, rnn.mode == "RNN_RELU", directions, merge, implementation)
     return _VanillaRNNFunction.apply(x.contiguous(), *_weights(rnn), *args)
-
-
-def _check_index(name: str, index: Tensor, tokens: int, limit: int) -> None:
-    """One index per token, each in ``[0, limit)``: checked once per call, not by either pass."""
-    if tuple(index.shape) != (tokens,):
-        raise ValueError(f"{name}: one index per token ({tokens}), got shape {tuple(index.shape)}")
-    if tokens and not 0 <= int(index.min()) <= int(index.max()) < limit:
-        raise ValueError(f"{name}: indices out of range (0..{limit - 1})")
 
 
 def _ints(shape: Sequence[int]) -> tuple[int, ...]:
@@ -605,25 +578,22 @@ def _pass_backward(
 
 
 class _VanillaRNNFunction(torch.autograd.Function):
-    """``(x (R, I), W_ih, W_hh, b_ih, b_hh, steps, relu, directions, merge, x_index, out_offset,
-    out_stride, implementation) -> states``.
+    """``(x (T, I), W_ih, W_hh, b_ih, b_hh, steps, relu, directions, merge, implementation) -> states``.
 
-    The tokens (row ``x_index[t]`` of ``x`` for token ``t``; without ``x_index`` the rows of ``x``,
-    ``R = T``) hold sequences in the *step-major* layout that ``steps`` describes: step ``s`` is the
-    block of the next ``steps[s]`` rows, one token of every sequence at least ``s + 1`` long, the
-    longer sequences first and in the same order in every block (so a block's first ``steps[s + 1]``
-    rows continue in the next block; ``steps`` never increases). ``(L, N)`` sequence-first is this
-    layout with ``steps = (N,) * L``; the 2-D layers lay several maps' rows or columns out this way.
+    The tokens (the rows of ``x``) hold sequences in the *step-major* layout that ``steps`` describes:
+    step ``s`` is the block of the next ``steps[s]`` rows, one token of every sequence at least
+    ``s + 1`` long, the longer sequences first and in the same order in every block (so a block's
+    first ``steps[s + 1]`` rows continue in the next block; ``steps`` never increases). ``(L, N)``
+    sequence-first is this layout with ``steps = (N,) * L``; the 2-D layers lay several maps' rows or
+    columns out this way.
 
-    Every sequence runs through one vanilla RNN from a zero state: forwards, and with
-    ``directions=2`` also backwards with the same weights (a sequence's backward pass starts at its
-    last token: in the block where it is a *suffix* row, the rows after the continuing prefix). The
-    states are returned in the tokens' layout: ``(directions, T, H)``, or with ``merge`` summed over
-    the directions, ``(T, H)``, or flat in the layout ``out_offset``, ``out_stride`` (channel ``c`` of
-    token ``t`` at element ``out_offset[t] + c * out_stride[t]``). Both
-    directions read the one input projection, and nothing is flipped: every step is a product on a
-    prefix of a neighbouring block. The pass runs compiled or in torch ops: ``implementation``, what
-    :func:`pass_implementation` chose for the forward, also runs the backward.
+    Every sequence runs through one vanilla RNN from a zero state: forwards, and with ``directions=2``
+    also backwards with the same weights (a sequence's backward pass starts at its last token: in the
+    block where it is a *suffix* row, the rows after the continuing prefix). The states are returned in
+    the tokens' layout: ``(directions, T, H)``, or with ``merge`` summed over the directions,
+    ``(T, H)``. Both directions read the one input projection, and nothing is flipped: every step is a
+    product on a prefix of a neighbouring block. The pass runs compiled or in torch ops: ``implementation``,
+    what :func:`pass_implementation` chose for the forward, also runs the backward.
     """
 
     @staticmethod
@@ -638,39 +608,23 @@ class _VanillaRNNFunction(torch.autograd.Function):
         relu: bool,
         directions: int,
         merge: bool,
-        x_index: Tensor | None,
-        out_offset: Tensor | None,
-        out_stride: Tensor | None,
         implementation: Any,
     ):
-        weights, layout = (w_ih, w_hh, b_ih, b_hh), (out_offset, out_stride)
+        weights = (w_ih, w_hh, b_ih, b_hh)
         states, merged = _pass_forward(
-            implementation, x, x_index, weights, steps, relu, directions, merge, layout
+            implementation, x, None, weights, steps, relu, directions, merge, (None, None)
         )
         ctx.save_for_backward(x, w_ih, w_hh, states)
-        ctx.steps, ctx.relu, ctx.merge, ctx.x_index = steps, relu, merge, x_index
-        ctx.implementation = implementation
-        ctx.out_layout = (out_offset, out_stride) if merge else (None, None)
+        ctx.steps, ctx.relu, ctx.implementation = steps, relu, implementation
         return merged if merge else states
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
         x, w_ih, w_hh, states = ctx.saved_tensors
-        grads = _pass_backward(
-            ctx.implementation,
-            grad.contiguous(),
-            ctx.out_layout,
-            states,
-            x,
-            ctx.x_index,
-            w_ih,
-            w_hh,
-            ctx.steps,
-            ctx.relu,
-            ctx.needs_input_grad[0],
-        )
-        return *grads, *(None,) * 8
+        args = (states, x, None, w_ih, w_hh, ctx.steps, ctx.relu, ctx.needs_input_grad[0])
+        grads = _pass_backward(ctx.implementation, grad.contiguous(), (None, None), *args)
+        return *grads, *(None,) * 5
 
 
 FAST_RNN_OP = f"prim::PythonOp.{_VanillaRNNFunction.__name__}"

@@ -193,8 +193,8 @@ class _GridLayout:
     map at least ``s + 1`` wide, the widest maps first, each map's rows in ``(b, h)`` order (so a block
     reads one contiguous run of rows per map). It writes its states in the column pass's token order:
     the column pass, along H, columns in ``(b, w)`` order, reads them as they lie and writes NCHW maps
-    of ``channels`` (one after another, flat). Nothing but the gathers and scatters of the passes
-    (``rows`` / ``out_layout``) moves data:
+    of ``channels`` (one after another, flat). After the pixel copy, nothing but the passes' gathers and
+    scatters (their ``x_index`` / ``out_offset, out_stride``) moves data:
 
     * ``row_pixels``: the pixel each token of the row pass reads;
     * ``row_offsets``: where each row-pass token's states go: its column-pass token times ``hidden``

@@ -300,18 +300,9 @@ const Product kNoProduct{kNone, nullptr, 0, 0};
 
 }  // namespace
 
-bool permutation(const int64_t* index, int64_t T, int64_t rows) {
-  if (T != rows) return false;
-  std::vector<char> seen(rows, 0);
-  for (int64_t t = 0; t < T; ++t) {
-    if (seen[index[t]]) return false;
-    seen[index[t]] = 1;
-  }
-  return true;
-}
-
-// The rows an index names are checked once, where the pass is called (fast_rnn.run_steps), not here on
-// every forward and backward.
+// An index's values are not checked here: its one caller, the 2-D layers' packed node
+// (separable._PackedPasses), builds them (a permutation of x's rows; every element of the output layout
+// written once: tests/test_fast_rnn.py).
 const int64_t* index_of(const c10::optional<torch::Tensor>& index, int64_t T, const char* name) {
   if (!index) return nullptr;
   TORCH_CHECK(index->dtype() == torch::kInt64 && index->is_contiguous() && index->dim() == 1 && index->size(0) == T,
@@ -423,9 +414,9 @@ void gather(int64_t begin, int64_t end, int64_t H, const float* src, Layout layo
 }
 
 // [states (directions, T, H), merged] of a pass over the T tokens whose inputs are the rows of x
-// (x_index[t] for token t, else row t): h = act(x W_ih^T + bias + h_previous W_hh^T) from a zero state;
-// direction 1 (if any) reads every sequence backwards with the same weights; the two directions run
-// at once, one per thread. merge: `merged` holds the sum of the directions' states, (T, H), or with an
+// (x_index[t] for token t, a permutation, else row t): h = act(x W_ih^T + bias + h_previous W_hh^T)
+// from a zero state; direction 1 (if any) reads every sequence backwards with the same weights; the two
+// directions run at once, one per thread. merge: `merged` holds the sum of the directions' states, (T, H), or with an
 // output layout (out_offset, out_stride) a flat tensor of T H elements laid out by it; else undefined.
 std::vector<torch::Tensor> forward(torch::Tensor x, c10::optional<torch::Tensor> x_index, torch::Tensor w_ih,
                                    torch::Tensor bias, torch::Tensor w_hh, std::vector<int64_t> steps, bool relu,
@@ -434,10 +425,9 @@ std::vector<torch::Tensor> forward(torch::Tensor x, c10::optional<torch::Tensor>
   const auto starts = block_starts(steps);
   const int64_t S = static_cast<int64_t>(steps.size()), T = S ? starts[S - 1] + steps[S - 1] : 0,
                 I = x.size(1), H = w_hh.size(0);
-  check(x, x.size(0), I, "x");
+  check(x, T, I, "x");  // one row per token (x_index: a permutation of them)
   check(w_hh, H, H, "w_hh");
   TORCH_CHECK(directions == 1 || directions == 2, "directions: 1 or 2");
-  if (!x_index) TORCH_CHECK(x.size(0) == T, "x: one row per token without x_index");
   const auto w_ih_t = w_ih.t().contiguous(), w_hh_t = w_hh.t().contiguous(), b = bias.contiguous();
   const Rows xs{x.data_ptr<float>(), x.stride(0), index_of(x_index, T, "x_index")};
   const Layout out = layout_of(out_offset, out_stride, T);
@@ -499,7 +489,7 @@ std::vector<torch::Tensor> forward(torch::Tensor x, c10::optional<torch::Tensor>
 // grad_stride) as `forward`'s output), or (directions, T, H) = d loss / d states. The recurrences run
 // (the two directions at once, one per thread, where there are two), each accumulating its W_hh gradient
 // block by block while the blocks are in cache; the other gradients follow block by block, on one
-// thread as soon as a block is final; x's gradient goes to (is added to) the rows the tokens read.
+// thread as soon as a block is final; x's gradient goes to the rows the tokens read (each read once).
 std::vector<torch::Tensor> backward(torch::Tensor grad, c10::optional<torch::Tensor> grad_offset,
                                     c10::optional<torch::Tensor> grad_stride, torch::Tensor states, torch::Tensor x,
                                     c10::optional<torch::Tensor> x_index, torch::Tensor w_ih, torch::Tensor w_hh,
@@ -507,7 +497,7 @@ std::vector<torch::Tensor> backward(torch::Tensor grad, c10::optional<torch::Ten
   const int64_t D = states.size(0), T = states.size(1), H = states.size(2), I = x.size(1),
                 S = static_cast<int64_t>(steps.size());
   for (int64_t d = 0; d < D; ++d) check(states[d], T, H, "states");
-  check(x, x.size(0), I, "x");
+  check(x, T, I, "x");  // one row per token (x_index: a permutation of them)
   const Rows xs{x.data_ptr<float>(), x.stride(0), index_of(x_index, T, "x_index")};
   const Layout in = layout_of(grad_offset, grad_stride, T);
   if (in.offset) {  // gathered into token rows first: the recurrence reads rows
@@ -537,13 +527,9 @@ std::vector<torch::Tensor> backward(torch::Tensor grad, c10::optional<torch::Ten
   const float* other = D == 2 ? da[1].data_ptr<float>() : nullptr;
   auto grad_w_ih = torch::zeros({H, I}, options);
   auto grad_bias = torch::zeros({H}, options);
-  // every row read by one token: x's gradient written in place; else each token's added to its row after
-  const bool in_place = !xs.idx || permutation(xs.idx, T, x.size(0));
-  torch::Tensor grad_x, tokens;
-  if (need_grad_x) (in_place ? grad_x : tokens) = torch::empty({in_place ? x.size(0) : T, I}, options);
-  const Rows token_grads = !need_grad_x ? kNone
-                           : in_place   ? Rows{grad_x.data_ptr<float>(), I, xs.idx}
-                                        : Rows{tokens.data_ptr<float>(), I};
+  torch::Tensor grad_x;
+  if (need_grad_x) grad_x = torch::empty({T, I}, options);
+  const Rows token_grads = need_grad_x ? Rows{grad_x.data_ptr<float>(), I, xs.idx} : kNone;  // scattered back
   auto finish_block = [&](int64_t s) {
     const int64_t rows = steps[s];
     float* block = t + starts[s] * H;
@@ -591,7 +577,6 @@ std::vector<torch::Tensor> backward(torch::Tensor grad, c10::optional<torch::Ten
   });
   if (!in_turn)
     for (int64_t s = 0; s < S; ++s) finish_block(s);
-  if (need_grad_x && !in_place) grad_x = torch::zeros({x.size(0), I}, options).index_add_(0, *x_index, tokens);
   return {grad_x, grad_w_ih, D == 2 ? grad_w_hh[0].add_(grad_w_hh[1]) : grad_w_hh[0], grad_bias};
 }
 

@@ -29,9 +29,18 @@ RUN_LOCATION_KEYS = ("paths", "hydra", "ckpt_path", "resume", "print_config", "t
 config hash and of the comparison with a checkpoint's config."""
 
 
-NON_MODEL_LEAVES = ("root", "num_workers", "download", "verify_checksums", "pin_memory", "default_root_dir")
+NON_MODEL_LEAVES = (
+    "root",
+    "num_workers",
+    "download",
+    "verify_checksums",
+    "pin_memory",
+    "default_root_dir",
+    "fused",
+)
 """Keys that may change between launches of the same run (the data or the folder moved, another
-machine): left out of the config hash and of config comparisons."""
+machine; ``task.optimizer.fused``, the same step to float rounding, follows ``trainer``, which a resumed
+run may change): left out of the config hash and of config comparisons."""
 
 
 def _without(cfg: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:

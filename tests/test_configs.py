@@ -163,9 +163,26 @@ def test_default_experiment_is_the_papers(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "optimizer", "settings"),
     [
-        ([], torch.optim.SGD, {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}),
+        (
+            [],
+            torch.optim.SGD,
+            {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4, "fused": True},
+        ),
         (["task.optimizer.lr=0.05"], torch.optim.SGD, {"lr": 0.05}),
-        (["task/optimizer=adamw"], torch.optim.AdamW, {"lr": 2e-3, "betas": (0.9, 0.999)}),
+        (["task/optimizer=adamw"], torch.optim.AdamW, {"lr": 2e-3, "betas": (0.9, 0.999), "fused": True}),
+        # fused but where Lightning refuses it: clipping under mixed precision (test_train runs it)
+        (["trainer.gradient_clip_val=1.0"], torch.optim.SGD, {"fused": True}),
+        (["trainer.precision=bf16-mixed"], torch.optim.SGD, {"fused": True}),
+        (
+            ["trainer.precision=bf16-mixed", "trainer.gradient_clip_val=1.0"],
+            torch.optim.SGD,
+            {"fused": False},
+        ),
+        (
+            ["task/optimizer=adamw", "trainer.precision=16-mixed", "trainer.gradient_clip_val=0.5"],
+            torch.optim.AdamW,
+            {"fused": False},
+        ),
         (
             ["task/optimizer=adamw", "task.optimizer.betas=[0.8,0.9]"],
             torch.optim.AdamW,

@@ -19,6 +19,7 @@ from crnn.callbacks.record import epoch_values
 from crnn.checkpoints import CheckpointError
 from crnn.errors import ConfigError
 from crnn.records import MetricsFile
+from crnn.run_config import config_diff, config_hash
 from crnn.train import RunStopped, train
 
 
@@ -148,6 +149,18 @@ def test_relaunch_into_a_completed_run_with_another_config_is_refused(tmp_path, 
     assert (run / "metrics.json").read_text() == record
     assert (run / ".hydra/overrides.yaml").read_text() == "- task.optimizer.lr=0.1\n"
     assert train(compose(cifar_overrides(cifar_root, "rnn=none"), run))["wall_time_s"] == first["wall_time_s"]
+
+
+def test_the_optimizer_fused_setting_is_no_difference():
+    """``task.optimizer.fused`` follows ``trainer`` (``crnn.config.fused_optimizer``), which a resumed run
+    may change, and moves results by float rounding only: neither compared nor hashed (a run folder
+    from before the setting existed compares equal)."""
+    before = {"task": {"optimizer": {"lr": 0.1}}, "trainer": {"precision": "32-true"}}
+    now = {"task": {"optimizer": {"lr": 0.1, "fused": True}}, "trainer": {"precision": "32-true"}}
+    assert config_diff(before, now) == [] and config_hash(before) == config_hash(now)
+    changed = {"task": {"optimizer": {"lr": 0.2, "fused": True}}, "trainer": {"precision": "32-true"}}
+    assert config_diff(now, changed) == ["task.optimizer.lr: 0.1 -> 0.2"]
+    assert config_hash(now) != config_hash(changed)
 
 
 def test_a_corrupt_test_file_fails_before_training(tmp_path, cifar_root):

@@ -49,6 +49,15 @@ def test_fast_dev_run_full_product(backbone, rnn, head, tmp_path, cifar_root):
     assert result["status"] == "completed"
 
 
+def test_gradient_clipping_under_mixed_precision_runs(tmp_path, cifar_root):
+    """Lightning refuses to clip a fused optimizer's gradients under mixed precision: the configured
+    optimizer is not fused there (``crnn.config.fused_optimizer``), elsewhere it is."""
+    clipped = ("trainer.precision=bf16-mixed", "trainer.gradient_clip_val=1.0")
+    assert fast_dev_run(cifar_root, tmp_path / "sgd", "rnn=srnn", *clipped)["status"] == "completed"
+    adamw = ("task/optimizer=adamw", "rnn=srnn", *clipped)
+    assert fast_dev_run(cifar_root, tmp_path / "adamw", *adamw)["status"] == "completed"
+
+
 def test_resnet20_matches_published_complexity(tmp_path, cifar_root):
     """Plain ResNet-20, 100 classes: 0.28M params / 40.8M MACs published; within 2%."""
     result = fast_dev_run(cifar_root, tmp_path, "rnn=none")

@@ -2,12 +2,12 @@
 """Training throughput of a CIFAR classifier per layer type (a benchmark, not a test), for a GPU.
 
 Builds ``backbone`` (default ResNet-20) + ``rnn=<layer>`` + ``head=linear`` from the repository's
-``conf/`` files (the models ``crnn-train`` builds), then times SGD training steps (forward,
-cross-entropy, backward, step; batch 128 of random 3x32x32 images already on the device, so data
-loading is not measured) for every layer in ``--layers``, in interleaved rounds (each round runs
-``--steps`` steps of every model; medians over ``--rounds``), and prints images/s and the ratio to
-``rnn=none``. ``--epoch`` also times one CIFAR-100 training epoch (50,000 images = 391 steps) per
-layer on the same random data.
+``conf/`` files (the models ``crnn-train`` builds), then times training steps (forward,
+cross-entropy, backward, a step of the configured optimizer, ``task.optimizer``; batch 128 of random
+3x32x32 images already on the device, so data loading is not measured) for every layer in
+``--layers``, in interleaved rounds (each round runs ``--steps`` steps of every model; medians over
+``--rounds``), and prints images/s and the ratio to ``rnn=none``. ``--epoch`` also times one
+CIFAR-100 training epoch (50,000 images = 391 steps) per layer on the same random data.
 
 On a GPU: ``--precision bf16`` (default; ``trainer=gpu``'s ``bf16-mixed``), ``16`` (float16
 autocast with a GradScaler: ``16-mixed``) or ``32``; ``--channels-last`` also tries the
@@ -36,19 +36,23 @@ CLOCK = CLOCKS["wall"]  # main() sets --clock
 BATCH, CLASSES, EPOCH_IMAGES = 128, 100, 50_000
 
 
-def build(backbone: str, layer: str, device: torch.device, channels_last: bool) -> torch.nn.Module:
-    """The classifier ``crnn-train backbone=<backbone> rnn=<layer> head=linear`` builds."""
-    _, model, _ = build_model(compose_config([f"backbone={backbone}", f"rnn={layer}", "head=linear"]))
+def build(backbone: str, layer: str, device: torch.device, channels_last: bool):
+    """The classifier ``crnn-train backbone=<backbone> rnn=<layer> head=linear`` builds, and its
+    optimizer (the task's)."""
+    task, model, _ = build_model(compose_config([f"backbone={backbone}", f"rnn={layer}", "head=linear"]))
     model = model.to(device)
-    return model.to(memory_format=torch.channels_last) if channels_last else model
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model, task.optimizer_factory(model.parameters())
 
 
 class Trainer:
-    """SGD steps of one model on a fixed random batch, in a given precision."""
+    """Optimizer steps of one model on a fixed random batch, in a given precision."""
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, precision: str, channels_last: bool):
-        self.model, self.device, self.precision = model.train(), device, precision
-        self.opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    def __init__(
+        self, model: torch.nn.Module, optimizer, device: torch.device, precision: str, channels_last: bool
+    ):
+        self.model, self.opt, self.device, self.precision = model.train(), optimizer, device, precision
         self.x = torch.randn(BATCH, 3, 32, 32, device=device)
         if channels_last:
             self.x = self.x.contiguous(memory_format=torch.channels_last)
@@ -113,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     for layer in layers:
         for channels_last in formats:
             torch.manual_seed(0)
-            model = build(args.backbone, layer, device, channels_last)
-            trainers[(layer, channels_last)] = Trainer(model, device, precision, channels_last)
+            model, optimizer = build(args.backbone, layer, device, channels_last)
+            trainers[(layer, channels_last)] = Trainer(model, optimizer, device, precision, channels_last)
     for trainer in trainers.values():
         trainer.steps(2)  # warm-up: cuDNN autotuning, allocator, oneDNN primitives
     times: dict[tuple[str, bool], list[float]] = {key: [] for key in trainers}

@@ -415,9 +415,10 @@ void gather(int64_t begin, int64_t end, int64_t H, const float* src, Layout layo
 
 // [states (directions, T, H), merged] of a pass over the T tokens whose inputs are the rows of x
 // (x_index[t] for token t, a permutation, else row t): h = act(x W_ih^T + bias + h_previous W_hh^T)
-// from a zero state; direction 1 (if any) reads every sequence backwards with the same weights; the two
-// directions run at once, one per thread. merge: `merged` holds the sum of the directions' states, (T, H), or with an
-// output layout (out_offset, out_stride) a flat tensor of T H elements laid out by it; else undefined.
+// from a zero state; direction 1 (if any) reads every sequence backwards with the same weights (on two
+// threads the directions run at once, one per thread). merge: `merged` holds the sum of the directions'
+// states, (T, H), or with an output layout (out_offset, out_stride) a flat tensor of T H elements laid
+// out by it; else undefined.
 std::vector<torch::Tensor> forward(torch::Tensor x, c10::optional<torch::Tensor> x_index, torch::Tensor w_ih,
                                    torch::Tensor bias, torch::Tensor w_hh, std::vector<int64_t> steps, bool relu,
                                    int64_t directions, bool merge, c10::optional<torch::Tensor> out_offset,
